@@ -1,0 +1,91 @@
+"""The run directory: resolved config, metrics, rollouts and adapters of one run.
+
+Layout (later tools read these names):
+    config.yaml       the resolved config
+    metrics.jsonl     one JSON object per step, and eval records with "eval": true
+    rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
+    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from shared.config import Config, config_to_yaml
+from shared.metrics import MetricsWriter, write_rollouts
+from shared.records import AdapterPayload, Group, RewardScores
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used (it holds another run)."""
+
+
+def resolve_model_path(path: str) -> str:
+    """`builtin:<task>` builds (once, cached) the project's tiny warm-started model; anything else must exist."""
+    if path.startswith("builtin:"):
+        from launch.basemodel import ensure_base_model
+
+        return str(ensure_base_model(path.removeprefix("builtin:")))
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.path {path!r} does not exist (expected a Hugging Face model directory)")
+    return path
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rollouts = path / "rollouts"
+        self.adapters = path / "adapters"
+        self.rollouts.mkdir(parents=True, exist_ok=True)
+        self.adapters.mkdir(exist_ok=True)
+        self.metrics = MetricsWriter(path / "metrics.jsonl")
+
+    @classmethod
+    def create(cls, config: Config) -> RunDir:
+        path = Path(config.run.run_dir or f"runs/{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if (path / "config.yaml").exists() or (path / "metrics.jsonl").exists():
+            raise RunDirError(f"run directory {path} already holds a run; choose another --run-dir")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").write_text(config_to_yaml(config))
+        return cls(path)
+
+    def save_adapter(self, payload: AdapterPayload, name: str, keep_copy: bool = False) -> Path:
+        """Write the adapter atomically as adapters/<name>; with keep_copy also as adapters/step_<version>."""
+        target = self.adapters / name
+        tmp = self.adapters / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for file_name, data in payload.files:
+            (tmp / file_name).write_bytes(data)
+        (tmp / "VERSION").write_text(f"{payload.version}\n")
+        if keep_copy:
+            shutil.copytree(tmp, self.adapters / f"step_{payload.version:06d}", dirs_exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+
+    def write_rollouts(
+        self, step: int, groups: list[Group], scores: RewardScores, advantages_PG: torch.Tensor
+    ) -> Path:
+        flat = [(g, c) for g in groups for c in g.completions]
+        columns = {
+            "step": [step] * len(flat),
+            "prompt": [g.prompt for g, _ in flat],
+            "completion": [c.text for _, c in flat],
+            "completion_token_ids": [list(c.token_ids) for _, c in flat],
+            "sampling_logprobs": [list(c.logprobs) for _, c in flat],
+            "finish_reason": [c.finish_reason for _, c in flat],
+            "reward": list(scores.total),
+            "advantage": advantages_PG.flatten().tolist(),
+            "adapter_version": [c.adapter_version for _, c in flat],
+        }
+        for name, values in scores.components.items():
+            columns[f"reward/{name}"] = list(values)
+        return write_rollouts(self.rollouts, step, columns, list(scores.components))
+
+    def close(self) -> None:
+        self.metrics.close()

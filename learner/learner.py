@@ -1,0 +1,203 @@
+"""The learner: a transformers causal LM with a peft LoRA adapter, its optimiser and the GRPO update.
+
+Runs as a Ray actor (the launcher applies `ray.remote`). The reference policy for the KL term is the same model
+with the adapter disabled, so there is never a second copy of the weights. After every update the adapter is
+exported in peft format as an in-memory `AdapterPayload`, which travels to the rollout workers through Ray's object
+store.
+
+Logprobs are computed on logits divided by the rollout temperature, so they describe the distribution vLLM sampled
+from (the engine reports processed logprobs, after temperature).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM
+
+from learner.grpo import LossSettings, grpo_loss, token_entropy, token_logprobs
+from shared.config import AlgoConfig, LoraConfig, TrainConfig
+from shared.records import AdapterPayload, TrainBatch, TrainSample, TrainStats
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class Learner:
+    """Holds the policy (base model + LoRA), the optimiser, and the adapter version counter."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        lora: LoraConfig,
+        train: TrainConfig,
+        algo: AlgoConfig,
+        temperature: float,
+        max_new_tokens: int,
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> None:
+        if train.num_threads:
+            torch.set_num_threads(train.num_threads)
+        torch.manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        peft_config = PeftLoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        self.model = get_peft_model(base, peft_config)
+        self._train = train
+        self._temperature = temperature
+        self._settings = LossSettings(
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            kl_coef=algo.kl_coef,
+            kl_estimator=algo.kl_estimator,
+            loss_agg=algo.loss_agg,
+            max_len=max_new_tokens,
+            is_cap=algo.is_cap,
+        )
+        self.optimizer = self._new_optimizer()
+        self.version = 0
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self._train.lr, weight_decay=self._train.weight_decay)
+
+    # ------------------------------------------------------------------------------------------ update
+    def train_step(self, batch: TrainBatch) -> TrainStats:
+        """One GRPO update on a rollout batch: `epochs` passes of `minibatches` optimiser steps each."""
+        samples = batch.samples
+        n_mb = min(self._train.minibatches, len(samples))
+        single_pass = self._train.epochs == 1 and n_mb == 1
+        # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.
+        old_logp = None if single_pass else self._logprobs_no_grad(samples, adapter=True)
+        ref_logp = self._logprobs_no_grad(samples, adapter=False)
+        stats, skipped, grad_norms = [], 0, []
+        for _ in range(self._train.epochs):
+            order = torch.randperm(len(samples), generator=self._generator) if n_mb > 1 else torch.arange(len(samples))
+            for idx in order.chunk(n_mb):
+                rows = [samples[i] for i in idx.tolist()]
+                loss, loss_stats = self._loss(rows, old_logp, ref_logp, idx)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self._train.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    skipped += 1  # a NaN/inf update would poison the adapter: drop it, keep going
+                    continue
+                self.optimizer.step()
+                stats.append((loss.item(), loss_stats))
+                grad_norms.append(grad_norm.item())
+        self.version += 1
+        return _summarise(stats, grad_norms, skipped)
+
+    def _loss(self, rows: list[TrainSample], old_logp, ref_logp, idx: torch.Tensor):
+        tokens_BL, mask_BT, sampling_BT = _pack(rows)
+        logits_BTV = self._logits(tokens_BL) / self._temperature
+        logp_BT = token_logprobs(logits_BTV, tokens_BL[:, 1:].clamp(min=0))
+        entropy_BT = token_entropy(logits_BTV.detach())
+        old_BT = logp_BT.detach() if old_logp is None else _rows(old_logp, idx, logp_BT.shape[1])
+        ref_BT = _rows(ref_logp, idx, logp_BT.shape[1])
+        advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BT.dtype)
+        return grpo_loss(logp_BT, old_BT, ref_BT, sampling_BT, advantages_B, mask_BT, self._settings, entropy_BT)
+
+    # ---------------------------------------------------------------------------------------- logprobs
+    def _logits(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        attention_BL = (tokens_BL >= 0).long()
+        return self.model(input_ids=tokens_BL.clamp(min=0), attention_mask=attention_BL).logits[:, :-1].float()
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, samples: tuple[TrainSample, ...], adapter: bool) -> list[torch.Tensor]:
+        tokens_BL, _, _ = _pack(samples)
+        if adapter:
+            logits = self._logits(tokens_BL)
+        else:
+            with self.model.disable_adapter():
+                logits = self._logits(tokens_BL)
+        logp_BT = token_logprobs(logits / self._temperature, tokens_BL[:, 1:].clamp(min=0))
+        return list(logp_BT)
+
+    @torch.no_grad()
+    def completion_logprobs(
+        self, prompt_token_ids: list[list[int]], completion_token_ids: list[list[int]], temperature: float = 1.0
+    ) -> list[list[float]]:
+        """Logprob of every completion token under the current adapter (the served-adapter probe compares these
+        with the engine's)."""
+        rows = [
+            TrainSample(tuple(p), tuple(c), (0.0,) * len(c), 0.0, self.version)
+            for p, c in zip(prompt_token_ids, completion_token_ids, strict=True)
+        ]
+        tokens_BL, mask_BT, _ = _pack(rows)
+        logp_BT = token_logprobs(self._logits(tokens_BL) / temperature, tokens_BL[:, 1:].clamp(min=0))
+        return [logp_BT[i][mask_BT[i]].tolist() for i in range(len(rows))]
+
+    # ----------------------------------------------------------------------------------------- adapter
+    def export_adapter(self) -> AdapterPayload:
+        """The current adapter in peft format, as bytes (adapter_config.json + adapter_model.safetensors)."""
+        with tempfile.TemporaryDirectory(prefix="prolora-export-") as tmp:
+            self.model.save_pretrained(tmp)
+            files = tuple((name, (Path(tmp) / name).read_bytes()) for name in ADAPTER_FILES)
+        return AdapterPayload(version=self.version, files=files)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def _pack(rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad prompt+completion token rows.
+
+    Returns tokens (B, L) with -1 as padding, the completion mask (B, L-1) in "predicts token t+1" coordinates,
+    and the sampling logprobs placed at the same positions (B, L-1).
+    """
+    length = max(len(r.prompt_token_ids) + len(r.completion_token_ids) for r in rows)
+    tokens_BL = torch.full((len(rows), length), -1, dtype=torch.long)
+    mask_BT = torch.zeros((len(rows), length - 1), dtype=torch.bool)
+    sampling_BT = torch.zeros((len(rows), length - 1))
+    for i, r in enumerate(rows):
+        p, c = len(r.prompt_token_ids), len(r.completion_token_ids)
+        tokens_BL[i, : p + c] = torch.tensor(r.prompt_token_ids + r.completion_token_ids)
+        mask_BT[i, p - 1 : p - 1 + c] = True
+        sampling_BT[i, p - 1 : p - 1 + c] = torch.tensor(r.sampling_logprobs)
+    return tokens_BL, mask_BT, sampling_BT
+
+
+def _rows(per_sample: list[torch.Tensor], idx: torch.Tensor, width: int) -> torch.Tensor:
+    """Stack the precomputed per-sample rows of `idx`, cut or zero-padded to `width` columns."""
+    out = torch.zeros((len(idx), width))
+    for j, i in enumerate(idx.tolist()):
+        row = per_sample[i][:width]
+        out[j, : len(row)] = row
+    return out
+
+
+def _summarise(stats: list, grad_norms: list[float], skipped: int) -> TrainStats:
+    if not stats:
+        nan = math.nan
+        return TrainStats(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, skipped)
+
+    def mean(name: str) -> float:
+        return sum(getattr(s, name) for _, s in stats) / len(stats)
+
+    return TrainStats(
+        loss=sum(loss for loss, _ in stats) / len(stats),
+        kl=mean("kl"),
+        entropy=mean("entropy"),
+        clip_frac=mean("clip_frac"),
+        clip_frac_low=mean("clip_frac_low"),
+        clip_frac_high=mean("clip_frac_high"),
+        grad_norm=sum(grad_norms) / len(grad_norms),
+        is_ratio_mean=mean("is_ratio_mean"),
+        is_ratio_max=max(s.is_ratio_max for _, s in stats),
+        mismatch_kl=mean("mismatch_kl"),
+        optimizer_steps=len(stats),
+        skipped_nonfinite=skipped,
+    )

@@ -1,0 +1,70 @@
+"""Reward names: the built-ins by name, and user code by `module.path:function`.
+
+A user reward is any callable that follows the protocol in `protocol.py` (TRL reward functions do), importable
+from the Python path of the process that scores (the reward actor's, under Ray).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from learner.rewards import builtin
+from learner.rewards.protocol import RewardFn
+
+BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
+    {
+        "exact_match": builtin.exact_match,
+        "math": builtin.math_answer,
+        "format": builtin.think_answer_format,
+        "chrf": builtin.chrf,
+        "bleu": builtin.bleu,
+        "ter": builtin.ter,
+        "overlong": builtin.overlong,
+        "repetition": builtin.repetition,
+    }
+)
+"""Built-in rewards by the name a config uses."""
+
+
+class UnknownRewardError(ValueError):
+    """A reward name that is neither a built-in nor an importable `module:function`."""
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """Return the reward function for a built-in name or a `module.path:function` path."""
+    if name in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[name]
+    if ":" not in name:
+        raise UnknownRewardError(
+            f"unknown reward {name!r}; built-ins are: {', '.join(BUILTIN_REWARDS)}; "
+            "user code is named as 'module.path:function'"
+        )
+    return _import_reward(name)
+
+
+def _import_reward(path: str) -> RewardFn:
+    module_name, _, attr_path = path.partition(":")
+    if not module_name or not attr_path:
+        raise UnknownRewardError(f"reward path {path!r} must look like 'module.path:function'")
+    try:
+        target = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        # Only the named module being absent is a naming problem; a missing import inside it is the user's bug
+        # and propagates as it is.
+        if err.name is None or not (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise
+        raise UnknownRewardError(
+            f"reward {path!r}: module {module_name!r} not found (no module named {err.name!r}); "
+            "is it on the Python path (PYTHONPATH, or the Ray runtime_env) of the reward actor?"
+        ) from err
+    owner = module_name
+    for attr in attr_path.split("."):
+        if not hasattr(target, attr):
+            raise UnknownRewardError(f"reward {path!r}: {owner!r} has no attribute {attr!r}")
+        target = getattr(target, attr)
+        owner = f"{owner}.{attr}"
+    if not callable(target):
+        raise UnknownRewardError(f"reward {path!r} is a {type(target).__name__}, not a callable")
+    return target

@@ -1,0 +1,228 @@
+"""Scores batches of completions with the configured rewards: the body of a reward actor.
+
+`RewardWorker` is plain Python; the launcher applies `ray.remote(...)` with its resources. Each reward is
+called once per batch and all rewards run concurrently, each under `timeout_s`: `async def` rewards on an
+asyncio loop, plain ones each in their own daemon thread. Python cannot kill a thread, so a sync reward that
+times out keeps running (and holding what it holds) until it returns by itself; a caller that sees repeated
+timeouts should restart the actor.
+
+A reward fails when it raises, times out, or returns anything but one finite number or None per completion.
+The failure policy then decides: `zero` scores that reward 0.0 on the whole batch, `skip_sample` sets it to
+None and drops the batch's completions (total None), `fail_run` raises `RewardFailure`. Each failure is
+counted in `RewardScores.failures`; its traceback is logged once per reward name and worker, so a reward that
+always fails does not flood the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import math
+import numbers
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from learner.rewards.protocol import RewardFn, RewardValues
+from learner.rewards.registry import resolve_reward
+from shared.config import RewardSpec
+from shared.records import RewardBatch, RewardScores
+
+logger = logging.getLogger(__name__)
+
+FAILURE_POLICIES = ("zero", "skip_sample", "fail_run")
+
+
+class RewardFailure(RuntimeError):
+    """A reward failed under the `fail_run` policy; the message names the reward and the cause is chained."""
+
+
+class RewardReturnError(ValueError):
+    """A reward returned something other than one finite number or None per completion."""
+
+
+class RewardWorker:
+    """Scores RewardBatches with a set of weighted rewards (see the module docstring for failures)."""
+
+    def __init__(self, specs: Sequence[RewardSpec], failure_policy: str, timeout_s: float) -> None:
+        if failure_policy not in FAILURE_POLICIES:
+            raise ValueError(f"failure_policy must be one of {FAILURE_POLICIES}, got {failure_policy!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self._failure_policy = failure_policy
+        self._timeout_s = timeout_s
+        self._logged_failures: set[str] = set()
+        self.set_specs(specs)
+
+    def set_specs(self, specs: Sequence[RewardSpec]) -> None:
+        """Replace the reward set (between steps); every name is resolved before anything changes."""
+        names = [spec.name for spec in specs]
+        if not names:
+            raise ValueError("RewardWorker needs at least one reward")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"each reward may appear once; repeated: {', '.join(repeated)}")
+        functions = {spec.name: resolve_reward(spec.name) for spec in specs}
+        self._specs = tuple(specs)
+        self._functions = functions
+
+    def score(self, batch: RewardBatch) -> RewardScores:
+        """Run every reward on the batch and combine them into weighted totals.
+
+        `total[i]` sums weight * value over the rewards that are not None for completion i; it is 0.0 when
+        none applies, and None for every completion when a reward failed under `skip_sample`.
+        """
+        columns = _checked_columns(batch)
+        n = len(batch.completions)
+        if n == 0:
+            return RewardScores(total=(), components={s.name: () for s in self._specs})
+        # Ray may call this from a thread that already runs an event loop; ours gets a thread of its own.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            outcomes = pool.submit(asyncio.run, self._run_all(batch, columns)).result()
+        components: dict[str, tuple[float | None, ...]] = {}
+        failures: dict[str, int] = {}
+        for spec in self._specs:
+            outcome = outcomes[spec.name]
+            failed = isinstance(outcome, Exception)
+            components[spec.name] = self._on_failure(spec.name, outcome, n) if failed else tuple(outcome)
+            failures[spec.name] = int(failed)
+        skipped = self._failure_policy == "skip_sample" and any(failures.values())
+        total = (None,) * n if skipped else _weighted_totals(self._specs, components, n)
+        return RewardScores(total=total, components=components, failures=failures)
+
+    async def _run_all(
+        self, batch: RewardBatch, columns: dict[str, list]
+    ) -> dict[str, RewardValues | Exception]:
+        names = [spec.name for spec in self._specs]
+        outcomes = await asyncio.gather(*(self._run_one(name, batch, columns) for name in names))
+        return dict(zip(names, outcomes, strict=True))
+
+    async def _run_one(
+        self, name: str, batch: RewardBatch, columns: dict[str, list]
+    ) -> RewardValues | Exception:
+        fn = self._functions[name]
+        # Fresh lists per reward: rewards run concurrently and user code may mutate its arguments.
+        kwargs = {
+            "prompts": list(batch.prompts),
+            "completions": list(batch.completions),
+            **{key: list(values) for key, values in columns.items()},
+        }
+        try:
+            if _is_async(fn):
+                raw = await asyncio.wait_for(fn(**kwargs), self._timeout_s)
+            else:
+                raw = await asyncio.wait_for(
+                    asyncio.wrap_future(_call_in_thread(fn, kwargs)), self._timeout_s
+                )
+            return _checked_values(name, raw, len(batch.completions))
+        except asyncio.TimeoutError:
+            return TimeoutError(f"reward {name!r} did not return within timeout_s={self._timeout_s}")
+        except Exception as err:  # any error of user code is a reward failure, handled by the failure policy
+            return err
+
+    def _on_failure(self, name: str, error: Exception, n: int) -> tuple[float | None, ...]:
+        if self._failure_policy == "fail_run":
+            raise RewardFailure(f"reward {name!r} failed: {type(error).__name__}: {error}") from error
+        if name not in self._logged_failures:
+            self._logged_failures.add(name)
+            logger.error(
+                "reward %r failed (failure_policy=%s); later failures of it are counted, not logged",
+                name,
+                self._failure_policy,
+                exc_info=error,
+            )
+        return (0.0 if self._failure_policy == "zero" else None,) * n
+
+
+def _checked_columns(batch: RewardBatch) -> dict[str, list]:
+    n = len(batch.completions)
+    if len(batch.prompts) != n:
+        raise ValueError(f"RewardBatch has {len(batch.prompts)} prompts but {n} completions")
+    for key, values in batch.columns.items():
+        if key in ("prompts", "completions"):
+            raise ValueError(f"RewardBatch column {key!r} clashes with the reward argument of the same name")
+        if len(values) != n:
+            raise ValueError(f"RewardBatch column {key!r} has {len(values)} values for {n} completions")
+    return {key: list(values) for key, values in batch.columns.items()}
+
+
+def _is_async(fn: RewardFn) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _call_in_thread(fn: RewardFn, kwargs: dict[str, Any]) -> concurrent.futures.Future:
+    # A daemon thread rather than an executor: a hung reward must not block the next batch or process exit.
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            result = fn(**kwargs)
+            if inspect.iscoroutine(result):  # a sync wrapper around an async def, e.g. a lambda
+                result = asyncio.run(result)
+            future.set_result(result)
+        except Exception as err:  # handed to the awaiting side, which applies the failure policy
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=f"reward-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return future
+
+
+def _checked_values(name: str, raw: Any, n: int) -> RewardValues:
+    if not isinstance(raw, (list, tuple)):
+        raise RewardReturnError(
+            f"reward {name!r} returned a {type(raw).__name__}; expected a list of {n} values"
+        )
+    if len(raw) != n:
+        raise RewardReturnError(f"reward {name!r} returned {len(raw)} values for {n} completions")
+    values: RewardValues = []
+    for i, value in enumerate(raw):
+        if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value)):
+            raise RewardReturnError(
+                f"reward {name!r} returned {value!r} at index {i}; expected a finite number or None"
+            )
+        values.append(None if value is None else float(value))
+    return values
+
+
+def _weighted_totals(
+    specs: Sequence[RewardSpec], components: dict[str, tuple[float | None, ...]], n: int
+) -> tuple[float, ...]:
+    return tuple(
+        sum((s.weight * components[s.name][i] for s in specs if components[s.name][i] is not None), 0.0)
+        for i in range(n)
+    )
+
+
+def score_rows(
+    specs: Sequence[RewardSpec],
+    rows: Sequence[dict[str, Any]],
+    *,
+    failure_policy: str = "fail_run",
+    timeout_s: float = 30.0,
+) -> list[dict[str, float | None]]:
+    """Score rows of `{"prompt", "completion", other columns...}` (as read from a JSONL file).
+
+    Returns one dict per row: each reward's value under its name, and the weighted sum under "total". The
+    other keys of the rows become columns; a row without a key that another row has gets None there.
+    """
+    for i, row in enumerate(rows):
+        missing = {"prompt", "completion"} - row.keys()
+        if missing:
+            raise ValueError(
+                f"row {i} lacks {', '.join(sorted(missing))}; each row needs prompt and completion"
+            )
+    keys = dict.fromkeys(key for row in rows for key in row if key not in ("prompt", "completion"))
+    batch = RewardBatch(
+        prompts=tuple(row["prompt"] for row in rows),
+        completions=tuple(row["completion"] for row in rows),
+        columns={key: tuple(row.get(key) for row in rows) for key in keys},
+    )
+    scores = RewardWorker(specs, failure_policy, timeout_s).score(batch)
+    return [
+        {**{name: values[i] for name, values in scores.components.items()}, "total": scores.total[i]}
+        for i in range(len(rows))
+    ]

@@ -1,0 +1,146 @@
+"""The rollout worker: one vLLM engine with LoRA enabled, served as a Ray actor.
+
+It turns prompts into groups of completions (text, token ids, per-token sampling logprobs, finish reason and the
+adapter version that produced them) and hot-loads new adapter versions between requests. A new version arrives as
+an `AdapterPayload` (bytes that travelled through Ray's object store), is written to a directory local to this
+worker and registered with the engine under a new LoRA id: the base weights are never copied or reloaded, and no
+filesystem is shared with the learner. Versions nobody needs any more are removed from the engine.
+
+The class is plain Python; `ray.remote(...)` with its resources is applied by the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from shared.records import AdapterPayload, Completion, Group, SamplingSpec
+
+
+class RolloutWorker:
+    """Owns one vLLM engine and the adapter versions loaded into it."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 64,
+        max_lora_rank: int = 8,
+        max_loras: int = 2,
+        kv_cache_gib: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        # vLLM reads these when the engine is built; a launcher may already have set them for the actor.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self._llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            enable_lora=True,
+            max_lora_rank=_supported_rank(max_lora_rank),
+            max_loras=max_loras,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            # Logprobs of the distribution actually sampled from (after temperature), which is what the
+            # learner's importance ratio compares against.
+            logprobs_mode="processed_logprobs",
+            enforce_eager=True,
+            enable_prefix_caching=False,
+        )
+        self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
+        self._requests: dict[int, object] = {}  # version -> vllm LoRARequest
+        self.version = 0  # 0 = base model, no adapter
+
+    # ----------------------------------------------------------------------------------------- adapters
+    def load_adapter(self, payload: AdapterPayload, keep_versions: int = 1) -> float:
+        """Hot-load `payload` as the current version; keep the newest `keep_versions` versions, unload older ones.
+
+        Returns the wall time in milliseconds.
+        """
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        path = self._adapter_root / f"v{payload.version}"
+        path.mkdir(parents=True, exist_ok=True)
+        for name, data in payload.files:
+            (path / name).write_bytes(data)
+        request = LoRARequest(f"v{payload.version}", payload.version, str(path))
+        self._llm.llm_engine.add_lora(request)
+        self._requests[payload.version] = request
+        self.version = payload.version
+        for old in sorted(self._requests)[:-keep_versions]:
+            self._llm.llm_engine.remove_lora(old)
+            shutil.rmtree(self._adapter_root / f"v{old}", ignore_errors=True)
+            del self._requests[old]
+        return (time.perf_counter() - start) * 1e3
+
+    def loaded_versions(self) -> list[int]:
+        """Adapter versions the engine holds now."""
+        return sorted(self._llm.llm_engine.list_loras())
+
+    # --------------------------------------------------------------------------------------- generation
+    def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
+        """Sample `sampling.n` completions for every prompt with adapter `version` (default: the newest)."""
+        from vllm import SamplingParams
+
+        version = self.version if version is None else version
+        lora = self._requests.get(version) if version else None
+        if version and lora is None:
+            raise KeyError(f"adapter version {version} is not loaded here (loaded: {sorted(self._requests)})")
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=None if sampling.seed is None else sampling.seed + i,
+                logprobs=0,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self._llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        return [_to_group(out, version) for out in outputs]
+
+    def tokenizer_eos_id(self) -> int:
+        return self._llm.get_tokenizer().eos_token_id
+
+    def shutdown(self) -> None:
+        shutil.rmtree(self._adapter_root, ignore_errors=True)
+
+
+def _to_group(output, version: int) -> Group:
+    completions = []
+    for seq in output.outputs:
+        token_ids = tuple(seq.token_ids)
+        # logprobs=0 gives, per position, a dict holding just the sampled token's logprob.
+        logprobs = tuple(step[tok].logprob for step, tok in zip(seq.logprobs, token_ids, strict=True))
+        completions.append(
+            Completion(
+                text=seq.text,
+                token_ids=token_ids,
+                logprobs=logprobs,
+                finish_reason=seq.finish_reason or "length",
+                adapter_version=version,
+            )
+        )
+    return Group(
+        prompt=output.prompt,
+        prompt_token_ids=tuple(output.prompt_token_ids),
+        completions=tuple(completions),
+    )
+
+
+def _supported_rank(rank: int) -> int:
+    """vLLM accepts only some max_lora_rank values; use the smallest one that fits `rank`."""
+    for allowed in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is larger than vLLM supports (512)")

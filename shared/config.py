@@ -1,0 +1,240 @@
+"""The typed run configuration.
+
+One pydantic model per component, a docstring per field, frozen after parsing. A run is one YAML or TOML file
+plus `--set a.b=c` overrides; an unknown key or a bad value is an error naming the dotted key and what is allowed.
+pydantic does the validation (why not hand-written: its messages already name the field and the accepted values).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class RunConfig(_Section):
+    name: str = "arith"
+    """Run name; the default run directory is runs/<name>-<timestamp>."""
+    steps: int = Field(120, ge=0)
+    """Number of GRPO updates."""
+    seed: int = 0
+    """Seeds data order, sampling and LoRA initialisation."""
+    run_dir: str | None = None
+    """Where the run writes; None means runs/<name>-<timestamp>."""
+    ray_address: str | None = None
+    """Ray cluster to join; None starts a local Ray instance."""
+
+
+class ModelConfig(_Section):
+    path: str = "builtin:arith"
+    """A Hugging Face model directory, or builtin:<task> for the project's tiny warm-started model (built and
+    cached on first use)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights dtype for both the engine and the learner."""
+    max_model_len: int = Field(64, ge=8)
+    """Context length the engine reserves per sequence (prompt + completion)."""
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, ge=1)
+    """LoRA rank r."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    """peft target_modules: "all-linear" (every linear layer but the output head) or a list of module names."""
+
+
+class TaskConfig(_Section):
+    name: str = "arith"
+    """Built-in task that provides prompts, references and the held-out split."""
+    train_size: int = Field(2000, ge=1)
+    heldout_size: int = Field(200, ge=1)
+
+
+class RolloutConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    """Rollout worker actors, each owning a vLLM engine."""
+    prompts_per_step: int = Field(16, ge=1)
+    """Prompts sampled per GRPO step."""
+    group_size: int = Field(8, ge=2)
+    """Completions per prompt (G)."""
+    max_new_tokens: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    kv_cache_gib: int = Field(1, ge=1)
+    """KV-cache memory per engine in GiB (on CPU it is host RAM)."""
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    """Fraction of GPU memory the engine may take (GPU machines only)."""
+    max_loras: int = Field(2, ge=1)
+    """Adapter versions an engine keeps loaded at once."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per rollout worker actor (0 on CPU machines)."""
+
+
+class AlgoConfig(_Section):
+    advantage: Literal["group_mean", "rloo"] = "group_mean"
+    """Baseline: the group mean, or the leave-one-out mean (RLOO)."""
+    scale_by_std: bool = True
+    """Divide advantages by the group std (GRPO); Dr. GRPO turns this off."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    """How per-token losses become one number (DAPO token_mean, GRPO seq-mean-token-mean, Dr. GRPO sum/const)."""
+    clip_low: float = Field(0.2, ge=0.0)
+    """Lower clip range: ratio is clipped at 1 - clip_low."""
+    clip_high: float = Field(0.2, ge=0.0)
+    """Upper clip range: ratio is clipped at 1 + clip_high (clip-higher uses 0.28)."""
+    kl_coef: float = Field(0.0, ge=0.0)
+    """Weight of KL(policy || reference) in the loss; 0 turns the term off (KL is still measured)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    is_cap: float | None = 2.0
+    """Truncated importance sampling cap C on p_learner_old / p_sampler; None turns the correction off."""
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-3, gt=0.0)
+    """AdamW learning rate for the LoRA parameters."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    epochs: int = Field(1, ge=1)
+    """Optimisation passes over each rollout batch (old logprobs are computed once)."""
+    minibatches: int = Field(1, ge=1)
+    """Optimiser steps per pass; the batch is split into this many minibatches."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs for the learner actor (0 on CPU machines)."""
+    num_threads: int | None = None
+    """torch intra-op threads in the learner; None leaves torch's default."""
+
+
+class RewardSpec(_Section):
+    name: str
+    """A built-in reward name or a `module:function` path to user code."""
+    weight: float = 1.0
+
+
+class RewardsConfig(_Section):
+    functions: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")])
+    """Reward functions and their weights; the total reward is the weighted sum."""
+    failure_policy: Literal["zero", "skip_sample", "fail_run"] = "fail_run"
+    """What a reward that raises or times out does: score 0, drop the completion, or stop the run."""
+    timeout_s: float = Field(30.0, gt=0.0)
+    """Per-call timeout of one reward function on one batch."""
+    num_actors: int = Field(1, ge=1)
+    """Reward actors; batches are split across them."""
+
+
+class EvalConfig(_Section):
+    every: int = Field(40, ge=0)
+    """Evaluate the held-out split every N steps (and at the start and the end); 0 evaluates only start and end."""
+    size: int = Field(200, ge=1)
+    """Held-out prompts per evaluation."""
+    k: int = Field(8, ge=1)
+    """k of pass@k."""
+    n_samples: int = Field(16, ge=1)
+    """Samples per prompt for the unbiased pass@k estimator (n >= k)."""
+    temperature: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _n_at_least_k(self) -> EvalConfig:
+        if self.n_samples < self.k:
+            raise ValueError(f"eval.n_samples ({self.n_samples}) must be >= eval.k ({self.k})")
+        return self
+
+
+class LogConfig(_Section):
+    save_adapter_every: int = Field(20, ge=0)
+    """Keep a copy of the adapter every N steps under adapters/step_<N>; the latest and final are always kept."""
+    rollouts: bool = True
+    """Write every completion to rollouts/ (Parquet)."""
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algo: AlgoConfig = AlgoConfig()
+    train: TrainConfig = TrainConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and what is allowed."""
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read one YAML or TOML experiment file into a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b=c` override to a nested dict; the value is parsed as YAML (so 3, 0.5, true, [a, b] work)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}; allowed here: {_allowed_keys(e['loc'])}")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return "(see the config reference)"
+        model = ann
+    return ", ".join(model.model_fields)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Build the run config from an optional experiment file and `a.b=c` overrides."""
+    data = read_config_file(path) if path else {}
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,128 @@
+"""Records that cross actor boundaries.
+
+Everything the driver sends to or receives from a rollout worker, the learner or a reward actor is one of these
+frozen dataclasses. Ray pickles them; nothing crosses as a bag of string keys. Sequences are tuples so a record
+cannot be changed after it is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How a rollout worker samples one group per prompt."""
+
+    n: int
+    """Completions per prompt (the GRPO group size)."""
+    max_tokens: int
+    """Maximum completion length in tokens."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    """Per-request seed; the worker derives one seed per prompt from it so results do not depend on batching."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion and how it was produced."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    """Sampling logprob of every generated token under the engine's policy (same length as token_ids)."""
+    finish_reason: str
+    """"stop" (EOS or stop string) or "length" (hit max_tokens)."""
+    adapter_version: int
+    """Adapter version that generated it; 0 is the base model without an adapter."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """The n completions of one prompt."""
+
+    prompt: str
+    prompt_token_ids: tuple[int, ...]
+    completions: tuple[Completion, ...]
+
+
+@dataclass(frozen=True)
+class AdapterPayload:
+    """A peft LoRA adapter held in memory, so it can travel through Ray's object store (no shared filesystem).
+
+    `files` maps a file name of a peft adapter directory (adapter_config.json, adapter_model.safetensors) to its
+    bytes; writing them into an empty directory gives a directory peft and vLLM both load.
+    """
+
+    version: int
+    files: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    """One completion as the learner trains on it."""
+
+    prompt_token_ids: tuple[int, ...]
+    completion_token_ids: tuple[int, ...]
+    sampling_logprobs: tuple[float, ...]
+    advantage: float
+    adapter_version: int
+    truncated: bool = False
+    """True when the completion hit max_tokens without finishing."""
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One rollout batch for one learner update (possibly several optimisation passes)."""
+
+    samples: tuple[TrainSample, ...]
+    step: int
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one learner update measured. Means are over completion tokens unless noted."""
+
+    loss: float
+    kl: float
+    """Mean k-estimate of KL(policy || reference) per token."""
+    entropy: float
+    """Mean token entropy of the policy."""
+    clip_frac: float
+    """Fraction of tokens whose ratio was clipped (either side)."""
+    clip_frac_low: float
+    clip_frac_high: float
+    grad_norm: float
+    """Gradient norm before clipping (mean over optimiser steps)."""
+    is_ratio_mean: float
+    """Mean truncated importance weight p_learner_old / p_sampler (1.0 when off)."""
+    is_ratio_max: float
+    mismatch_kl: float
+    """Mean token KL between the sampler's and the learner's distributions (k3 on the sampled tokens)."""
+    optimizer_steps: int
+    skipped_nonfinite: int = 0
+    """Optimiser steps skipped because the loss or gradient was not finite."""
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    """Completions to score, with the data set's other columns (one value per completion)."""
+
+    prompts: tuple[str, ...]
+    completions: tuple[str, ...]
+    columns: dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardScores:
+    """Scores of a RewardBatch.
+
+    `total[i]` is the weighted sum of the components that apply to completion i; None when the failure policy
+    `skip_sample` dropped it. `components[name][i]` is the raw value of each reward (None where it does not apply
+    or failed). `failures[name]` counts calls that raised or timed out.
+    """
+
+    total: tuple[float | None, ...]
+    components: dict[str, tuple[float | None, ...]]
+    failures: dict[str, int] = field(default_factory=dict)
