@@ -1,6 +1,7 @@
 """The `prolora` command.
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR]
+    prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
 
 With no CONFIG it trains the built-in default (the tiny warm-started model on 3-digit addition). Errors the user
 can fix (a bad config key, a missing file, a used run directory) print one line naming what is wrong, with no
@@ -12,9 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared.config import ConfigError, load_config
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+from shared.config import load_config
+from shared.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +27,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="shorthand for --set run.steps=N")
     train.add_argument("--seed", type=int, help="shorthand for --set run.seed=S")
     train.add_argument("--run-dir", help="shorthand for --set run.run_dir=DIR")
+    bench = commands.add_parser("bench", help="measure rollout throughput vs raw vLLM and hot-load share")
+    bench.add_argument("config", nargs="?", help="experiment file; default: the built-in run")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--rounds", type=int, default=5, help="timed generation rounds per engine")
+    bench.add_argument("--steps", type=int, default=10, help="training steps for the hot-load share")
+    bench.add_argument("--out", default="bench.json", help="where to write the JSON figures")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from launch.bench import run_bench
+
+    run_bench(load_config(args.config, args.overrides), Path(args.out), args.rounds, args.steps)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -53,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
-    except USER_ERRORS as err:
+        if args.command == "bench":
+            return _bench(args)
+    except UserError as err:
         print(f"prolora: error: {err}", file=sys.stderr)
         return 2
     return 1

@@ -25,6 +25,7 @@ from launch.fleet import generate, publish, score
 from launch.progress import Progress
 from launch.rundir import RunDir, resolve_model_path
 from learner.grpo import group_advantages, zero_std_fraction
+from learner.rewards.registry import resolve_reward
 from shared.config import Config
 from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
 from shared.tasks import Task, get_task
@@ -46,9 +47,11 @@ class Actors:
 
 def train(config: Config) -> RunResult:
     """Run `config.run.steps` GRPO steps and return the first and last held-out evaluations."""
-    run = RunDir.create(config)
+    for spec in config.rewards.functions:
+        resolve_reward(spec.name)  # an unknown reward fails here, before any actor starts
     task = get_task(config.task.name)
     model_path = resolve_model_path(config.model.path)
+    run = RunDir.create(config)
     start_ray(config)
     actors = Actors(
         workers=start_rollout_workers(config, model_path),

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from shared.config import Config, config_to_yaml
+from shared.errors import UserError
 from shared.metrics import MetricsWriter, write_rollouts
 from shared.records import AdapterPayload, Group, RewardScores
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError):
     """The run directory cannot be used (it holds another run)."""
 
 
@@ -31,7 +32,7 @@ def resolve_model_path(path: str) -> str:
 
         return str(ensure_base_model(path.removeprefix("builtin:")))
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"model.path {path!r} does not exist (expected a Hugging Face model directory)")
+        raise UserError(f"model.path {path!r} does not exist (expected a Hugging Face model directory)")
     return path
 
 

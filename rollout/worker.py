@@ -41,19 +41,15 @@ class RolloutWorker:
         from vllm import LLM
 
         self._llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            seed=seed,
-            enable_lora=True,
-            max_lora_rank=_supported_rank(max_lora_rank),
-            max_loras=max_loras,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            # Logprobs of the distribution actually sampled from (after temperature), which is what the
-            # learner's importance ratio compares against.
-            logprobs_mode="processed_logprobs",
-            enforce_eager=True,
-            enable_prefix_caching=False,
+            **engine_args(
+                model_path,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                max_lora_rank=max_lora_rank,
+                max_loras=max_loras,
+                gpu_memory_utilization=gpu_memory_utilization,
+                seed=seed,
+            )
         )
         self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
         self._requests: dict[int, object] = {}  # version -> vllm LoRARequest
@@ -114,6 +110,34 @@ class RolloutWorker:
 
     def shutdown(self) -> None:
         shutil.rmtree(self._adapter_root, ignore_errors=True)
+
+
+def engine_args(
+    model_path: str,
+    *,
+    dtype: str,
+    max_model_len: int,
+    max_lora_rank: int,
+    max_loras: int,
+    gpu_memory_utilization: float,
+    seed: int,
+) -> dict:
+    """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike)."""
+    return dict(
+        model=model_path,
+        dtype=dtype,
+        seed=seed,
+        enable_lora=True,
+        max_lora_rank=_supported_rank(max_lora_rank),
+        max_loras=max_loras,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        # Logprobs of the distribution actually sampled from (after temperature), which is what the learner's
+        # importance ratio compares against.
+        logprobs_mode="processed_logprobs",
+        enforce_eager=True,
+        enable_prefix_caching=False,
+    )
 
 
 def _to_group(output, version: int) -> Group:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from learner.rewards import builtin
 from learner.rewards.protocol import RewardFn
+from shared.errors import UserError
 
 BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
     {
@@ -28,7 +29,7 @@ BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
 """Built-in rewards by the name a config uses."""
 
 
-class UnknownRewardError(ValueError):
+class UnknownRewardError(UserError, ValueError):
     """A reward name that is neither a built-in nor an importable `module:function`."""
 
 

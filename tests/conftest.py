@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny model built by the project's own code, and one local Ray instance per test session.
+
+The tiny model is built with only a few warm-start steps: these tests check plumbing and numerics, not learning,
+so they need a model vLLM and peft load, not a good one. It is cached under the pytest cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(pytestconfig) -> Path:
+    from launch.basemodel import ensure_base_model
+
+    cache = Path(pytestconfig.cache.mkdir("prolora-models"))
+    return ensure_base_model("arith", cache, sft_steps=40)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

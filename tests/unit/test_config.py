@@ -1,0 +1,72 @@
+"""Config parsing: files, --set overrides, and the errors a user sees for unknown keys and bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import Config, ConfigError, load_config
+
+
+def test_defaults_are_the_builtin_run():
+    config = load_config()
+    assert config == Config()
+    assert config.model.path == "builtin:arith"
+    assert config.rewards.functions[0].name == "exact_match"
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("run:\n  steps: 7\nalgo:\n  clip_high: 0.28\n")
+    config = load_config(path, ["train.lr=1e-3", "lora.target_modules=[q_proj, v_proj]", "run.steps=9"])
+    assert config.run.steps == 9  # the override wins over the file
+    assert config.algo.clip_high == 0.28
+    assert config.train.lr == 1e-3
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_toml_file(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[rollout]\ngroup_size = 4\n[[rewards.functions]]\nname = "exact_match"\nweight = 2.0\n')
+    config = load_config(path)
+    assert config.rollout.group_size == 4
+    assert config.rewards.functions[0].weight == 2.0
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["rollout.group_sise=4"])
+    message = str(err.value)
+    assert "rollout.group_sise" in message and "group_size" in message
+
+
+def test_bad_value_names_key_and_constraint():
+    with pytest.raises(ConfigError, match=r"algo.loss_agg: .*token_mean"):
+        load_config(overrides=["algo.loss_agg=sum"])
+    with pytest.raises(ConfigError, match=r"rollout.group_size: .*greater than or equal to 2"):
+        load_config(overrides=["rollout.group_size=1"])
+
+
+def test_config_is_frozen():
+    config = load_config()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on assignment to a frozen model
+        config.run.steps = 3  # type: ignore[misc]
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_cli_reports_config_errors_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "train", "--set", "eval.k=0"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "eval.k" in proc.stderr and "Traceback" not in proc.stderr
