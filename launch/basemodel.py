@@ -1,0 +1,218 @@
+"""The built-in base model: a tiny Llama with a character-level tokenizer, warm-started on a built-in task.
+
+Nothing can be downloaded here, so `model.path = "builtin:<task>"` resolves to a model this module builds once
+and caches. The warm start is deliberately short: it leaves the model partially trained (some held-out problems
+right under greedy decoding, many more reachable by sampling), which is the regime where GRPO has signal to learn
+from. Training rows are formatted exactly as rollouts see them: BOS + prompt, then answer + EOS, loss on the
+answer and EOS only.
+
+The output directory loads with transformers (AutoModelForCausalLM, AutoTokenizer) and with vLLM. It is built in a
+temporary directory beside the cache entry and renamed into place, so a crashed or concurrent build never leaves
+a half-written model where a later run would find it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import string
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, processors
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from shared.tasks import Rows, get_task
+
+BUILD_VERSION = 1
+"""Bump when the recipe changes in a way the settings below do not capture, so old cache entries are not reused."""
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+CHARSET = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")
+"""Letters, digits, punctuation, space and newline: one token each."""
+MAX_POSITIONS = 128
+
+# The model and the warm start. head_dim 32 is one of the head sizes vLLM's CPU attention supports.
+MODEL_SIZES = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 32,
+}
+SFT_STEPS = {"arith": 300}
+"""Default warm-start length per task, tuned to leave greedy held-out accuracy around 25-50%."""
+SFT_BATCH = 128
+SFT_LR = 3e-3
+SFT_WARMUP = 20
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: one token per character of CHARSET; BOS is prepended on every encode."""
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARSET))}
+    # BPE with no merges is exactly character-level; unknown characters become <unk>.
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def model_config() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(SPECIAL_TOKENS) + len(CHARSET),
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        **MODEL_SIZES,
+    )
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
+    tokenizer.save_pretrained(out_dir)
+    # transformers 5 writes tokenizer_class "TokenizersBackend", which older transformers (and tools pinned to
+    # them) cannot resolve; PreTrainedTokenizerFast loads everywhere.
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("backend", None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["add_bos_token"] = True
+    config_path.write_text(json.dumps(config, indent=2))
+    special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def _sft_batches(tokenizer: PreTrainedTokenizerFast, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and labels for BOS + prompt + answer + EOS, right-padded; labels are -100 outside answer + EOS."""
+    input_ids, labels = [], []
+    for row in rows:
+        prompt_ids = tokenizer(row["prompt"]).input_ids  # starts with BOS
+        answer_ids = tokenizer(row["answer"], add_special_tokens=False).input_ids + [EOS_ID]
+        input_ids.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(ids) for ids in input_ids)
+    ids_NT = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    labels_NT = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (ids, lab) in enumerate(zip(input_ids, labels, strict=True)):
+        ids_NT[i, : len(ids)] = torch.tensor(ids)
+        labels_NT[i, : len(lab)] = torch.tensor(lab)
+    return ids_NT, labels_NT
+
+
+def _warm_start(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, rows: Rows, steps: int, seed: int) -> None:
+    """Plain AdamW loop with linear warmup and cosine decay, one fresh batch of SFT_BATCH rows per step."""
+    ids_NT, labels_NT = _sft_batches(tokenizer, rows)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(rows), generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / SFT_WARMUP) * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))),
+    )
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = order[(torch.arange(SFT_BATCH) + step * SFT_BATCH) % len(rows)]
+        attention_mask = (ids_NT[batch] != PAD_ID).long()
+        loss = model(input_ids=ids_NT[batch], attention_mask=attention_mask, labels=labels_NT[batch]).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"[basemodel] sft step {step + 1}/{steps} loss {loss.item():.3f} "
+                  f"({time.perf_counter() - start:.0f}s)", flush=True)
+    model.eval()
+
+
+@torch.no_grad()
+def greedy_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_name: str, rows: Rows) -> float:
+    """Share of rows whose greedy completion is correct, with the same formatting the rollouts use."""
+    task = get_task(task_name)
+    enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
+    out_NT = model.generate(
+        **enc, max_new_tokens=task.max_new_tokens, do_sample=False, pad_token_id=PAD_ID, eos_token_id=EOS_ID
+    )
+    texts = tokenizer.batch_decode(out_NT[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+    return sum(task.is_correct(t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows)
+
+
+def build_base_model(out_dir: str | Path, task_name: str = "arith", sft_steps: int | None = None, seed: int = 0) -> Path:
+    """Build the tiny model, warm-start it on `task_name` for `sft_steps` steps and save it to `out_dir`."""
+    out_dir = Path(out_dir)
+    steps = SFT_STEPS[task_name] if sft_steps is None else sft_steps
+    task = get_task(task_name)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(model_config())
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[basemodel] building {task_name} base model ({n_params / 1e6:.2f}M params, {steps} sft steps)", flush=True)
+    # The warm start draws its rows from a seed stream of its own, not the one RL runs use.
+    rows = task.train_rows(min(max(steps, 1) * SFT_BATCH, 50_000), 1_000_000 + seed)
+    _warm_start(model, tokenizer, rows, steps, seed)
+    accuracy = greedy_accuracy(model, tokenizer, task_name, task.heldout_rows(200, seed))
+    print(f"[basemodel] held-out greedy accuracy {accuracy:.1%} (200 prompts)", flush=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(out_dir)
+    _save_tokenizer(tokenizer, out_dir)
+    return out_dir
+
+
+def _settings_hash(task_name: str, sft_steps: int, seed: int) -> str:
+    settings = {
+        "version": BUILD_VERSION, "task": task_name, "sft_steps": sft_steps, "seed": seed, "sizes": MODEL_SIZES,
+        "charset": CHARSET, "batch": SFT_BATCH, "lr": SFT_LR, "warmup": SFT_WARMUP,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def default_cache_dir() -> Path:
+    """$PROLORA_CACHE/base, or ~/.cache/prolora/base."""
+    return Path(os.environ.get("PROLORA_CACHE", "~/.cache/prolora")).expanduser() / "base"
+
+
+def ensure_base_model(task_name: str = "arith", cache_dir: Path | None = None, *, sft_steps: int | None = None) -> Path:
+    """The cached base model directory for `task_name`, built on first use.
+
+    `cache_dir` holds one directory per build setting (default: `default_cache_dir()`).
+    """
+    steps = SFT_STEPS[task_name] if sft_steps is None else sft_steps
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    final = cache_dir / f"{task_name}-{_settings_hash(task_name, steps, seed=0)}"
+    if (final / "config.json").is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
+    try:
+        build_base_model(tmp, task_name, steps, seed=0)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / "config.json").is_file():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[basemodel] saved {final} in {time.perf_counter() - start:.0f}s", flush=True)
+    return final

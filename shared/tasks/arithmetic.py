@@ -1,0 +1,66 @@
+"""The built-in verifiable task: fixed-width integer addition ("123+456=" -> "579").
+
+Every problem belongs to exactly one split, decided by a hash of the unordered operand pair, so `a+b` and `b+a`
+always land together and no held-out problem (or its mirror) is ever trained on, whatever seeds or sizes are
+asked for. Rows are drawn without repeats from a seeded `random.Random`, so the same (n, seed) gives the same rows
+on every machine and Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+DIGITS = 3
+"""Operand width; operands are uniform over [10**(DIGITS-1), 10**DIGITS)."""
+HELDOUT_PER_MILLE = 100
+"""Share of all problems (per mille) reserved for the held-out split."""
+MAX_NEW_TOKENS = 6
+"""Longest answer is DIGITS + 1 characters plus EOS; one spare token."""
+
+_LOW, _HIGH = 10 ** (DIGITS - 1), 10**DIGITS - 1
+
+
+def format_prompt(a: int, b: int) -> str:
+    """The prompt exactly as the engine sees it (the tokenizer adds BOS in front)."""
+    return f"{a}+{b}="
+
+
+def is_heldout(a: int, b: int) -> bool:
+    """Whether the problem a+b (in either order) belongs to the held-out split."""
+    lo, hi = min(a, b), max(a, b)
+    digest = hashlib.blake2b(f"{lo}+{hi}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 1000 < HELDOUT_PER_MILLE
+
+
+def _rows(n: int, seed: int, *, heldout: bool) -> list[dict[str, str]]:
+    split = "heldout" if heldout else "train"
+    share = HELDOUT_PER_MILLE if heldout else 1000 - HELDOUT_PER_MILLE
+    limit = (_HIGH - _LOW + 1) ** 2 * share // 1000 // 2  # keeps rejection sampling fast
+    if n > limit:
+        raise ValueError(f"asked for {n} {split} rows; the {DIGITS}-digit task allows at most {limit}")
+    rng = random.Random(f"arith-{split}-{seed}")  # str seeds hash deterministically (not via PYTHONHASHSEED)
+    seen: set[tuple[int, int]] = set()
+    rows: list[dict[str, str]] = []
+    while len(rows) < n:
+        a, b = rng.randint(_LOW, _HIGH), rng.randint(_LOW, _HIGH)
+        if (a, b) in seen or is_heldout(a, b) != heldout:
+            continue
+        seen.add((a, b))
+        rows.append({"prompt": format_prompt(a, b), "answer": str(a + b)})
+    return rows
+
+
+def train_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """n distinct training problems as {"prompt", "answer"} dicts, deterministic in (n, seed)."""
+    return _rows(n, seed, heldout=False)
+
+
+def heldout_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """n distinct held-out problems, disjoint from every train_rows(...) call whatever its seed."""
+    return _rows(n, seed, heldout=True)
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    """Exact match after stripping surrounding whitespace."""
+    return completion.strip() == answer.strip()
