@@ -1,4 +1,4 @@
-"""Start Ray and the actors of a run: rollout workers, the learner and reward actors.
+"""Start Ray and the actors of a run: rollout workers, the learner, reward actors and an optional reward model.
 
 This is the only place that applies `ray.remote` with resources; the actor classes themselves are plain Python.
 On a CPU-only machine nothing asks for a GPU. vLLM runs its engine core in-process inside the actor
@@ -9,13 +9,39 @@ own process.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import ray
 
 from learner.learner import Learner
+from learner.rewards.context import RewardContext
+from learner.rewards.reward_model import RewardModelScorer
 from learner.rewards.worker import RewardWorker
 from rollout.worker import RolloutWorker
-from shared.config import Config
+from shared.config import Config, RewardSpec
+from shared.tasks import get_task
+
+
+@dataclass
+class Actors:
+    workers: list
+    learner: object
+    rewarders: list
+    reward_model: object | None = None
+
+
+def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardSpec]) -> Actors:
+    """Every actor of a run; the reward actors get a RewardContext holding the rollout workers and reward model."""
+    workers = start_rollout_workers(config, model_path)
+    reward_model = start_reward_model(config)
+    context = reward_context(config, workers, reward_model)
+    return Actors(
+        workers=workers,
+        learner=start_learner(config, model_path),
+        rewarders=start_reward_actors(config, reward_specs, context),
+        reward_model=reward_model,
+    )
 
 
 def start_ray(config: Config) -> None:
@@ -25,7 +51,7 @@ def start_ray(config: Config) -> None:
     if config.run.ray_address:
         ray.init(address=config.run.ray_address, log_to_driver=True)
         return
-    slots = config.rollout.num_workers + 1 + config.rewards.num_actors
+    slots = config.rollout.num_workers + 1 + config.rewards.num_actors + bool(config.rewards.reward_model.path)
     ray.init(num_cpus=max(os.cpu_count() or 1, slots), include_dashboard=False, log_to_driver=True)
 
 
@@ -71,10 +97,29 @@ def start_learner(config: Config, model_path: str):
     )
 
 
-def start_reward_actors(config: Config) -> list:
+def start_reward_model(config: Config):
+    """The reward-model actor, or None when `rewards.reward_model.path` is not set."""
+    rm = config.rewards.reward_model
+    if rm.path is None:
+        return None
+    cls = ray.remote(num_cpus=1, num_gpus=rm.num_gpus)(RewardModelScorer)
+    return cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
+        rm.path, max_length=rm.max_length, batch_size=rm.batch_size, dtype=config.model.dtype
+    )
+
+
+def reward_context(config: Config, workers: list, reward_model=None) -> RewardContext:
+    return RewardContext(
+        rollout_workers=tuple(workers),
+        back_translation_prompt=get_task(config.task.name).back_translation_prompt,
+        max_new_tokens=config.rollout.max_new_tokens,
+        reward_model=reward_model,
+    )
+
+
+def start_reward_actors(config: Config, specs: Sequence[RewardSpec], context: RewardContext | None = None) -> list:
     cls = ray.remote(num_cpus=1)(RewardWorker)
-    specs = list(config.rewards.functions)
     return [
-        cls.remote(specs, config.rewards.failure_policy, config.rewards.timeout_s)
+        cls.remote(list(specs), config.rewards.failure_policy, config.rewards.timeout_s, context)
         for _ in range(config.rewards.num_actors)
     ]

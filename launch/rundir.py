@@ -2,7 +2,9 @@
 
 Layout (later tools read these names):
     config.yaml       the resolved config
-    metrics.jsonl     one JSON object per step, and eval records with "eval": true
+    rewards.yaml      the reward set in force; edit it to change rewards while the run goes on (launch/reward_swap.py)
+    metrics.jsonl     one JSON object per step, eval records with "eval": true, and reward-swap records with
+                      "reward_swap": true
     rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
     adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
 """
@@ -17,7 +19,7 @@ import torch
 
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
-from shared.metrics import MetricsWriter, write_rollouts
+from shared.metrics import MetricsWriter, add_reward_columns, rollout_reward_names, write_rollouts
 from shared.records import AdapterPayload, Group, RewardScores
 
 
@@ -44,6 +46,8 @@ class RunDir:
         self.rollouts.mkdir(parents=True, exist_ok=True)
         self.adapters.mkdir(exist_ok=True)
         self.metrics = MetricsWriter(path / "metrics.jsonl")
+        # Every reward that has a rollout column, in order of first use (read back from the files on resume).
+        self._reward_names = rollout_reward_names(self.rollouts)
 
     @classmethod
     def create(cls, config: Config) -> RunDir:
@@ -86,7 +90,11 @@ class RunDir:
         }
         for name, values in scores.components.items():
             columns[f"reward/{name}"] = list(values)
-        return write_rollouts(self.rollouts, step, columns, list(scores.components))
+        new_names = [name for name in scores.components if name not in self._reward_names]
+        if new_names:  # a reward swap brought in a reward: keep one schema across all files
+            add_reward_columns(self.rollouts, new_names)
+            self._reward_names += new_names
+        return write_rollouts(self.rollouts, step, columns, self._reward_names)
 
     def close(self) -> None:
         self.metrics.close()

@@ -120,15 +120,30 @@ class RewardSpec(_Section):
     weight: float = 1.0
 
 
+class RewardModelConfig(_Section):
+    path: str | None = None
+    """A transformers sequence-classification model directory (num_labels=1) for the `reward_model` reward; None
+    starts no reward-model actor."""
+    max_length: int = Field(128, ge=8)
+    """Tokens of prompt + completion the reward model sees (longer texts are right-truncated)."""
+    batch_size: int = Field(32, ge=1)
+    """Texts per forward pass."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs for the reward-model actor (0 on CPU machines)."""
+
+
 class RewardsConfig(_Section):
     functions: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")])
-    """Reward functions and their weights; the total reward is the weighted sum."""
+    """Reward functions and their weights; the total reward is the weighted sum. A running job re-reads them from
+    rewards.yaml in its run directory when that file changes (see README_rewards.md)."""
     failure_policy: Literal["zero", "skip_sample", "fail_run"] = "fail_run"
     """What a reward that raises or times out does: score 0, drop the completion, or stop the run."""
     timeout_s: float = Field(30.0, gt=0.0)
     """Per-call timeout of one reward function on one batch."""
     num_actors: int = Field(1, ge=1)
     """Reward actors; batches are split across them."""
+    reward_model: RewardModelConfig = RewardModelConfig()
+    """The reward-model actor used by the `reward_model` reward."""
 
 
 class EvalConfig(_Section):

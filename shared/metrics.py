@@ -12,9 +12,14 @@ Rollout schema (`ROLLOUT_SCHEMA`), one row per completion:
     sampling_logprobs     list<float32>  engine logprob of each generated token
     finish_reason         string   "stop" or "length"
     reward                float64  weighted total (null when the sample was skipped)
-    reward/<name>         float64  one column per reward function (null where it did not apply)
+    reward/<name>         float64  one column per reward function ever used in the run (null where it did not
+                                   apply, failed, or was not in the reward set of that step)
     advantage             float64
     adapter_version       int64    version of the adapter that generated the completion
+
+All files of a run share one schema, so `pyarrow.parquet.read_table(run_dir / "rollouts")` reads them all: when a
+reward swap brings in a reward not seen before, `add_reward_columns` rewrites the earlier files with a null column
+for it (a reader such as pyarrow takes the schema of the first file and would silently drop the new column).
 """
 
 from __future__ import annotations
@@ -69,11 +74,39 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def write_rollouts(directory: Path, step: int, columns: dict[str, list], reward_names: list[str]) -> Path:
-    """Write one step's completions as `rollouts/step_<step>.parquet` (schema above plus reward/<name> columns)."""
+    """Write one step's completions as `rollouts/step_<step>.parquet` (schema above plus reward/<name> columns).
+
+    A name in `reward_names` without a column in `columns` (a reward not in this step's set) is written as nulls.
+    """
     fields = list(ROLLOUT_SCHEMA) + [pa.field(f"reward/{n}", pa.float64()) for n in reward_names]
-    table = pa.table({f.name: columns[f.name] for f in fields}, schema=pa.schema(fields))
+    n_rows = len(columns["step"])
+    table = pa.table({f.name: columns.get(f.name, [None] * n_rows) for f in fields}, schema=pa.schema(fields))
     path = directory / f"step_{step:06d}.parquet"
+    _write_atomic(table, path)
+    return path
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
-    return path
+
+
+def rollout_reward_names(directory: Path) -> list[str]:
+    """The reward names of the newest rollout file (every reward the run used so far), in column order."""
+    files = sorted(directory.glob("step_*.parquet"))
+    if not files:
+        return []
+    return [name.removeprefix("reward/") for name in pq.read_schema(files[-1]).names if name.startswith("reward/")]
+
+
+def add_reward_columns(directory: Path, names: list[str]) -> None:
+    """Give every rollout file a null `reward/<name>` column for each of `names` it lacks (appended at the end)."""
+    for path in sorted(directory.glob("step_*.parquet")):
+        table = pq.read_table(path)
+        missing = [n for n in names if f"reward/{n}" not in table.column_names]
+        for name in missing:
+            nulls = pa.nulls(table.num_rows, pa.float64())
+            table = table.append_column(pa.field(f"reward/{name}", pa.float64()), nulls)
+        if missing:
+            _write_atomic(table, path)

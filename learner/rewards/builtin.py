@@ -17,7 +17,8 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from learner.rewards.protocol import RewardFn, RewardValues
 
 
-def _column(columns: dict[str, Any], name: str, reward: str) -> list[Any]:
+def require_column(columns: dict[str, Any], name: str, reward: str) -> list[Any]:
+    """The column `name` as a list; a ValueError naming the reward and the batch's columns if it is missing."""
     if name not in columns:
         have = ", ".join(sorted(columns)) or "none"
         raise ValueError(f"reward {reward!r} needs a {name!r} column; this batch has columns: {have}")
@@ -26,7 +27,7 @@ def _column(columns: dict[str, Any], name: str, reward: str) -> list[Any]:
 
 def exact_match(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:
     """1.0 when the completion, stripped of surrounding whitespace, equals `str(answer).strip()`, else 0.0."""
-    answers = _column(columns, "answer", "exact_match")
+    answers = require_column(columns, "answer", "exact_match")
     return [
         None if answer is None else float(completion.strip() == str(answer).strip())
         for completion, answer in zip(completions, answers, strict=True)
@@ -39,7 +40,7 @@ def math_answer(prompts: list[str], completions: list[str], **columns: Any) -> R
     The completion's answer may be boxed (`\\boxed{...}`), in `$...$` or plain; equal values in other forms
     count (1/2, 0.5 and \\frac{1}{2} all match). None where the gold answer itself cannot be parsed.
     """
-    answers = _column(columns, "answer", "math")
+    answers = require_column(columns, "answer", "math")
     return [_math_equal(completion, answer) for completion, answer in zip(completions, answers, strict=True)]
 
 
@@ -80,7 +81,7 @@ think_answer_format = format_reward(THINK_ANSWER_PATTERN)
 
 def _references(columns: dict[str, Any], reward: str) -> list[list[str] | None]:
     refs: list[list[str] | None] = []
-    for value in _column(columns, "reference", reward):
+    for value in require_column(columns, "reference", reward):
         if isinstance(value, str):
             refs.append([value])
         elif isinstance(value, (list, tuple)):
@@ -142,7 +143,7 @@ def overlong_reward(max_len: int, cache_len: int) -> RewardFn:
         raise ValueError(f"overlong_reward needs 0 < cache_len <= max_len, got {cache_len=} {max_len=}")
 
     def overlong_fixed(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:
-        counts = _column(columns, "completion_token_count", "overlong")
+        counts = require_column(columns, "completion_token_count", "overlong")
         return [None if n is None else soft_overlong_penalty(n, max_len, cache_len) for n in counts]
 
     return overlong_fixed
@@ -151,8 +152,8 @@ def overlong_reward(max_len: int, cache_len: int) -> RewardFn:
 def overlong(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:
     """Soft overlong penalty (see `soft_overlong_penalty`) from the `completion_token_count` and `max_tokens`
     columns, with cache_len = max(1, max_tokens // 4): the last quarter of the budget is penalised."""
-    counts = _column(columns, "completion_token_count", "overlong")
-    limits = _column(columns, "max_tokens", "overlong")
+    counts = require_column(columns, "completion_token_count", "overlong")
+    limits = require_column(columns, "max_tokens", "overlong")
     return [
         None if n is None or m is None else soft_overlong_penalty(n, m, max(1, m // 4))
         for n, m in zip(counts, limits, strict=True)

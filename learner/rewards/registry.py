@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from learner.rewards import builtin
+from learner.rewards.cycle import cycle_consistency
 from learner.rewards.protocol import RewardFn
+from learner.rewards.reward_model import reward_model
 from shared.errors import UserError
 
 BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
@@ -24,9 +26,28 @@ BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
         "ter": builtin.ter,
         "overlong": builtin.overlong,
         "repetition": builtin.repetition,
+        "cycle_consistency": cycle_consistency,
+        "reward_model": reward_model,
     }
 )
 """Built-in rewards by the name a config uses."""
+
+BUILTIN_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "exact_match": ("answer",),
+        "math": ("answer",),
+        "format": (),
+        "chrf": ("reference",),
+        "bleu": ("reference",),
+        "ter": ("reference",),
+        "overlong": ("completion_token_count", "max_tokens"),
+        "repetition": (),
+        "cycle_consistency": ("source",),
+        "reward_model": (),
+    }
+)
+"""Data set columns each built-in reads besides prompts and completions (a None value in one means "does not
+apply"). In a run, `completion_token_count` and `max_tokens` are filled in by the driver."""
 
 
 class UnknownRewardError(UserError, ValueError):

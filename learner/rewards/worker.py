@@ -11,6 +11,9 @@ The failure policy then decides: `zero` scores that reward 0.0 on the whole batc
 None and drops the batch's completions (total None), `fail_run` raises `RewardFailure`. Each failure is
 counted in `RewardScores.failures`; its traceback is logged once per reward name and worker, so a reward that
 always fails does not flood the log.
+
+Rewards that declare a `reward_context` parameter (see `context.py`) get the worker's `RewardContext`; a reward
+set whose context needs are not met is refused by `set_specs`, like an unknown name.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from learner.rewards.context import CONTEXT_PARAMETER, RewardContext, check_context, wants_context
 from learner.rewards.protocol import RewardFn, RewardValues
 from learner.rewards.registry import resolve_reward
 from shared.config import RewardSpec
@@ -47,7 +51,13 @@ class RewardReturnError(ValueError):
 class RewardWorker:
     """Scores RewardBatches with a set of weighted rewards (see the module docstring for failures)."""
 
-    def __init__(self, specs: Sequence[RewardSpec], failure_policy: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        specs: Sequence[RewardSpec],
+        failure_policy: str,
+        timeout_s: float,
+        context: RewardContext | None = None,
+    ) -> None:
         if failure_policy not in FAILURE_POLICIES:
             raise ValueError(f"failure_policy must be one of {FAILURE_POLICIES}, got {failure_policy!r}")
         if not timeout_s > 0:
@@ -55,6 +65,7 @@ class RewardWorker:
         self._failure_policy = failure_policy
         self._timeout_s = timeout_s
         self._logged_failures: set[str] = set()
+        self._context = context
         self.set_specs(specs)
 
     def set_specs(self, specs: Sequence[RewardSpec]) -> None:
@@ -66,6 +77,8 @@ class RewardWorker:
         if repeated:
             raise ValueError(f"each reward may appear once; repeated: {', '.join(repeated)}")
         functions = {spec.name: resolve_reward(spec.name) for spec in specs}
+        for name, fn in functions.items():
+            check_context(name, fn, self._context)
         self._specs = tuple(specs)
         self._functions = functions
 
@@ -110,6 +123,8 @@ class RewardWorker:
             "completions": list(batch.completions),
             **{key: list(values) for key, values in columns.items()},
         }
+        if wants_context(fn):
+            kwargs[CONTEXT_PARAMETER] = self._context
         try:
             if _is_async(fn):
                 raw = await asyncio.wait_for(fn(**kwargs), self._timeout_s)
@@ -142,7 +157,7 @@ def _checked_columns(batch: RewardBatch) -> dict[str, list]:
     if len(batch.prompts) != n:
         raise ValueError(f"RewardBatch has {len(batch.prompts)} prompts but {n} completions")
     for key, values in batch.columns.items():
-        if key in ("prompts", "completions"):
+        if key in ("prompts", "completions", CONTEXT_PARAMETER):
             raise ValueError(f"RewardBatch column {key!r} clashes with the reward argument of the same name")
         if len(values) != n:
             raise ValueError(f"RewardBatch column {key!r} has {len(values)} values for {n} completions")
@@ -203,6 +218,7 @@ def score_rows(
     *,
     failure_policy: str = "fail_run",
     timeout_s: float = 30.0,
+    context: RewardContext | None = None,
 ) -> list[dict[str, float | None]]:
     """Score rows of `{"prompt", "completion", other columns...}` (as read from a JSONL file).
 
@@ -221,7 +237,7 @@ def score_rows(
         completions=tuple(row["completion"] for row in rows),
         columns={key: tuple(row.get(key) for row in rows) for key in keys},
     )
-    scores = RewardWorker(specs, failure_policy, timeout_s).score(batch)
+    scores = RewardWorker(specs, failure_policy, timeout_s, context).score(batch)
     return [
         {**{name: values[i] for name, values in scores.components.items()}, "total": scores.total[i]}
         for i in range(len(rows))

@@ -1,8 +1,9 @@
 """Built-in tasks: where prompts, reference answers and the held-out split come from.
 
-A task is a small frozen record of plain functions, looked up by name with `get_task`. Rows are dicts
-{"prompt": str, "answer": str}; the prompt is fed to the engine as-is (the tokenizer adds BOS) and the model is
-expected to generate the answer followed by EOS.
+A task is a small frozen record of plain functions, looked up by name with `get_task`. Rows are dicts with at
+least {"prompt": str, "answer": str}; the prompt is fed to the engine as-is (the tokenizer adds BOS) and the model
+is expected to generate the answer followed by EOS. Other keys of a row (a translation's `reference` and `source`)
+reach the reward functions as columns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.errors import UserError
-from shared.tasks import arithmetic
+from shared.tasks import arithmetic, translation
 
 Rows = list[dict[str, str]]
 
@@ -27,6 +28,13 @@ class Task:
     """is_correct(completion, answer): whether a completion's text solves the row."""
     max_new_tokens: int
     """Default completion budget: enough for the longest answer plus EOS."""
+    warmup_rows: Callable[[int, int], Rows] | None = None
+    """warmup_rows(n, seed): rows the base model is warm-started on; None means train_rows."""
+    heldout_metrics: Callable[[list[str], Rows], dict[str, float]] | None = None
+    """heldout_metrics(greedy_completions, rows): task metrics evaluation reports beside pass@1/pass@k."""
+    back_translation_prompt: Callable[[str], str] | None = None
+    """back_translation_prompt(completion): the prompt asking the model to translate a completion back into the
+    source language (translation tasks; `cycle_consistency` needs it)."""
 
 
 _TASKS = {
@@ -36,6 +44,16 @@ _TASKS = {
         heldout_rows=arithmetic.heldout_rows,
         is_correct=arithmetic.is_correct,
         max_new_tokens=arithmetic.MAX_NEW_TOKENS,
+    ),
+    "translate": Task(
+        name="translate",
+        train_rows=translation.train_rows,
+        heldout_rows=translation.heldout_rows,
+        is_correct=translation.is_correct,
+        max_new_tokens=translation.MAX_NEW_TOKENS,
+        warmup_rows=translation.warmup_rows,
+        heldout_metrics=translation.heldout_metrics,
+        back_translation_prompt=translation.back_translation_prompt,
     ),
 }
 

@@ -1,0 +1,143 @@
+"""Changing the reward set of a running job: `rewards.yaml` in the run directory.
+
+At start the driver writes the config's `rewards` section to `<run_dir>/rewards.yaml` (or, when the file is already
+there because the run is resumed, reads the set in force from it). Before every step it checks the file's
+modification time and size; when they changed it re-reads the file and, if `functions` (names and weights) differ
+from the set in force, installs the new set on every reward actor with `RewardWorker.set_specs`. Rollout workers
+and the learner are untouched. The step whose completions are the first scored by the new set is recorded in
+`metrics.jsonl` as `{"reward_swap": true, "step": S, "rewards": [{"name": ..., "weight": ...}, ...]}`.
+
+A file that cannot be used (bad YAML, an unknown key, an unknown reward, a reward whose needs the run cannot meet)
+never stops the run: the set in force stays, and a warning says why. Only `functions` can change while running;
+a change to another key (failure_policy, timeout_s, ...) is reported and ignored until the next start. The file
+always holds what the user last wrote, so a resumed run reads the set in force from it (an unusable file is then
+an error, before any actor starts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+import yaml
+from pydantic import ValidationError
+
+from learner.rewards.context import RewardContext, check_context
+from learner.rewards.registry import resolve_reward
+from shared.config import Config, RewardsConfig, RewardSpec
+from shared.errors import UserError
+from shared.metrics import MetricsWriter
+from shared.tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+REWARDS_FILE = "rewards.yaml"
+
+
+class RewardSetError(UserError):
+    """A reward set (from the config or rewards.yaml) that this run cannot use."""
+
+
+def check_reward_specs(specs: Sequence[RewardSpec], config: Config) -> None:
+    """Raise a UserError unless every reward resolves and the run can give it the context it needs."""
+    if not specs:
+        raise RewardSetError("the reward set is empty; rewards.functions needs at least one reward")
+    names = [spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RewardSetError(f"each reward may appear once in rewards.functions; repeated: {', '.join(repeated)}")
+    # What the run's RewardContext will hold (the handles do not exist yet; truthy placeholders stand in).
+    available = RewardContext(
+        rollout_workers=("rollout workers",),
+        back_translation_prompt=get_task(config.task.name).back_translation_prompt,
+        reward_model="reward model" if config.rewards.reward_model.path else None,
+    )
+    for spec in specs:
+        check_context(spec.name, resolve_reward(spec.name), available)
+
+
+def read_rewards_file(path: Path) -> RewardsConfig:
+    """Parse and validate a rewards.yaml (the `rewards` section of a config); a UserError says what is wrong."""
+    try:
+        data = yaml.safe_load(path.read_text())
+        return RewardsConfig.model_validate(data or {})
+    except (OSError, yaml.YAMLError) as err:
+        raise RewardSetError(f"{path}: cannot read: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors())
+        raise RewardSetError(f"{path}: {problems}") from None
+
+
+class RewardSwap:
+    """Watches one run's rewards.yaml and installs changed reward sets between steps."""
+
+    def __init__(self, path: Path, config: Config, rewards: RewardsConfig) -> None:
+        self.path = path
+        self._config = config
+        self._rewards = rewards
+        self._signature = _signature(path)
+
+    @classmethod
+    def open(cls, run_dir: Path, config: Config) -> RewardSwap:
+        """Write the config's rewards to run_dir/rewards.yaml, or take the set in force from it when it exists."""
+        path = run_dir / REWARDS_FILE
+        if path.exists():
+            rewards = read_rewards_file(path)
+            check_reward_specs(rewards.functions, config)
+        else:
+            rewards = config.rewards
+            path.write_text(yaml.safe_dump(rewards.model_dump(mode="json"), sort_keys=False))
+        return cls(path, config, rewards)
+
+    @property
+    def specs(self) -> list[RewardSpec]:
+        """The reward set in force."""
+        return list(self._rewards.functions)
+
+    def poll(self, step: int, rewarders: list, metrics: MetricsWriter) -> bool:
+        """Before `step`: install the file's reward set if it changed; True when a new set took effect."""
+        signature = _signature(self.path)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            new = read_rewards_file(self.path)
+            check_reward_specs(new.functions, self._config)
+        except UserError as err:
+            logger.warning("step %d: %s; keeping rewards %s", step, err, _describe(self.specs))
+            return False
+        _warn_ignored_keys(step, self._rewards, new)
+        if list(new.functions) == self.specs:
+            return False
+        try:
+            ray.get([r.set_specs.remote(list(new.functions)) for r in rewarders])
+        except Exception as err:  # e.g. user code importable here but not in the actor: keep every actor on one set
+            ray.get([r.set_specs.remote(self.specs) for r in rewarders])
+            logger.warning("step %d: reward actors refused %s (%s); keeping rewards %s",
+                           step, _describe(new.functions), err, _describe(self.specs))
+            return False
+        self._rewards = self._rewards.model_copy(update={"functions": list(new.functions)})
+        metrics.write({"reward_swap": True, "step": step, "rewards": [s.model_dump() for s in self.specs]})
+        logger.warning("step %d: rewards are now %s (from %s)", step, _describe(self.specs), self.path)
+        return True
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _describe(specs: Sequence[RewardSpec]) -> str:
+    return ", ".join(f"{s.name} x{s.weight:g}" for s in specs)
+
+
+def _warn_ignored_keys(step: int, current: RewardsConfig, new: RewardsConfig) -> None:
+    changed = [k for k in RewardsConfig.model_fields if k != "functions" and getattr(current, k) != getattr(new, k)]
+    if changed:
+        logger.warning("step %d: %s: only 'functions' can change while running; ignoring changes to %s",
+                       step, REWARDS_FILE, ", ".join(changed))

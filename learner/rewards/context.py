@@ -1,0 +1,84 @@
+"""What a reward may get beyond its batch: handles of the run's other actors.
+
+Most rewards only read their batch. A few need the running system: `cycle_consistency` asks the rollout workers
+to translate completions back, `reward_model` asks the reward-model actor for scores. Such a reward declares a
+keyword-only parameter named `reward_context` (TRL-style rewards without it never see one), and lists the
+`RewardContext` fields it cannot work without in a `context_requires` attribute, so a reward set that cannot run
+is refused when it is installed rather than failing on every batch:
+
+    def my_reward(prompts, completions, *, reward_context: RewardContext, **columns): ...
+    my_reward.context_requires = ("rollout_workers",)
+
+The driver builds the context once, after starting the actors, and hands it to every reward actor.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from shared.errors import UserError
+from shared.records import SamplingSpec
+
+CONTEXT_PARAMETER = "reward_context"
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """Actor handles and task functions for rewards that need them (every field may be absent)."""
+
+    rollout_workers: tuple[Any, ...] = ()
+    """Rollout worker actor handles; rewards call their `generate` (it serves the newest adapter)."""
+    back_translation_prompt: Callable[[str], str] | None = None
+    """The task's reverse prompt: the prompt asking the model to translate a completion back to the source."""
+    max_new_tokens: int = 32
+    """Completion budget for generations a reward asks for."""
+    reward_model: Any = None
+    """Handle of the reward-model actor (`RewardModelScorer`), when the run configures one."""
+
+
+class RewardContextError(UserError, ValueError):
+    """A reward needs part of the RewardContext that this run does not have."""
+
+
+def wants_context(fn: Callable) -> bool:
+    """Whether `fn` declares the `reward_context` parameter."""
+    try:
+        return CONTEXT_PARAMETER in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some builtins and C callables have no signature
+        return False
+
+
+def check_context(name: str, fn: Callable, context: RewardContext | None) -> None:
+    """Raise RewardContextError when `fn` needs context fields that `context` lacks."""
+    required: Sequence[str] = getattr(fn, "context_requires", ())
+    missing = [field for field in required if context is None or not getattr(context, field)]
+    if missing:
+        raise RewardContextError(
+            f"reward {name!r} needs {', '.join(missing)} in its RewardContext; "
+            + "; ".join(CONTEXT_HINTS.get(field, field) for field in missing)
+        )
+
+
+CONTEXT_HINTS = {
+    "rollout_workers": "it runs only inside a training run (or `prolora score` with a model)",
+    "back_translation_prompt": "the task must define a back-translation prompt (task.name=translate)",
+    "reward_model": "set rewards.reward_model.path to a sequence-classification model directory",
+}
+"""What a user does to provide each context field (used in error messages)."""
+
+
+def generate_greedy(context: RewardContext, prompts: list[str]) -> list[str]:
+    """Greedy completions of `prompts` from the rollout workers' newest adapter, dealt round-robin."""
+    workers = context.rollout_workers
+    sampling = SamplingSpec(n=1, max_tokens=context.max_new_tokens, temperature=0.0)
+    shards = [prompts[i :: len(workers)] for i in range(len(workers))]
+    refs = [(i, w.generate.remote(s, sampling)) for i, (w, s) in enumerate(zip(workers, shards, strict=True)) if s]
+    texts: list[str] = [""] * len(prompts)
+    for i, ref in refs:
+        texts[i :: len(workers)] = [g.completions[0].text for g in ray.get(ref)]
+    return texts
