@@ -2,6 +2,7 @@
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR]
     prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
+    prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
 
 With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). Errors the
 user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message naming
@@ -52,6 +53,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"held-out pass@1: {first.pass_at_1:.3f} -> {last.pass_at_1:.3f} "
           f"({100 * (last.pass_at_1 - first.pass_at_1):+.1f} points); "
           f"pass@{last.k}: {first.pass_at_k:.3f} -> {last.pass_at_k:.3f}")
+    for name, value in last.task_metrics.items():
+        before = first.task_metrics[name]
+        print(f"held-out {name}: {before:.2f} -> {value:.2f} ({value - before:+.2f})")
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -70,9 +74,28 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_args(parser: argparse.ArgumentParser) -> None:
+    _config_args(parser)
+    parser.add_argument("--input", required=True, help="JSONL file: prompt, completion and the columns rewards read")
+    parser.add_argument(
+        "--reward", help="rewards to apply, NAME[=WEIGHT][,NAME[=WEIGHT]...] (built-in or module:function); "
+        "default: the config's rewards.functions",
+    )
+
+
+def _score(args: argparse.Namespace) -> int:
+    from launch.score import parse_reward_arg, score_file
+
+    config = load_config(args.config, args.overrides)
+    specs = parse_reward_arg(args.reward) if args.reward is not None else list(config.rewards.functions)
+    score_file(config, specs, Path(args.input))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("run GRPO training", _train_args, _train),
     "bench": ("rollout throughput vs raw vLLM, and hot-load share of step time", _bench_args, _bench),
+    "score": ("score a JSONL file of completions with rewards, one JSON line per row", _score_args, _score),
 }
 
 

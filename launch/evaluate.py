@@ -1,13 +1,14 @@
-"""Held-out evaluation through the rollout workers: greedy pass@1 and unbiased pass@k.
+"""Held-out evaluation through the rollout workers: greedy pass@1, unbiased pass@k, and the task's own metrics.
 
 It uses the same engines, prompt strings and tokenizer (BOS included) as the training rollouts, so an eval
 number and a training reward measure the same thing. pass@k uses the unbiased estimator of Chen et al. (2021)
-from `n_samples` samples per prompt at the eval temperature.
+from `n_samples` samples per prompt at the eval temperature. A task with `heldout_metrics` (translation: corpus
+chrF++) gets them computed on the same greedy completions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from launch.fleet import generate
 from learner.grpo import pass_at_k
@@ -23,9 +24,19 @@ class EvalResult:
     pass_at_k: float
     k: int
     n_prompts: int
+    task_metrics: dict[str, float] = field(default_factory=dict)
+    """The task's own held-out metrics on the greedy completions (e.g. {"chrf": 41.3}); empty for arithmetic."""
 
     def as_record(self) -> dict:
-        return {"pass@1": self.pass_at_1, f"pass@{self.k}": self.pass_at_k, "n_prompts": self.n_prompts}
+        return {
+            "pass@1": self.pass_at_1, f"pass@{self.k}": self.pass_at_k, "n_prompts": self.n_prompts,
+            **self.task_metrics,
+        }
+
+    def summary(self) -> str:
+        """One line for logs: pass@1, pass@k and the task metrics."""
+        extra = "".join(f"  {name} {value:.2f}" for name, value in self.task_metrics.items())
+        return f"pass@1 {self.pass_at_1:.3f}  pass@{self.k} {self.pass_at_k:.3f}{extra}"
 
 
 def evaluate(workers: list, task: Task, rows: list[dict], config: Config, seed: int) -> EvalResult:
@@ -42,4 +53,6 @@ def evaluate(workers: list, task: Task, rows: list[dict], config: Config, seed: 
     for group, row in zip(sampled, rows, strict=True):
         correct = sum(task.is_correct(c.text, row["answer"]) for c in group.completions)
         passk += pass_at_k(len(group.completions), correct, config.eval.k)
-    return EvalResult(pass1 / len(rows), passk / len(rows), config.eval.k, len(rows))
+    texts = [g.completions[0].text for g in greedy]
+    task_metrics = task.heldout_metrics(texts, rows) if task.heldout_metrics else {}
+    return EvalResult(pass1 / len(rows), passk / len(rows), config.eval.k, len(rows), task_metrics)

@@ -13,8 +13,7 @@ class Progress:
         self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if self._tty else None
         self._log_every = log_every
         self._pass1 = first_eval.pass_at_1
-        print(f"[eval] step 0: pass@1 {first_eval.pass_at_1:.3f}  pass@{first_eval.k} {first_eval.pass_at_k:.3f}",
-              flush=True)
+        print(f"[eval] step 0: {first_eval.summary()}", flush=True)
 
     def update(self, record: dict) -> None:
         summary = {
@@ -31,7 +30,7 @@ class Progress:
 
     def eval(self, result) -> None:
         self._pass1 = result.pass_at_1
-        line = f"[eval] pass@1 {result.pass_at_1:.3f}  pass@{result.k} {result.pass_at_k:.3f}"
+        line = f"[eval] {result.summary()}"
         if self._bar is not None:
             self._bar.write(line)
         else:

@@ -1,0 +1,129 @@
+"""`prolora score`: score a JSONL file of prompts and completions with a reward set, one JSON line per row.
+
+Users check a reward before they train with it. Each input line is a JSON object with `prompt`, `completion` and
+the columns the rewards read (`answer`, `reference`, `source`, ... as in README_rewards.md); blank lines are
+skipped. Each output line is `{"line": N, "<reward>": value, ..., "total": weighted sum}` for input line N. Rows
+are checked before anything is scored: a line that is not a JSON object, lacks `prompt` or `completion`, or lacks
+a column a chosen built-in reads is an error naming the line and the column.
+
+The rewards run in this process through the same `RewardWorker` a run uses (same weights, timeout and failure
+policy, from the config or `--set rewards.…`). Rewards that need actors get them: `cycle_consistency` starts
+rollout workers on `model.path` (the base model, no adapter) and `reward_model` starts the reward-model actor
+on `rewards.reward_model.path`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from learner.rewards.context import RewardContext
+from learner.rewards.registry import BUILTIN_COLUMNS, resolve_reward
+from learner.rewards.worker import RewardFailure, score_rows
+from shared.config import Config, RewardSpec
+from shared.errors import UserError
+
+
+class ScoreInputError(UserError):
+    """An input file or row that cannot be scored; the message names the line and the column."""
+
+
+def parse_reward_arg(text: str) -> list[RewardSpec]:
+    """`NAME[=WEIGHT][,NAME[=WEIGHT]...]` as reward specs (weight 1.0 when left out)."""
+    specs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, weight = item.partition("=")
+        try:
+            specs.append(RewardSpec(name=name.strip(), weight=float(weight) if sep else 1.0))
+        except ValueError:
+            raise ScoreInputError(f"--reward {item!r}: the weight after '=' must be a number") from None
+    if not specs:
+        raise ScoreInputError("--reward needs at least one reward name, e.g. --reward chrf or --reward chrf=0.5,bleu")
+    return specs
+
+
+def read_rows(path: Path, specs: list[RewardSpec]) -> tuple[list[int], list[dict[str, Any]]]:
+    """The file's rows and their line numbers, each checked for the columns the rewards read."""
+    if not path.is_file():
+        raise ScoreInputError(f"input file not found: {path}")
+    needed = {column: spec.name for spec in specs for column in BUILTIN_COLUMNS.get(spec.name, ())}
+    line_numbers, rows = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ScoreInputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise ScoreInputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        _check_row(path, number, row, needed)
+        line_numbers.append(number)
+        rows.append(row)
+    if not rows:
+        raise ScoreInputError(f"{path}: no rows to score")
+    return line_numbers, rows
+
+
+def _check_row(path: Path, number: int, row: dict[str, Any], needed: dict[str, str]) -> None:
+    have = ", ".join(row) or "nothing"
+    for column in ("prompt", "completion"):
+        if column not in row:
+            raise ScoreInputError(
+                f"{path}:{number}: missing column {column!r} (every row needs prompt and completion); "
+                f"this line has: {have}"
+            )
+        if not isinstance(row[column], str):
+            raise ScoreInputError(
+                f"{path}:{number}: column {column!r} must be a string, got {type(row[column]).__name__}"
+            )
+    for column, reward in needed.items():
+        if column not in row:
+            raise ScoreInputError(
+                f"{path}:{number}: missing column {column!r}, needed by reward {reward!r}; this line has: {have} "
+                f"(use null where the reward does not apply)"
+            )
+
+
+def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO = sys.stdout) -> int:
+    """Score every row of `path` with `specs` and write one JSON line per row to `out`; returns the row count."""
+    from launch.reward_swap import check_reward_specs
+
+    check_reward_specs(specs, config)
+    line_numbers, rows = read_rows(path, specs)
+    context = _start_context(config, specs)
+    try:
+        scored = score_rows(
+            specs, rows, failure_policy=config.rewards.failure_policy, timeout_s=config.rewards.timeout_s,
+            context=context,
+        )
+    except RewardFailure as err:
+        raise ScoreInputError(
+            f"{err} (with --set rewards.failure_policy=zero it scores 0 and the traceback is logged)"
+        ) from None
+    finally:
+        if context is not None:
+            import ray
+
+            ray.shutdown()
+    for number, values in zip(line_numbers, scored, strict=True):
+        out.write(json.dumps({"line": number, **values}) + "\n")
+    return len(rows)
+
+
+def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext | None:
+    """Start the actors the rewards need (none for most rewards); None when no reward needs any."""
+    required = {field for spec in specs for field in getattr(resolve_reward(spec.name), "context_requires", ())}
+    if not required:
+        return None
+    from launch.actors import reward_context, start_ray, start_reward_model, start_rollout_workers
+    from launch.rundir import resolve_model_path
+
+    start_ray(config)
+    workers = []
+    if "rollout_workers" in required:
+        workers = start_rollout_workers(config, resolve_model_path(config.model.path))
+    reward_model = start_reward_model(config) if "reward_model" in required else None
+    return reward_context(config, workers, reward_model)
