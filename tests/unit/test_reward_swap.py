@@ -1,0 +1,87 @@
+"""The reward-swap file (rewards.yaml) and the rollout schema that stays readable across swaps."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from launch.reward_swap import REWARDS_FILE, RewardSetError, RewardSwap, check_reward_specs, read_rewards_file
+from launch.rundir import RunDir
+from learner.rewards import RewardContextError, UnknownRewardError
+from shared.config import RewardSpec, load_config
+from shared.records import Completion, Group, RewardScores
+
+
+def test_open_writes_the_config_rewards_and_a_resumed_run_reads_the_set_in_force(tmp_path):
+    config = load_config(overrides=["rewards.functions=[{name: exact_match, weight: 2}]"])
+    swap = RewardSwap.open(tmp_path, config)
+    assert swap.specs == [RewardSpec(name="exact_match", weight=2.0)]
+    written = yaml.safe_load((tmp_path / REWARDS_FILE).read_text())
+    assert written["functions"] == [{"name": "exact_match", "weight": 2.0}]
+
+    (tmp_path / REWARDS_FILE).write_text("functions: [{name: repetition, weight: 0.5}]\n")
+    resumed = RewardSwap.open(tmp_path, config)  # the file, not the config, holds the set in force
+    assert resumed.specs == [RewardSpec(name="repetition", weight=0.5)]
+
+    (tmp_path / REWARDS_FILE).write_text("functions: [{name: nope}]\n")
+    with pytest.raises(UnknownRewardError, match="nope"):
+        RewardSwap.open(tmp_path, config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("functions: [{name: chrf, wieght: 1}]", "functions.0.wieght: Extra inputs are not permitted"),
+        ("functions: [{name: chrf, weight: high}]", "functions.0.weight"),
+        ("functions: [{name: chrf}\n", "cannot read"),
+    ],
+)
+def test_unusable_rewards_file_names_the_problem(tmp_path, text, message):
+    (tmp_path / REWARDS_FILE).write_text(text)
+    with pytest.raises(RewardSetError, match=message):
+        read_rewards_file(tmp_path / REWARDS_FILE)
+
+
+def test_reward_set_checks_context_needs_against_the_run():
+    arith = load_config()
+    with pytest.raises(RewardContextError, match="task.name=translate"):
+        check_reward_specs([RewardSpec(name="cycle_consistency")], arith)
+    with pytest.raises(RewardContextError, match="rewards.reward_model.path"):
+        check_reward_specs([RewardSpec(name="reward_model")], arith)
+    with pytest.raises(RewardSetError, match="repeated: chrf"):
+        check_reward_specs([RewardSpec(name="chrf"), RewardSpec(name="chrf", weight=2)], arith)
+    with pytest.raises(RewardSetError, match="empty"):
+        check_reward_specs([], arith)
+    translate = load_config(overrides=["task.name=translate", "rewards.reward_model.path=/some/model"])
+    check_reward_specs([RewardSpec(name="cycle_consistency"), RewardSpec(name="reward_model")], translate)
+
+
+def _step(run: RunDir, step: int, components: dict[str, list]) -> None:
+    completion = Completion("x", (5,), (-0.1,), "stop", step - 1)
+    groups = [Group("p", (1, 2), (completion, completion))]
+    total = tuple(sum(v[i] for v in components.values()) for i in range(2))
+    scores = RewardScores(total=total, components={k: tuple(v) for k, v in components.items()})
+    run.write_rollouts(step, groups, scores, torch.zeros(1, 2))
+
+
+def test_rollouts_keep_one_schema_when_the_reward_set_changes(tmp_path):
+    run = RunDir(tmp_path)
+    _step(run, 1, {"exact_match": [1.0, 0.0]})
+    _step(run, 2, {"repetition": [-0.5, 0.0]})
+    resumed = RunDir(tmp_path)  # a resumed run learns the reward columns from the files
+    _step(resumed, 3, {"exact_match": [0.0, 1.0], "chrf": [0.3, 0.4]})
+
+    files = sorted((tmp_path / "rollouts").glob("step_*.parquet"))
+    assert len({pq.read_schema(f) for f in files}) == 1
+    table = pq.read_table(tmp_path / "rollouts")
+    rows = {(r["step"], i): r for i, r in enumerate(table.to_pylist())}
+    by_step = {s: [r for (step, _), r in rows.items() if step == s] for s in (1, 2, 3)}
+    assert [r["reward/exact_match"] for r in by_step[1]] == [1.0, 0.0]
+    assert [r["reward/repetition"] for r in by_step[1]] == [None, None]
+    assert [r["reward/exact_match"] for r in by_step[2]] == [None, None]
+    assert [r["reward/repetition"] for r in by_step[3]] == [None, None]
+    assert [r["reward/chrf"] for r in by_step[3]] == [0.3, 0.4]
+    assert [r["reward/chrf"] for r in by_step[1] + by_step[2]] == [None] * 4
+    assert table.column_names[-3:] == ["reward/exact_match", "reward/repetition", "reward/chrf"]
