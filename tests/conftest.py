@@ -25,6 +25,15 @@ def tiny_model(pytestconfig) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_translate_model(pytestconfig) -> Path:
+    """A tiny model warm-started briefly on the toy translation task (both directions)."""
+    from launch.basemodel import ensure_base_model
+
+    cache = Path(pytestconfig.cache.mkdir("prolora-models"))
+    return ensure_base_model("translate", cache, sft_steps=60)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     import ray
 

@@ -1,0 +1,93 @@
+"""Rewards that need other actors, against independent computations (real Ray, vLLM and transformers).
+
+- `reward_model`: the reward-model actor's scores equal a direct transformers forward of each prompt + completion,
+  one text at a time (the actor batches and pads; tolerance 1e-4 for float32 summation order).
+- `cycle_consistency`, run in a reward actor: its value equals chrF++ of the back-translation that a rollout worker
+  gives when asked directly with the reverse prompt written out here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sacrebleu.metrics import CHRF
+
+from launch.actors import reward_context, start_reward_actors, start_reward_model, start_rollout_workers
+from learner.rewards import RewardContext, RewardWorker
+from shared.config import RewardSpec, load_config
+from shared.records import RewardBatch, SamplingSpec
+from shared.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    from transformers import LlamaForSequenceClassification
+
+    from launch.basemodel import build_tokenizer, model_config
+
+    torch.manual_seed(0)
+    config = model_config()
+    config.num_labels = 1
+    path = tmp_path_factory.mktemp("reward-model")
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+def _direct_scores(path, texts: list[str]) -> list[float]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(**tokenizer(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+
+
+def test_reward_model_actor_matches_a_direct_forward(reward_model_dir, ray_session):
+    config = load_config(
+        overrides=[f"rewards.reward_model.path={reward_model_dir}", "rewards.reward_model.batch_size=3"]
+    )
+    actor = start_reward_model(config)
+    prompts = ["123+456=", "1+1=", "S:kina te mo susi\nT:", "", "7+8=", "x", "a longer prompt, with words"]
+    completions = ["579", "2", "vag vyge fefin vifyz", "only a completion", "", "y" * 40, "!"]
+    specs = [RewardSpec(name="reward_model", weight=0.5)]
+    worker = RewardWorker(specs, "fail_run", 60.0, RewardContext(reward_model=actor))
+    scores = worker.score(RewardBatch(tuple(prompts), tuple(completions)))
+
+    expected = _direct_scores(reward_model_dir, [p + c for p, c in zip(prompts, completions, strict=True)])
+    assert scores.components["reward_model"] == pytest.approx(expected, abs=1e-4)
+    assert scores.total == pytest.approx([0.5 * e for e in expected], abs=1e-4)
+    assert len(set(round(e, 4) for e in expected)) > 1  # a random model still tells texts apart
+    ray_session.kill(actor)
+
+
+@pytest.fixture(scope="module")
+def translate_fleet(tiny_translate_model, ray_session):
+    overrides = ["task.name=translate", "rollout.num_workers=2", "model.max_model_len=128", "rollout.max_new_tokens=32",
+                 "rewards.timeout_s=300"]
+    config = load_config(overrides=overrides)
+    workers = start_rollout_workers(config, str(tiny_translate_model))
+    ray_session.get([w.tokenizer_eos_id.remote() for w in workers])  # engines started: timeouts measure scoring only
+    yield config, workers
+    for worker in workers:
+        ray_session.kill(worker)
+
+
+def test_cycle_consistency_scores_the_models_own_back_translation(translate_fleet, ray_session):
+    config, workers = translate_fleet
+    rows = get_task("translate").heldout_rows(6, 0)
+    completions = [rows[0]["reference"], " " + rows[1]["reference"], "", "vag vag vag", rows[4]["reference"][::-1],
+                   rows[5]["reference"]]
+    sources = [r["source"] for r in rows[:5]] + [None]
+    (rewarder,) = start_reward_actors(config, [RewardSpec(name="cycle_consistency")], reward_context(config, workers))
+    batch = RewardBatch(tuple(r["prompt"] for r in rows), tuple(completions), {"source": tuple(sources)})
+    scores = ray_session.get(rewarder.score.remote(batch))
+
+    greedy = SamplingSpec(n=1, max_tokens=32, temperature=0.0)
+    groups = ray_session.get(workers[0].generate.remote([f"T:{c.strip()}\nS:" for c in completions[:5]], greedy))
+    back = [g.completions[0].text.strip() for g in groups]
+    expected = [CHRF(word_order=2).sentence_score(b, [s]).score / 100 for b, s in zip(back, sources, strict=False)]
+    assert scores.components["cycle_consistency"] == pytest.approx([*expected, None])
+    assert scores.failures == {"cycle_consistency": 0}
+    assert max(expected) > 0, f"no back-translation overlaps its source, a trivial comparison: {back}"
+    ray_session.kill(rewarder)
