@@ -40,7 +40,9 @@ def _engine_env(config: Config) -> dict[str, str]:
 
 
 def start_rollout_workers(config: Config, model_path: str) -> list:
-    cls = ray.remote(num_cpus=1, num_gpus=config.rollout.num_gpus, max_restarts=0)(RolloutWorker)
+    cls = ray.remote(num_cpus=1, num_gpus=config.rollout.num_gpus, max_restarts=config.rollout.max_restarts)(
+        RolloutWorker
+    )
     options = {"runtime_env": {"env_vars": _engine_env(config)}}
     return [
         cls.options(**options).remote(
