@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import ray
 
+from launch.fleet import RolloutFleet
 from learner.learner import Learner
 from learner.rewards.context import RewardContext
 from learner.rewards.reward_model import RewardModelScorer
@@ -25,7 +26,7 @@ from shared.tasks import get_task
 
 @dataclass
 class Actors:
-    workers: list
+    fleet: RolloutFleet
     learner: object
     rewarders: list
     reward_model: object | None = None
@@ -37,7 +38,7 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
     reward_model = start_reward_model(config)
     context = reward_context(config, workers, reward_model)
     return Actors(
-        workers=workers,
+        fleet=RolloutFleet(workers, config.rollout.max_restarts),
         learner=start_learner(config, model_path),
         rewarders=start_reward_actors(config, reward_specs, context),
         reward_model=reward_model,
@@ -66,7 +67,9 @@ def _engine_env(config: Config) -> dict[str, str]:
 
 
 def start_rollout_workers(config: Config, model_path: str) -> list:
-    cls = ray.remote(num_cpus=1, num_gpus=config.rollout.num_gpus, max_restarts=0)(RolloutWorker)
+    cls = ray.remote(num_cpus=1, num_gpus=config.rollout.num_gpus, max_restarts=config.rollout.max_restarts)(
+        RolloutWorker
+    )
     options = {"runtime_env": {"env_vars": _engine_env(config)}}
     return [
         cls.options(**options).remote(

@@ -22,7 +22,7 @@ import torch
 from launch.actors import Actors, start_actors, start_ray
 from launch.data import PromptSampler
 from launch.evaluate import EvalResult, evaluate
-from launch.fleet import generate, publish, score
+from launch.fleet import score
 from launch.progress import Progress
 from launch.reward_swap import RewardSwap, check_reward_specs
 from launch.rundir import RunDir, resolve_model_path
@@ -68,7 +68,7 @@ def train(config: Config) -> RunResult:
 def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: RunDir) -> dict:
     """One GRPO step; returns the metrics record it wrote."""
     t0 = time.perf_counter()
-    groups = generate(actors.workers, [r["prompt"] for r in rows], _sampling(config, seed=config.run.seed + step))
+    groups = actors.fleet.generate([r["prompt"] for r in rows], _sampling(config, seed=config.run.seed + step))
     gen_s = time.perf_counter() - t0
     scores = score(actors.rewarders, rows, groups, config.rollout.max_new_tokens)
     rewards_PG, valid_PG = _reward_matrix(scores, len(groups), config.rollout.group_size)
@@ -80,9 +80,10 @@ def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: R
     stats = ray.get(actors.learner.train_step.remote(batch))
     payload = actors.learner.export_adapter.remote()
     train_s = time.perf_counter() - t1
-    sync_ms = publish(actors.workers, payload)
+    sync_ms = actors.fleet.publish(payload)
     run.save_adapter(ray.get(payload), "latest", keep_copy=_due(step, config.log.save_adapter_every))
     record = _step_record(step, groups, rewards_PG, valid_PG, scores, stats, gen_s, train_s, sync_ms, t0)
+    record["worker_restarts"] = actors.fleet.restarts
     run.metrics.write(record)
     if config.log.rollouts:
         run.write_rollouts(step, groups, scores, advantages_PG)
@@ -90,7 +91,7 @@ def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: R
 
 
 def _evaluate(actors: Actors, task: Task, heldout: list[dict], config: Config, run: RunDir, step: int):
-    result = evaluate(actors.workers, task, heldout, config, seed=config.run.seed)
+    result = evaluate(actors.fleet, task, heldout, config, seed=config.run.seed)
     run.metrics.write({"eval": True, "step": step, **result.as_record()})
     return result
 
