@@ -1,6 +1,6 @@
 """The `prolora` command.
 
-    prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR]
+    prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
 
@@ -37,6 +37,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="shorthand for --set run.steps=N")
     parser.add_argument("--seed", type=int, help="shorthand for --set run.seed=S")
     parser.add_argument("--run-dir", help="shorthand for --set run.run_dir=DIR")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue RUN_DIR from its last good checkpoint (its config.yaml unless CONFIG is given)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -44,11 +46,18 @@ def _train(args: argparse.Namespace) -> int:
     for key, value in (("run.steps", args.steps), ("run.seed", args.seed), ("run.run_dir", args.run_dir)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    config = load_config(args.config, overrides)
+    if args.resume:
+        overrides.append(f"run.run_dir={args.resume}")
+    config = load_config(args.config or (args.resume and Path(args.resume, "config.yaml")), overrides)
 
     from launch.driver import train
+    from launch.runstate import RunStopped
 
-    result = train(config)
+    try:
+        result = train(config, resume=bool(args.resume))
+    except RunStopped as stop:
+        print(f"prolora: {stop}", file=sys.stderr)
+        return stop.exit_code
     first, last = result.first_eval, result.last_eval
     print(f"held-out pass@1: {first.pass_at_1:.3f} -> {last.pass_at_1:.3f} "
           f"({100 * (last.pass_at_1 - first.pass_at_1):+.1f} points); "

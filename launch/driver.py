@@ -20,16 +20,22 @@ import ray
 import torch
 
 from launch.actors import Actors, start_actors, start_ray
+from launch.checkpoint import check_identity, load_latest_checkpoint, save_checkpoint
 from launch.data import PromptSampler
 from launch.evaluate import EvalResult, evaluate
-from launch.fleet import score
+from launch.fleet import TooManyRestarts, score
+from launch.probe import StaleAdapterError, probe_served_adapter
 from launch.progress import Progress
 from launch.reward_swap import RewardSwap, check_reward_specs
 from launch.rundir import RunDir, resolve_model_path
+from launch.runstate import DriverState, Interrupted, RunStopped, StopSignals, identity
 from learner.grpo import group_advantages, zero_std_fraction
 from shared.config import Config
 from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
 from shared.tasks import Task, get_task
+
+PROBE_PROMPTS = ["0", "1+"]
+"""Fixed probe prompts for the served-adapter check; any text works, these are valid for the char tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -39,30 +45,90 @@ class RunResult:
     last_eval: EvalResult
 
 
-def train(config: Config) -> RunResult:
-    """Run `config.run.steps` GRPO steps and return the first and last held-out evaluations."""
-    task = get_task(config.task.name)
-    check_reward_specs(config.rewards.functions, config)  # an unusable reward fails here, before any actor starts
-    model_path = resolve_model_path(config.model.path)
-    run = RunDir.create(config)
+def train(config: Config, resume: bool = False) -> RunResult:
+    """Run GRPO steps up to `config.run.steps`; with `resume`, continue `config.run.run_dir` from its last good
+    checkpoint. Returns the first and last held-out evaluations."""
+    task, model_path = _check_inputs(config)
+    run = RunDir.reopen(config) if resume else RunDir.create(config)
     rewards = RewardSwap.open(run.path, config)
     start_ray(config)
     actors = start_actors(config, model_path, rewards.specs)
-    sampler = PromptSampler(task.train_rows(config.task.train_size, config.run.seed), config.run.seed)
+    state = _restore(run, actors, config) if resume else DriverState()
+    sampler = PromptSampler(task.train_rows(config.task.train_size, config.run.seed), config.run.seed, **state.sampler)
     heldout = task.heldout_rows(config.eval.size, config.run.seed)
-    first = last = _evaluate(actors, task, heldout, config, run, step=0)
-    progress = Progress(config.run.steps, first)
-    for step in range(1, config.run.steps + 1):
-        rewards.poll(step, actors.rewarders, run.metrics)
-        record = run_step(step, config, actors, sampler.next_batch(config.rollout.prompts_per_step), run)
-        progress.update(record)
-        if step == config.run.steps or (config.eval.every and step % config.eval.every == 0):
-            last = _evaluate(actors, task, heldout, config, run, step)
-            progress.eval(last)
+    if state.first_eval is None:
+        state.first_eval = state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step=0))
+    progress = Progress(config.run.steps, EvalResult(**state.last_eval), start=state.step)
+    with StopSignals() as stop:
+        for step in range(state.step + 1, config.run.steps + 1):
+            rewards.poll(step, actors.rewarders, run.metrics)
+            rows = sampler.next_batch(config.rollout.prompts_per_step)
+            record = _guarded_step(step, config, actors, rows, run, state)
+            state.step, state.sampler = step, sampler.state()
+            state.nonfinite_streak = state.nonfinite_streak + 1 if record["optimizer_steps"] == 0 else 0
+            progress.update(record)
+            if step == config.run.steps or _due(step, config.eval.every):
+                state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step))
+                progress.eval(EvalResult(**state.last_eval))
+            problem = _stop_reason(stop, state, config, run.path)
+            if problem or step == config.run.steps or _due(step, config.run.checkpoint_every):
+                _checkpoint(run, actors, state, config)
+            if problem:
+                raise problem
     progress.close()
     run.save_adapter(ray.get(actors.learner.export_adapter.remote()), "final")
     run.close()
-    return RunResult(run.path, first, last)
+    return RunResult(run.path, EvalResult(**state.first_eval), EvalResult(**state.last_eval))
+
+
+def _check_inputs(config: Config) -> tuple[Task, str]:
+    """Everything that can be checked before an actor starts: task, rewards, model path."""
+    task = get_task(config.task.name)
+    check_reward_specs(config.rewards.functions, config)
+    return task, resolve_model_path(config.model.path)
+
+
+def _checkpoint(run: RunDir, actors: Actors, state: DriverState, config: Config) -> None:
+    state.worker_restarts = actors.fleet.restarts
+    blob = ray.get(actors.learner.state.remote())
+    save_checkpoint(run.path, state.step, blob, state.to_json(), identity(config))
+
+
+def _restore(run: RunDir, actors: Actors, config: Config) -> DriverState:
+    """Load the last good checkpoint into the learner and the engines; drop records written after it."""
+    checkpoint = load_latest_checkpoint(run.path)
+    check_identity(checkpoint.identity, identity(config))
+    ray.get(actors.learner.load_state.remote(checkpoint.learner_state))
+    actors.fleet.publish(actors.learner.export_adapter.remote())
+    state = DriverState.from_json(checkpoint.driver_state)
+    actors.fleet.restarts = state.worker_restarts
+    run.truncate_after(state.step)
+    print(f"[prolora] resumed {run.path} from the checkpoint of step {state.step}", flush=True)
+    return state
+
+
+def _guarded_step(step: int, config: Config, actors: Actors, rows: list[dict], run: RunDir, state: DriverState):
+    """`run_step`, turning a fleet that cannot recover into a clean stop with a checkpoint of the last good step."""
+    try:
+        return run_step(step, config, actors, rows, run)
+    except (TooManyRestarts, StaleAdapterError) as err:
+        # The checkpoint must pair driver and learner states of the same step: skip it if the learner moved on.
+        if ray.get(actors.learner.current_version.remote()) == state.step:
+            _checkpoint(run, actors, state, config)
+        raise RunStopped(f"{err}\nlast checkpoint kept; continue with: prolora train --resume {run.path}") from err
+
+
+def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Path) -> RunStopped | None:
+    how = f"continue with: prolora train --resume {path}"
+    if stop.requested:
+        return Interrupted(f"stopped by {stop.requested} after step {state.step}; checkpoint written; {how}")
+    if state.nonfinite_streak >= config.train.max_nonfinite_steps:
+        return RunStopped(
+            f"{state.nonfinite_streak} steps in a row had a non-finite loss or gradient (updates skipped; limit "
+            f"train.max_nonfinite_steps={config.train.max_nonfinite_steps}); checkpoint written at step "
+            f"{state.step}. Lower train.lr or check the rewards, then {how}"
+        )
+    return None
 
 
 def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: RunDir) -> dict:
@@ -81,9 +147,16 @@ def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: R
     payload = actors.learner.export_adapter.remote()
     train_s = time.perf_counter() - t1
     sync_ms = actors.fleet.publish(payload)
+    probe_diff = None
+    if _due(step, config.rollout.probe_every):
+        probe_diff = probe_served_adapter(
+            actors.fleet.workers, actors.learner, PROBE_PROMPTS, config.rollout.max_new_tokens,
+            config.rollout.probe_tolerance,
+        )
     run.save_adapter(ray.get(payload), "latest", keep_copy=_due(step, config.log.save_adapter_every))
     record = _step_record(step, groups, rewards_PG, valid_PG, scores, stats, gen_s, train_s, sync_ms, t0)
     record["worker_restarts"] = actors.fleet.restarts
+    record["probe_max_diff"] = probe_diff
     run.metrics.write(record)
     if config.log.rollouts:
         run.write_rollouts(step, groups, scores, advantages_PG)

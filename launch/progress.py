@@ -8,12 +8,12 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total_steps: int, first_eval, log_every: int = 10) -> None:
+    def __init__(self, total_steps: int, first_eval, log_every: int = 10, start: int = 0) -> None:
         self._tty = sys.stderr.isatty()
-        self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if self._tty else None
+        self._bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True) if self._tty else None
         self._log_every = log_every
         self._pass1 = first_eval.pass_at_1
-        print(f"[eval] step 0: {first_eval.summary()}", flush=True)
+        print(f"[eval] step {start}: {first_eval.summary()}", flush=True)
 
     def update(self, record: dict) -> None:
         summary = {

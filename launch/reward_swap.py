@@ -11,7 +11,9 @@ A file that cannot be used (bad YAML, an unknown key, an unknown reward, a rewar
 never stops the run: the set in force stays, and a warning says why. Only `functions` can change while running;
 a change to another key (failure_policy, timeout_s, ...) is reported and ignored until the next start. The file
 always holds what the user last wrote, so a resumed run reads the set in force from it (an unusable file is then
-an error, before any actor starts).
+an error, before any actor starts). Resuming drops the records of steps after the checkpoint, a swap record among
+them; so on its first step a resumed run compares the file's set with the last one metrics.jsonl records (or the
+config's) and records a swap at that step if they differ.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from learner.rewards.context import RewardContext, check_context
 from learner.rewards.registry import resolve_reward
 from shared.config import Config, RewardsConfig, RewardSpec
 from shared.errors import UserError
-from shared.metrics import MetricsWriter
+from shared.metrics import MetricsWriter, read_metrics
 from shared.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -73,23 +75,25 @@ def read_rewards_file(path: Path) -> RewardsConfig:
 class RewardSwap:
     """Watches one run's rewards.yaml and installs changed reward sets between steps."""
 
-    def __init__(self, path: Path, config: Config, rewards: RewardsConfig) -> None:
+    def __init__(self, path: Path, config: Config, rewards: RewardsConfig, resumed: bool = False) -> None:
         self.path = path
         self._config = config
         self._rewards = rewards
         self._signature = _signature(path)
+        self._resumed = resumed
 
     @classmethod
     def open(cls, run_dir: Path, config: Config) -> RewardSwap:
         """Write the config's rewards to run_dir/rewards.yaml, or take the set in force from it when it exists."""
         path = run_dir / REWARDS_FILE
-        if path.exists():
+        resumed = path.exists()
+        if resumed:
             rewards = read_rewards_file(path)
             check_reward_specs(rewards.functions, config)
         else:
             rewards = config.rewards
             path.write_text(yaml.safe_dump(rewards.model_dump(mode="json"), sort_keys=False))
-        return cls(path, config, rewards)
+        return cls(path, config, rewards, resumed)
 
     @property
     def specs(self) -> list[RewardSpec]:
@@ -97,7 +101,11 @@ class RewardSwap:
         return list(self._rewards.functions)
 
     def poll(self, step: int, rewarders: list, metrics: MetricsWriter) -> bool:
-        """Before `step`: install the file's reward set if it changed; True when a new set took effect."""
+        """Before `step`: install the file's reward set if it changed; True when a changed file was installed."""
+        if self._resumed:
+            self._resumed = False
+            if self.specs != _last_recorded_set(metrics.path, self._config):
+                self._record(step, metrics)
         signature = _signature(self.path)
         if signature == self._signature:
             return False
@@ -119,9 +127,19 @@ class RewardSwap:
                            step, _describe(new.functions), err, _describe(self.specs))
             return False
         self._rewards = self._rewards.model_copy(update={"functions": list(new.functions)})
+        self._record(step, metrics)
+        return True
+
+    def _record(self, step: int, metrics: MetricsWriter) -> None:
         metrics.write({"reward_swap": True, "step": step, "rewards": [s.model_dump() for s in self.specs]})
         logger.warning("step %d: rewards are now %s (from %s)", step, _describe(self.specs), self.path)
-        return True
+
+
+def _last_recorded_set(metrics_path: Path, config: Config) -> list[RewardSpec]:
+    """The reward set of the last swap record in metrics.jsonl, or the config's when there is none."""
+    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    swaps = [r["rewards"] for r in records if r.get("reward_swap")]
+    return [RewardSpec(**spec) for spec in swaps[-1]] if swaps else list(config.rewards.functions)
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ Layout (later tools read these names):
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -57,6 +58,27 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(config_to_yaml(config))
         return cls(path)
+
+    @classmethod
+    def reopen(cls, config: Config) -> RunDir:
+        """An existing run directory, for --resume."""
+        path = Path(config.run.run_dir or "")
+        if not config.run.run_dir or not (path / "config.yaml").is_file():
+            raise RunDirError(f"--resume: {path} is not a prolora run directory (no config.yaml)")
+        return cls(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop what a crashed run wrote after the checkpoint of `step`, so resumed steps are not doubled."""
+        lines = (self.path / "metrics.jsonl").read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics.close()
+        tmp = self.path / "metrics.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path / "metrics.jsonl")
+        self.metrics = MetricsWriter(self.path / "metrics.jsonl")
+        for file in self.rollouts.glob("step_*.parquet"):
+            if int(file.stem.removeprefix("step_")) > step:
+                file.unlink()
 
     def save_adapter(self, payload: AdapterPayload, name: str, keep_copy: bool = False) -> Path:
         """Write the adapter atomically as adapters/<name>; with keep_copy also as adapters/step_<version>."""

@@ -149,6 +149,9 @@ class Learner:
             files = tuple((name, (Path(tmp) / name).read_bytes()) for name in ADAPTER_FILES)
         return AdapterPayload(version=self.version, files=files)
 
+    def current_version(self) -> int:
+        return self.version
+
     # -------------------------------------------------------------------------------------- checkpoint
     def state(self) -> bytes:
         """Everything a resumed run needs to continue exactly: adapter, optimiser, RNG states, version."""

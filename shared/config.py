@@ -32,6 +32,8 @@ class RunConfig(_Section):
     """Where the run writes; None means runs/<name>-<timestamp>."""
     ray_address: str | None = None
     """Ray cluster to join; None starts a local Ray instance."""
+    checkpoint_every: int = Field(20, ge=0)
+    """Write a checkpoint every N steps (and always on a graceful stop); 0: only on stops and at the end."""
 
 
 class ModelConfig(_Section):
@@ -81,6 +83,10 @@ class RolloutConfig(_Section):
     """GPUs per rollout worker actor (0 on CPU machines)."""
     max_restarts: int = Field(3, ge=0)
     """Restarts of dead rollout workers a run tolerates before it stops with a checkpoint."""
+    probe_every: int = Field(1, ge=0)
+    """Check every N hot-loads that each engine's logprobs on fixed probe prompts match the learner's (0: never)."""
+    probe_tolerance: float = Field(0.05, gt=0.0)
+    """Largest |engine - learner| token logprob the probe accepts (float32 on CPU agrees to ~1e-5; bf16 ~1e-2)."""
 
 
 class AlgoConfig(_Section):
@@ -114,6 +120,8 @@ class TrainConfig(_Section):
     """GPUs for the learner actor (0 on CPU machines)."""
     num_threads: int | None = None
     """torch intra-op threads in the learner; None leaves torch's default."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """Consecutive steps with a non-finite loss or gradient (updates skipped) before the run stops."""
 
 
 class RewardSpec(_Section):

@@ -11,6 +11,7 @@ from launch.reward_swap import REWARDS_FILE, RewardSetError, RewardSwap, check_r
 from launch.rundir import RunDir
 from learner.rewards import RewardContextError, UnknownRewardError
 from shared.config import RewardSpec, load_config
+from shared.metrics import MetricsWriter, read_metrics
 from shared.records import Completion, Group, RewardScores
 
 
@@ -85,3 +86,19 @@ def test_rollouts_keep_one_schema_when_the_reward_set_changes(tmp_path):
     assert [r["reward/chrf"] for r in by_step[3]] == [0.3, 0.4]
     assert [r["reward/chrf"] for r in by_step[1] + by_step[2]] == [None] * 4
     assert table.column_names[-3:] == ["reward/exact_match", "reward/repetition", "reward/chrf"]
+
+
+def test_a_resumed_run_records_the_set_in_force_when_the_checkpoint_predates_its_swap(tmp_path):
+    config = load_config()
+    RewardSwap.open(tmp_path, config)
+    metrics = MetricsWriter(tmp_path / "metrics.jsonl")
+    metrics.write({"step": 1, "reward_mean": 0.5})
+    # The user swapped after the last checkpoint (step 1); resuming truncated that swap's record away.
+    (tmp_path / REWARDS_FILE).write_text("functions: [{name: repetition, weight: 0.5}]\n")
+    resumed = RewardSwap.open(tmp_path, config)
+    assert not resumed.poll(2, [], metrics)  # the file did not change since the resume read it
+    again = RewardSwap.open(tmp_path, config)  # a second resume: the set in force is already recorded
+    again.poll(3, [], metrics)
+    metrics.close()
+    swaps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("reward_swap")]
+    assert swaps == [{"reward_swap": True, "step": 2, "rewards": [{"name": "repetition", "weight": 0.5}]}]
