@@ -85,7 +85,7 @@ def _records(metrics: Path) -> list[dict]:
 
 def test_reward_swap_during_a_real_run_takes_effect_at_the_recorded_step(tiny_model, tmp_path):
     run_dir = tmp_path / "run"
-    steps = 40
+    steps = 14  # the swap lands by step 6 (see the waits below); the rest is margin
     proc = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "train", "--steps", str(steps), "--run-dir", str(run_dir),
          "--set", f"model.path={tiny_model}", "--set", "eval.size=8", "--set", "eval.n_samples=8",
