@@ -8,8 +8,8 @@ and the learner are untouched. The step whose completions are the first scored b
 `metrics.jsonl` as `{"reward_swap": true, "step": S, "rewards": [{"name": ..., "weight": ...}, ...]}`.
 
 A file that cannot be used (bad YAML, an unknown key, an unknown reward, a reward whose needs the run cannot meet)
-never stops the run: the set in force stays, and a warning says why. Only `functions` can change while running;
-a change to another key (failure_policy, timeout_s, ...) is reported and ignored until the next start. The file
+never stops the run: the set in force stays, and a warning says why. Only `functions` is read from the file; a
+change to another key (failure_policy, timeout_s, ...) is reported and ignored (those come from the config). The file
 always holds what the user last wrote, so a resumed run reads the set in force from it (an unusable file is then
 an error, before any actor starts). Resuming drops the records of steps after the checkpoint, a swap record among
 them; so on its first step a resumed run compares the file's set with the last one metrics.jsonl records (or the
@@ -88,8 +88,9 @@ class RewardSwap:
         path = run_dir / REWARDS_FILE
         resumed = path.exists()
         if resumed:
-            rewards = read_rewards_file(path)
-            check_reward_specs(rewards.functions, config)
+            functions = read_rewards_file(path).functions
+            check_reward_specs(functions, config)
+            rewards = config.rewards.model_copy(update={"functions": functions})
         else:
             rewards = config.rewards
             path.write_text(yaml.safe_dump(rewards.model_dump(mode="json"), sort_keys=False))
@@ -132,7 +133,7 @@ class RewardSwap:
 
     def _record(self, step: int, metrics: MetricsWriter) -> None:
         metrics.write({"reward_swap": True, "step": step, "rewards": [s.model_dump() for s in self.specs]})
-        logger.warning("step %d: rewards are now %s (from %s)", step, _describe(self.specs), self.path)
+        print(f"[rewards] from step {step}: {_describe(self.specs)} (from {self.path})", flush=True)
 
 
 def _last_recorded_set(metrics_path: Path, config: Config) -> list[RewardSpec]:
@@ -157,5 +158,5 @@ def _describe(specs: Sequence[RewardSpec]) -> str:
 def _warn_ignored_keys(step: int, current: RewardsConfig, new: RewardsConfig) -> None:
     changed = [k for k in RewardsConfig.model_fields if k != "functions" and getattr(current, k) != getattr(new, k)]
     if changed:
-        logger.warning("step %d: %s: only 'functions' can change while running; ignoring changes to %s",
-                       step, REWARDS_FILE, ", ".join(changed))
+        logger.warning("step %d: %s: only 'functions' can change while running; ignoring changes to %s "
+                       "(they come from the run's config)", step, REWARDS_FILE, ", ".join(changed))
