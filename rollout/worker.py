@@ -116,6 +116,10 @@ class RolloutWorker:
         shutil.rmtree(self._adapter_root, ignore_errors=True)
 
 
+MAX_NUM_SEQS = 256
+"""Sequences an engine runs at once (vLLM's default on CPU)."""
+
+
 def engine_args(
     model_path: str,
     *,
@@ -141,6 +145,11 @@ def engine_args(
         logprobs_mode="processed_logprobs",
         enforce_eager=True,
         enable_prefix_caching=False,
+        # A token budget that holds MAX_NUM_SEQS whole prompts, so prefill never splits a prompt: on CPU, vLLM 0.32
+        # crashes when a seeded request is split ("CPU Generator does not use offset"), which the default budget
+        # (4096) does once prompts exceed 16 tokens.
+        max_num_seqs=MAX_NUM_SEQS,
+        max_num_batched_tokens=MAX_NUM_SEQS * max_model_len,
     )
 
 
