@@ -12,18 +12,28 @@ import os
 
 import ray
 
+from launch.resources import Demand, check_fits, run_demands
 from learner.learner import Learner
 from learner.rewards.worker import RewardWorker
 from rollout.worker import RolloutWorker
 from shared.config import Config
 
+SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
+"""Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""
+
 
 def start_ray(config: Config) -> None:
-    """Join the configured cluster, or start a local Ray with enough CPU slots for every actor."""
+    """Join the configured cluster, or start a local Ray with enough CPU slots for every actor.
+
+    Inside a job started by `prolora submit`, Ray sets RAY_ADDRESS and the driver joins that cluster.
+    """
     if ray.is_initialized():
         return
-    if config.run.ray_address:
-        ray.init(address=config.run.ray_address, log_to_driver=True)
+    address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        if os.environ.get(SKIP_RESOURCE_CHECK_ENV) != "1":
+            check_fits(config, [n["Resources"] for n in ray.nodes() if n["Alive"]], address)
         return
     slots = config.rollout.num_workers + 1 + config.rewards.num_actors
     ray.init(num_cpus=max(os.cpu_count() or 1, slots), include_dashboard=False, log_to_driver=True)
@@ -39,8 +49,13 @@ def _engine_env(config: Config) -> dict[str, str]:
     }
 
 
+def _ask(config: Config, role: str) -> dict[str, float]:
+    demand: Demand = next(d for d in run_demands(config) if d.role == role)
+    return {"num_cpus": demand.cpus, "num_gpus": demand.gpus}
+
+
 def start_rollout_workers(config: Config, model_path: str) -> list:
-    cls = ray.remote(num_cpus=1, num_gpus=config.rollout.num_gpus, max_restarts=0)(RolloutWorker)
+    cls = ray.remote(**_ask(config, "rollout"), max_restarts=0)(RolloutWorker)
     options = {"runtime_env": {"env_vars": _engine_env(config)}}
     return [
         cls.options(**options).remote(
@@ -58,7 +73,7 @@ def start_rollout_workers(config: Config, model_path: str) -> list:
 
 
 def start_learner(config: Config, model_path: str):
-    cls = ray.remote(num_cpus=1, num_gpus=config.train.num_gpus)(Learner)
+    cls = ray.remote(**_ask(config, "learner"))(Learner)
     return cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
         model_path,
         lora=config.lora,
@@ -72,7 +87,7 @@ def start_learner(config: Config, model_path: str):
 
 
 def start_reward_actors(config: Config) -> list:
-    cls = ray.remote(num_cpus=1)(RewardWorker)
+    cls = ray.remote(**_ask(config, "reward"))(RewardWorker)
     specs = list(config.rewards.functions)
     return [
         cls.remote(specs, config.rewards.failure_policy, config.rewards.timeout_s)

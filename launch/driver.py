@@ -61,13 +61,13 @@ def train(config: Config) -> RunResult:
     sampler = PromptSampler(task.train_rows(config.task.train_size, config.run.seed), config.run.seed)
     heldout = task.heldout_rows(config.eval.size, config.run.seed)
     first = last = _evaluate(actors, task, heldout, config, run, step=0)
-    progress = Progress(config.run.steps, first)
+    progress = Progress(config.run.steps, first, config.log.progress_every)
     for step in range(1, config.run.steps + 1):
         record = run_step(step, config, actors, sampler.next_batch(config.rollout.prompts_per_step), run)
         progress.update(record)
         if step == config.run.steps or (config.eval.every and step % config.eval.every == 0):
             last = _evaluate(actors, task, heldout, config, run, step)
-            progress.eval(last)
+            progress.eval(last, step)
     progress.close()
     run.save_adapter(ray.get(actors.learner.export_adapter.remote()), "final")
     run.close()

@@ -3,6 +3,8 @@
 Layout (later tools read these names):
     config.yaml       the resolved config
     metrics.jsonl     one JSON object per step, and eval records with "eval": true
+    tensorboard/      TensorBoard event files (only with log.tensorboard)
+    wandb/            W&B files (only with log.wandb)
     rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
     adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
 """
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from launch.sinks import open_sinks
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
-from shared.metrics import MetricsWriter, write_rollouts
+from shared.metrics import MetricsSink, MetricsWriter, write_rollouts
 from shared.records import AdapterPayload, Group, RewardScores
 
 
@@ -37,13 +41,13 @@ def resolve_model_path(path: str) -> str:
 
 
 class RunDir:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sinks: Sequence[MetricsSink] = ()) -> None:
         self.path = path
         self.rollouts = path / "rollouts"
         self.adapters = path / "adapters"
         self.rollouts.mkdir(parents=True, exist_ok=True)
         self.adapters.mkdir(exist_ok=True)
-        self.metrics = MetricsWriter(path / "metrics.jsonl")
+        self.metrics = MetricsWriter(path / "metrics.jsonl", sinks)
 
     @classmethod
     def create(cls, config: Config) -> RunDir:
@@ -52,7 +56,8 @@ class RunDir:
             raise RunDirError(f"run directory {path} already holds a run; choose another --run-dir")
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(config_to_yaml(config))
-        return cls(path)
+        path = path.resolve()
+        return cls(path, open_sinks(config, path))
 
     def save_adapter(self, payload: AdapterPayload, name: str, keep_copy: bool = False) -> Path:
         """Write the adapter atomically as adapters/<name>; with keep_copy also as adapters/step_<version>."""

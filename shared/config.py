@@ -154,6 +154,17 @@ class LogConfig(_Section):
     """Keep a copy of the adapter every N steps under adapters/step_<N>; the latest and final are always kept."""
     rollouts: bool = True
     """Write every completion to rollouts/ (Parquet)."""
+    progress_every: int = Field(10, ge=1)
+    """When stderr is not a terminal (jobs, CI), print a progress line every N steps (and after step 1)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to <run dir>/tensorboard (needs the `tensorboard` extra; skipped with a
+    note when it is not installed)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the `wandb` extra; skipped with a note when it is not installed)."""
+    wandb_project: str = "prolora"
+    wandb_mode: Literal["online", "offline"] = "offline"
+    """offline writes to <run dir>/wandb for a later `wandb sync`; online needs WANDB_API_KEY (from the
+    environment, never the config)."""
 
 
 class Config(_Section):
