@@ -2,6 +2,15 @@
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR]
     prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
+    prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR]
+    prolora jobs [--address URL]
+    prolora logs JOB [--address URL] [--follow]
+    prolora stop JOB [--address URL]
+    prolora report RUN_DIR [--out DIR]
+    prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
+
+The cluster commands take the dashboard address from --address or RAY_ADDRESS; the Ray auth token comes from the
+environment or the token file (see launch/cluster.py), never from the command line.
 
 With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). Errors the
 user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message naming
@@ -38,12 +47,17 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="shorthand for --set run.run_dir=DIR")
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """--set overrides plus the --steps/--seed/--run-dir shorthands."""
     overrides = list(args.overrides)
     for key, value in (("run.steps", args.steps), ("run.seed", args.seed), ("run.run_dir", args.run_dir)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    config = load_config(args.config, overrides)
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, _train_overrides(args))
 
     from launch.driver import train
 
@@ -52,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"held-out pass@1: {first.pass_at_1:.3f} -> {last.pass_at_1:.3f} "
           f"({100 * (last.pass_at_1 - first.pass_at_1):+.1f} points); "
           f"pass@{last.k}: {first.pass_at_k:.3f} -> {last.pass_at_k:.3f}")
-    print(f"run directory: {result.run_dir}")
+    print(f"run directory: {result.run_dir.resolve()}")
     return 0
 
 
@@ -70,9 +84,120 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+
+
+def _submit_args(parser: argparse.ArgumentParser) -> None:
+    _train_args(parser)
+    _address_arg(parser)
+    parser.add_argument("--no-resource-check", action="store_true",
+                        help="submit even if the cluster lacks the resources now (autoscaling clusters)")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    overrides = _train_overrides(args)
+    config = load_config(args.config, overrides)  # a bad key fails here, before anything is uploaded
+
+    from launch.cluster import resolve_address, submit
+
+    job_id = submit(config, args.config, overrides, args.address, check_resources=not args.no_resource_check)
+    address = resolve_address(args.address)
+    print(f"submitted job {job_id} to {address}")
+    print(f"  follow it:  prolora logs {job_id} --follow --address {address}")
+    print(f"  status:     prolora jobs --address {address}")
+    print(f"  stop it:    prolora stop {job_id} --address {address}")
+    if not (config.run.run_dir and Path(config.run.run_dir).is_absolute()):
+        print("  the run directory is relative to the job's working directory on the node that runs the job "
+              "(the log's last line names it); pass --run-dir /absolute/path to choose it")
+    return 0
+
+
+def _jobs_args(parser: argparse.ArgumentParser) -> None:
+    _address_arg(parser)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from launch.cluster import print_jobs
+
+    print_jobs(args.address)
+    return 0
+
+
+def _logs_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job id printed by `prolora submit`")
+    _address_arg(parser)
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from launch.cluster import print_logs
+
+    status = print_logs(args.address, args.job, args.follow)
+    if args.follow:
+        print(f"job {args.job}: {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def _stop_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job id printed by `prolora submit`")
+    _address_arg(parser)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from launch.cluster import stop
+
+    print(f"job {args.job}: {stop(args.address, args.job)}")
+    return 0
+
+
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    parser.add_argument("--out", help="where to write the plots and report.html (default: RUN_DIR/report)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from launch.report import write_report
+
+    page = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report: {page}")
+    return 0
+
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="a run directory, or one adapter directory (adapter_config.json inside)")
+    parser.add_argument("--k", default="1,8,64", help="comma-separated k values of pass@k (default 1,8,64)")
+    parser.add_argument("--n", type=int, help="samples per prompt (>= the largest k; default: the largest k)")
+    parser.add_argument("--split", default="heldout", choices=["heldout", "train"], help="which prompts")
+    parser.add_argument("--prompts", type=int, help="number of prompts (default: eval.size of the config)")
+    parser.add_argument("--adapters", default="final",
+                        help="for a run directory: comma-separated adapters/<name> to compare, or 'all' "
+                             "(every saved step and final); default final")
+    parser.add_argument("--out", help="where to write the JSON table (default: RUN_DIR/eval_<split>.json, or "
+                                      "eval_<split>.json beside an adapter)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the run's config, e.g. --set eval.temperature=0.7 (repeatable)")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from launch.passk import EvalRequest, run_eval
+
+    request = EvalRequest.from_args(args.target, args.k, args.n, args.split, args.prompts, args.adapters,
+                                    args.out, args.overrides)
+    run_eval(request)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("run GRPO training", _train_args, _train),
     "bench": ("rollout throughput vs raw vLLM, and hot-load share of step time", _bench_args, _bench),
+    "submit": ("submit a training run to a Ray cluster as a job", _submit_args, _submit),
+    "jobs": ("list the cluster's jobs", _jobs_args, _jobs),
+    "logs": ("print (or follow) a job's logs", _logs_args, _logs),
+    "stop": ("stop a job", _stop_args, _stop),
+    "report": ("plots and an HTML page of a run's metrics", _report_args, _report),
+    "eval": ("pass@k table of the base model and a run's adapters", _eval_args, _eval),
 }
 
 

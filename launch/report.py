@@ -103,8 +103,8 @@ def _draw(panel: Panel, lines: list[Series], resets: list[int], path: Path) -> N
             window = max(2, len(line.values) // 25)
             ax.plot(line.steps, _moving_average(line.values, window), color=color, label=f"{line.label} (avg)")
         else:
-            ax.plot(line.steps, line.values, color=color, label=line.label, marker="o" if len(line.values) < 30 else None,
-                    markersize=3)
+            marker = "o" if len(line.values) < 30 else None
+            ax.plot(line.steps, line.values, color=color, label=line.label, marker=marker, markersize=3)
     for j, step in enumerate(resets):
         ax.axvline(step, color="0.4", linestyle="--", linewidth=1, label="reference reset" if j == 0 else None)
     ax.set_title(panel.title)
