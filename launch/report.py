@@ -38,6 +38,8 @@ class Panel:
     ylabel: str
     series: Callable[[list[dict], list[dict]], list[Series]]
     """(step records, eval records) -> the lines to draw."""
+    fraction: bool = False
+    """Values are fractions: draw the y axis over [0, 1] so runs compare at a glance."""
 
 
 def _key(records: list[dict], key: str, label: str | None = None) -> list[Series]:
@@ -73,7 +75,7 @@ def _throughput(steps: list[dict], _: list[dict]) -> list[Series]:
 
 PANELS = [
     Panel("reward", "Reward and its components", "mean reward per completion", _reward),
-    Panel("heldout", "Held-out pass@k", "pass@k", _heldout),
+    Panel("heldout", "Held-out pass@k", "pass@k", _heldout, fraction=True),
     Panel("kl", "KL(policy || reference)", "mean per-token KL", lambda s, _: _key(s, "kl")),
     Panel("entropy", "Policy entropy", "mean per-token entropy (nats)", lambda s, _: _key(s, "entropy")),
     Panel("response_length", "Response length", "mean tokens per completion",
@@ -100,13 +102,15 @@ def _draw(panel: Panel, lines: list[Series], resets: list[int], path: Path) -> N
         color = f"C{i}"
         if len(line.values) >= SMOOTH_FROM:
             ax.plot(line.steps, line.values, color=color, alpha=0.25, linewidth=0.8)
-            window = max(2, len(line.values) // 25)
+            window = max(2, len(line.values) // 20)
             ax.plot(line.steps, _moving_average(line.values, window), color=color, label=f"{line.label} (avg)")
         else:
             marker = "o" if len(line.values) < 30 else None
             ax.plot(line.steps, line.values, color=color, label=line.label, marker=marker, markersize=3)
     for j, step in enumerate(resets):
         ax.axvline(step, color="0.4", linestyle="--", linewidth=1, label="reference reset" if j == 0 else None)
+    if panel.fraction:
+        ax.set_ylim(-0.02, 1.02)
     ax.set_title(panel.title)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel(panel.ylabel)

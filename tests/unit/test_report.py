@@ -21,7 +21,7 @@ def _records(steps: int, resets: tuple[int, ...] | None) -> list[dict]:
     records = [{"eval": True, "step": 0, "pass@1": 0.2, "pass@8": 0.5, "n_prompts": 8}]
     for s in range(1, steps + 1):
         record = {
-            "step": s, "reward_mean": 0.3 + 0.005 * s, "reward/exact_match": 0.3 + 0.005 * s,
+            "step": s, "reward_mean": 0.35 + 0.005 * s, "reward/exact_match": 0.3 + 0.005 * s,
             "reward/format": 0.9 if s % 2 else None, "kl": 0.001 * s, "entropy": 1.5 - 0.01 * s,
             "response_len_mean": 4.5, "gen_tokens": 640, "gen_s": 0.3, "step_s": 0.9, "sync_ms": 20 + math.sin(s),
         }
@@ -29,7 +29,7 @@ def _records(steps: int, resets: tuple[int, ...] | None) -> list[dict]:
             record["ref_reset"] = s in resets
         records.append(record)
         if s % 10 == 0:
-            records.append({"eval": True, "step": s, "pass@1": 0.2 + 0.01 * s, "pass@8": 0.5, "n_prompts": 8})
+            records.append({"eval": True, "step": s, "pass@1": 0.2 + 0.005 * s, "pass@8": 0.5, "n_prompts": 8})
     return records
 
 

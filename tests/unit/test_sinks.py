@@ -44,3 +44,17 @@ def test_tensorboard_events_next_to_metrics(tmp_path):
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"eval/pass@1", "train/reward_mean"}  # NaN became null: not logged
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/reward_mean")] == [(1, 0.1), (2, 0.2)]
+
+
+def test_wandb_offline_run_in_the_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = load_config(overrides=["log.wandb=true", "log.wandb_mode=offline", "run.name=wb"])
+    opened = sinks.open_sinks(config, tmp_path / "wb-run")
+    assert [type(s).__name__ for s in opened] == ["WandbSink"]
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", opened)
+    writer.write({"eval": True, "step": 0, "pass@1": 0.25})
+    writer.write({"step": 1, "reward_mean": 0.5})
+    writer.close()
+    runs = list((tmp_path / "wb-run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
