@@ -175,7 +175,7 @@ def print_logs(address: str | None, job_id: str, follow: bool) -> str:
     return _status(client, job_id)
 
 
-def stop(address: str | None, job_id: str, wait_s: float = 30.0) -> str:
+def stop(address: str | None, job_id: str, wait_s: float = 60.0) -> str:
     """Ask the cluster to stop a job and wait (up to wait_s) until it has; returns its status."""
     client = job_client(address)
     _status(client, job_id)

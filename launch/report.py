@@ -39,7 +39,7 @@ class Panel:
     series: Callable[[list[dict], list[dict]], list[Series]]
     """(step records, eval records) -> the lines to draw."""
     fraction: bool = False
-    """Values are fractions: draw the y axis over [0, 1] so runs compare at a glance."""
+    """Values are fractions: the y axis starts at 0 and never goes past 1."""
 
 
 def _key(records: list[dict], key: str, label: str | None = None) -> list[Series]:
@@ -54,8 +54,11 @@ def _num(value) -> float:
 
 def _reward(steps: list[dict], _: list[dict]) -> list[Series]:
     components = sorted({k for r in steps for k in r if k.startswith("reward/")})
-    lines = _key(steps, "reward_mean", "total (weighted)")
-    return lines + [s for c in components for s in _key(steps, c, c.removeprefix("reward/"))]
+    # A lone reward of weight 1 equals the total; drawing it again would hide the total under it.
+    same = [c for c in components if all(r.get(c) == r.get("reward_mean") for r in steps)]
+    label = f"total (= {same[0].removeprefix('reward/')})" if len(components) == 1 and same else "total (weighted)"
+    lines = _key(steps, "reward_mean", label)
+    return lines + [s for c in components if c not in same for s in _key(steps, c, c.removeprefix("reward/"))]
 
 
 def _heldout(_: list[dict], evals: list[dict]) -> list[Series]:
@@ -110,7 +113,9 @@ def _draw(panel: Panel, lines: list[Series], resets: list[int], path: Path) -> N
     for j, step in enumerate(resets):
         ax.axvline(step, color="0.4", linestyle="--", linewidth=1, label="reference reset" if j == 0 else None)
     if panel.fraction:
-        ax.set_ylim(-0.02, 1.02)
+        top = max((v for line in lines for v in line.values if not math.isnan(v)), default=1.0)
+        top = min(1.02, top * 1.15 + 0.01)
+        ax.set_ylim(-0.02 * top, top)
     ax.set_title(panel.title)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel(panel.ylabel)

@@ -155,3 +155,16 @@ def test_a_run_the_cluster_cannot_hold_is_refused(ray_head, tiny_model, tmp_path
     assert "GPU: the run needs 2" in proc.stderr and "rollout.num_gpus" in proc.stderr
     assert "the cluster has 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stop_a_running_job(ray_head, tiny_model, tmp_path):
+    address, token = ray_head
+    env = _client_env(token)
+    proc = _prolora(env, "submit", "--address", address, "--steps", "500", "--run-dir", str(tmp_path / "long"),
+                    "--set", f"model.path={tiny_model}", "--set", "eval.size=4", "--set", "eval.n_samples=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job_id = proc.stdout.split("submitted job ")[1].split()[0]
+    stopped = _prolora(env, "stop", job_id, "--address", address)
+    assert stopped.returncode == 0 and f"job {job_id}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    unknown = _prolora(env, "logs", "no-such-job", "--address", address)
+    assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr, unknown.stderr

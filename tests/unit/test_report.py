@@ -82,3 +82,11 @@ def test_panels_without_data_are_left_out(tmp_path):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         write_report(tmp_path)
+
+
+def test_a_lone_reward_equal_to_the_total_is_drawn_once():
+    from launch.report import PANELS
+
+    steps = [{"step": s, "reward_mean": 0.1 * s, "reward/exact_match": 0.1 * s} for s in (1, 2, 3)]
+    reward_panel = next(p for p in PANELS if p.name == "reward")
+    assert [line.label for line in reward_panel.series(steps, [])] == ["total (= exact_match)"]
