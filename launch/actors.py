@@ -55,7 +55,7 @@ def _ask(config: Config, role: str) -> dict[str, float]:
 
 
 def start_rollout_workers(config: Config, model_path: str) -> list:
-    cls = ray.remote(**_ask(config, "rollout"), max_restarts=0)(RolloutWorker)
+    cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
     options = {"runtime_env": {"env_vars": _engine_env(config)}}
     return [
         cls.options(**options).remote(

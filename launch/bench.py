@@ -56,15 +56,16 @@ def _rollout_actor(model_path: str, config: Config, prompts: list[str], sampling
     import ray
 
     from launch.actors import start_ray, start_rollout_workers
-    from launch.fleet import generate
+    from launch.fleet import RolloutFleet
 
     start_ray(config)
     workers = start_rollout_workers(config.model_copy(update={"rollout": config.rollout.model_copy(
         update={"num_workers": 1})}), model_path)
-    generate(workers, prompts, sampling)  # warm-up (and waits for the engine)
+    fleet = RolloutFleet(workers)
+    fleet.generate(prompts, sampling)  # warm-up (and waits for the engine)
     tokens, start = 0, time.perf_counter()
     for _ in range(rounds):
-        groups = generate(workers, prompts, sampling)
+        groups = fleet.generate(prompts, sampling)
         tokens += sum(len(c.token_ids) for g in groups for c in g.completions)
     elapsed = time.perf_counter() - start
     for w in workers:

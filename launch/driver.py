@@ -21,7 +21,7 @@ import torch
 from launch.actors import start_learner, start_ray, start_reward_actors, start_rollout_workers
 from launch.data import PromptSampler
 from launch.evaluate import EvalResult, evaluate
-from launch.fleet import generate, publish, score
+from launch.fleet import RolloutFleet, score
 from launch.progress import Progress
 from launch.rundir import RunDir, resolve_model_path
 from learner.grpo import group_advantages, zero_std_fraction
@@ -40,7 +40,7 @@ class RunResult:
 
 @dataclass
 class Actors:
-    workers: list
+    fleet: RolloutFleet
     learner: object
     rewarders: list
 
@@ -54,7 +54,7 @@ def train(config: Config) -> RunResult:
     run = RunDir.create(config)
     start_ray(config)
     actors = Actors(
-        workers=start_rollout_workers(config, model_path),
+        fleet=RolloutFleet(start_rollout_workers(config, model_path), config.rollout.max_restarts),
         learner=start_learner(config, model_path),
         rewarders=start_reward_actors(config),
     )
@@ -77,7 +77,7 @@ def train(config: Config) -> RunResult:
 def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: RunDir) -> dict:
     """One GRPO step; returns the metrics record it wrote."""
     t0 = time.perf_counter()
-    groups = generate(actors.workers, [r["prompt"] for r in rows], _sampling(config, seed=config.run.seed + step))
+    groups = actors.fleet.generate([r["prompt"] for r in rows], _sampling(config, seed=config.run.seed + step))
     gen_s = time.perf_counter() - t0
     scores = score(actors.rewarders, rows, groups, config.rollout.max_new_tokens)
     rewards_PG, valid_PG = _reward_matrix(scores, len(groups), config.rollout.group_size)
@@ -89,9 +89,10 @@ def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: R
     stats = ray.get(actors.learner.train_step.remote(batch))
     payload = actors.learner.export_adapter.remote()
     train_s = time.perf_counter() - t1
-    sync_ms = publish(actors.workers, payload)
+    sync_ms = actors.fleet.publish(payload)
     run.save_adapter(ray.get(payload), "latest", keep_copy=_due(step, config.log.save_adapter_every))
     record = _step_record(step, groups, rewards_PG, valid_PG, scores, stats, gen_s, train_s, sync_ms, t0)
+    record["worker_restarts"] = actors.fleet.restarts
     run.metrics.write(record)
     if config.log.rollouts:
         run.write_rollouts(step, groups, scores, advantages_PG)
@@ -99,7 +100,7 @@ def run_step(step: int, config: Config, actors: Actors, rows: list[dict], run: R
 
 
 def _evaluate(actors: Actors, task: Task, heldout: list[dict], config: Config, run: RunDir, step: int):
-    result = evaluate(actors.workers, task, heldout, config, seed=config.run.seed)
+    result = evaluate(actors.fleet, task, heldout, config, seed=config.run.seed)
     run.metrics.write({"eval": True, "step": step, **result.as_record()})
     return result
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.fleet import generate
+from launch.fleet import RolloutFleet
 from learner.grpo import pass_at_k
 from shared.config import Config
 from shared.records import SamplingSpec
@@ -28,12 +28,11 @@ class EvalResult:
         return {"pass@1": self.pass_at_1, f"pass@{self.k}": self.pass_at_k, "n_prompts": self.n_prompts}
 
 
-def evaluate(workers: list, task: Task, rows: list[dict], config: Config, seed: int) -> EvalResult:
+def evaluate(fleet: RolloutFleet, task: Task, rows: list[dict], config: Config, seed: int) -> EvalResult:
     prompts = [r["prompt"] for r in rows]
     max_tokens = config.rollout.max_new_tokens
-    greedy = generate(workers, prompts, SamplingSpec(n=1, max_tokens=max_tokens, temperature=0.0, seed=seed))
-    sampled = generate(
-        workers,
+    greedy = fleet.generate(prompts, SamplingSpec(n=1, max_tokens=max_tokens, temperature=0.0, seed=seed))
+    sampled = fleet.generate(
         prompts,
         SamplingSpec(n=config.eval.n_samples, max_tokens=max_tokens, temperature=config.eval.temperature, seed=seed),
     )

@@ -1,35 +1,76 @@
-"""Talking to actor fleets: spread prompts across rollout workers, hot-load an adapter into all of them, and
-split a batch of completions across reward actors."""
+"""Talking to actor fleets: the rollout workers (spread prompts, hot-load adapters, survive a dead worker) and
+the reward actors (split a batch of completions across them).
+
+A rollout worker is started with Ray's `max_restarts`: when its process dies (killed, or its engine crashes) Ray
+starts it again with the same constructor arguments, which rebuilds the engine but not its adapters. The fleet
+keeps the adapter payloads still in use, reloads them into the restarted worker and resubmits the lost requests,
+so the step completes; `restarts` counts how often that happened.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from shared.records import Group, RewardBatch, RewardScores, SamplingSpec
 
-
-def generate(workers: list, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
-    """Deal prompts round-robin across workers and return the groups in prompt order."""
-    n = len(workers)
-    shards = [prompts[i::n] for i in range(n)]
-    calls = [
-        (i, w.generate.remote(s, sampling, version))
-        for i, (w, s) in enumerate(zip(workers, shards, strict=True))
-        if s
-    ]
-    groups: list[Group] = [None] * len(prompts)  # type: ignore[list-item]
-    for i, ref in calls:
-        groups[i::n] = ray.get(ref)
-    return groups
+log = logging.getLogger(__name__)
+_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
-def publish(workers: list, payload_ref, keep_versions: int = 1) -> float:
-    """Hot-load the adapter behind `payload_ref` into every worker; returns the wall milliseconds for all."""
-    t0 = time.perf_counter()
-    ray.get([w.load_adapter.remote(payload_ref, keep_versions) for w in workers])
-    return (time.perf_counter() - t0) * 1e3
+class TooManyRestarts(RuntimeError):
+    """Rollout workers died more often than `rollout.max_restarts` allows."""
+
+
+class RolloutFleet:
+    """The rollout workers of a run, with the adapter versions they must serve."""
+
+    def __init__(self, workers: list, max_restarts: int = 3, keep_versions: int = 1) -> None:
+        self.workers = workers
+        self.max_restarts = max_restarts
+        self.keep_versions = keep_versions
+        self.restarts = 0
+        self._payloads: list = []  # ObjectRefs of the adapter versions in use, oldest first
+
+    def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
+        """Deal prompts round-robin across workers and return the groups in prompt order."""
+        n = len(self.workers)
+        shards = {i: prompts[i::n] for i in range(n) if prompts[i::n]}
+        groups: list[Group] = [None] * len(prompts)  # type: ignore[list-item]
+        pending = {i: self.workers[i].generate.remote(s, sampling, version) for i, s in shards.items()}
+        while pending:
+            i, ref = pending.popitem()
+            try:
+                groups[i::n] = ray.get(ref)
+            except _DEAD as err:
+                self._recover(i, err)
+                pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
+        return groups
+
+    def publish(self, payload_ref) -> float:
+        """Hot-load the adapter behind `payload_ref` into every worker; returns the wall milliseconds for all."""
+        self._payloads = (self._payloads + [payload_ref])[-self.keep_versions :]
+        t0 = time.perf_counter()
+        for i, ref in enumerate([w.load_adapter.remote(payload_ref, self.keep_versions) for w in self.workers]):
+            try:
+                ray.get(ref)
+            except _DEAD as err:
+                self._recover(i, err)
+        return (time.perf_counter() - t0) * 1e3
+
+    def _recover(self, i: int, err: Exception) -> None:
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise TooManyRestarts(
+                f"rollout workers died {self.restarts} times (limit rollout.max_restarts={self.max_restarts}); "
+                f"last error: {err}"
+            ) from err
+        log.warning("rollout worker %d died (%s); reloading its adapters and retrying", i, type(err).__name__)
+        for payload in self._payloads:  # queued behind Ray's restart of the actor
+            ray.get(self.workers[i].load_adapter.remote(payload, self.keep_versions))
 
 
 def score(rewarders: list, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
@@ -49,9 +90,7 @@ def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
     n = len(batch.completions)
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [
-        RewardBatch(
-            batch.prompts[a:b], batch.completions[a:b], {k: v[a:b] for k, v in batch.columns.items()}
-        )
+        RewardBatch(batch.prompts[a:b], batch.completions[a:b], {k: v[a:b] for k, v in batch.columns.items()})
         for a, b in zip(bounds, bounds[1:], strict=False)
         if b > a
     ]
@@ -64,3 +103,4 @@ def _merge_scores(parts: list[RewardScores]) -> RewardScores:
         components={n: tuple(v for p in parts for v in p.components[n]) for n in names},
         failures={n: sum(p.failures.get(n, 0) for p in parts) for n in names},
     )
+

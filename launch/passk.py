@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.fleet import RolloutFleet
 from learner.grpo import pass_at_k
 from shared.config import Config, load_config
 from shared.errors import UserError
@@ -100,11 +101,9 @@ def pass_at_k_table(counts: dict[str, list[int]], n: int, ks: tuple[int, ...]) -
     }
 
 
-def count_correct(workers: list, task: Task, rows: list[dict], sampling: SamplingSpec, version: int) -> list[int]:
+def count_correct(fleet: RolloutFleet, task: Task, rows: list[dict], sampling: SamplingSpec, version: int) -> list[int]:
     """Correct completions per prompt out of sampling.n, generated with adapter `version` (0 = base model)."""
-    from launch.fleet import generate
-
-    groups = generate(workers, [r["prompt"] for r in rows], sampling, version)
+    groups = fleet.generate([r["prompt"] for r in rows], sampling, version)
     return [sum(task.is_correct(c.text, r["answer"]) for c in g.completions) for g, r in zip(groups, rows, strict=True)]
 
 
@@ -122,11 +121,12 @@ def run_eval(request: EvalRequest) -> dict:
                             temperature=config.eval.temperature, seed=config.run.seed)
     payloads = [adapter_payload(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
     start_ray(config)
-    workers = start_rollout_workers(config, resolve_model_path(config.model.path))
-    counts = {"base": count_correct(workers, task, rows, sampling, version=0)}
+    fleet = RolloutFleet(start_rollout_workers(config, resolve_model_path(config.model.path)),
+                         config.rollout.max_restarts)
+    counts = {"base": count_correct(fleet, task, rows, sampling, version=0)}
     for (label, _), payload in zip(request.adapters, payloads, strict=True):
-        ray.get([w.load_adapter.remote(payload, 1) for w in workers])
-        counts[label] = count_correct(workers, task, rows, sampling, version=payload.version)
+        fleet.publish(ray.put(payload))  # one adapter at a time: the fleet keeps only the newest loaded
+        counts[label] = count_correct(fleet, task, rows, sampling, version=payload.version)
     document = _document(request, counts)
     print(format_table(document))
     request.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,14 @@ from (the engine reports processed logprobs, after temperature).
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
 from learner.grpo import LossSettings, grpo_loss, token_entropy, token_logprobs
@@ -147,6 +148,32 @@ class Learner:
             self.model.save_pretrained(tmp)
             files = tuple((name, (Path(tmp) / name).read_bytes()) for name in ADAPTER_FILES)
         return AdapterPayload(version=self.version, files=files)
+
+    # -------------------------------------------------------------------------------------- checkpoint
+    def state(self) -> bytes:
+        """Everything a resumed run needs to continue exactly: adapter, optimiser, RNG states, version."""
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "adapter": get_peft_model_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "generator": self._generator.get_state(),
+                "version": self.version,
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    def load_state(self, blob: bytes) -> int:
+        """Restore a state written by `state()`; returns the adapter version."""
+        state = torch.load(io.BytesIO(blob), weights_only=False)
+        set_peft_model_state_dict(self.model, state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self._generator.set_state(state["generator"])
+        self.version = state["version"]
+        return self.version
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

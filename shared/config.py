@@ -79,6 +79,8 @@ class RolloutConfig(_Section):
     """Adapter versions an engine keeps loaded at once."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs per rollout worker actor (0 on CPU machines)."""
+    max_restarts: int = Field(3, ge=0)
+    """Restarts of dead rollout workers a run tolerates before it stops with a checkpoint."""
 
 
 class AlgoConfig(_Section):
