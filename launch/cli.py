@@ -108,8 +108,8 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"  status:     prolora jobs --address {address}")
     print(f"  stop it:    prolora stop {job_id} --address {address}")
     if not (config.run.run_dir and Path(config.run.run_dir).is_absolute()):
-        print("  the run directory is relative to the job's working directory on the node that runs the job "
-              "(the log's last line names it); pass --run-dir /absolute/path to choose it")
+        print("  note: the run directory will be inside the job's working directory on the node that runs it (the "
+              "log's last line names it), which Ray may clean up; pass --run-dir /absolute/path to keep it")
     return 0
 
 
