@@ -27,10 +27,10 @@ from launch.fleet import publish
 from launch.progress import Progress
 from launch.rundir import RunDir, resolve_model_path
 from learner.grpo import zero_std_fraction
-from learner.reference import ResetTriggers
+from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.registry import resolve_reward
 from shared.config import Config
-from shared.records import TrainStats
+from shared.records import AdapterPayload, TrainStats
 from shared.tasks import Task, get_task
 
 
@@ -101,10 +101,9 @@ def run_step(step: int, config: Config, actors: Actors, curriculum: Curriculum, 
     payload = actors.learner.export_adapter.remote()
     train_s = time.perf_counter() - t1
     sync_ms = publish(actors.workers, payload)
-    run.save_adapter(ray.get(payload), "latest", keep_copy=_due(step, config.log.save_adapter_every))
-    reset_cause = curriculum.resets.after_step(step, stats.kl)
-    if reset_cause is not None:
-        ray.get(actors.learner.reset_reference.remote(config.reference.reset_optimizer))
+    adapter = ray.get(payload)
+    run.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
+    reset_cause = _reset_reference_if_due(step, stats, adapter, config, actors, curriculum, run)
     _track_prompts(step, collected, config, curriculum, run)
     record = _step_record(step, collected, stats, reset_cause, t0, train_s, sync_ms)
     run.metrics.write(record)
@@ -117,6 +116,18 @@ def _evaluate(actors: Actors, task: Task, heldout: list[dict], config: Config, r
     result = evaluate(actors.workers, task, heldout, config, seed=config.run.seed)
     run.metrics.write({"eval": True, "step": step, **result.as_record()})
     return result
+
+
+def _reset_reference_if_due(
+    step: int, stats: TrainStats, adapter: AdapterPayload, config: Config, actors: Actors, curriculum: Curriculum,
+    run: RunDir,
+) -> ResetCause | None:
+    """ProRL: when a trigger fires, the reference becomes the adapter this step produced (saved to the run dir)."""
+    cause = curriculum.resets.after_step(step, stats.kl)
+    if cause is not None:
+        ray.get(actors.learner.reset_reference.remote(config.reference.reset_optimizer))
+        run.save_adapter(adapter, "reference")
+    return cause
 
 
 def _track_prompts(step: int, collected: Collected, config: Config, curriculum: Curriculum, run: RunDir) -> None:

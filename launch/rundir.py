@@ -5,7 +5,8 @@ Layout (later tools read these names):
     metrics.jsonl     one JSON object per step, and eval records with "eval": true
     prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired
     rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
-    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
+    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM); reference/ is the
+                      KL reference after the last ProRL reset (absent while the reference is the base model)
 """
 
 from __future__ import annotations

@@ -77,9 +77,11 @@ def test_preset_trains_through_the_cli(preset, tiny_model, tmp_path):
         # Reset after every step: step 2 measures its policy against the snapshot taken right after step 1.
         assert [(r["ref_reset"], r["ref_reset_cause"]) for r in steps] == [(True, "schedule")] * 2
         assert steps[1]["kl"] == pytest.approx(0.0, abs=1e-7)
+        assert (run_dir / "adapters" / "reference" / "VERSION").read_text().strip() == "2"
     else:
         assert [(r["ref_reset"], r["ref_reset_cause"]) for r in steps] == [(False, None)] * 2
         if steps[0]["grad_norm"] > 0:
             assert steps[1]["kl"] > 0  # the reference stays the base model
+        assert not (run_dir / "adapters" / "reference").exists()
     if preset == "dapo":
         assert all(r["overlong_penalty_mean"] <= 0 for r in steps)
