@@ -3,7 +3,8 @@
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
 
-With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). Errors the
+With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). CONFIG is a
+file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl: launch/configs/<name>.yaml). Errors the
 user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message naming
 what is wrong, with no traceback, and exit with status 2.
 
@@ -19,12 +20,32 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import load_config
+from shared.config import ConfigError, load_config
 from shared.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the packaged presets."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(config: str | None) -> Path | None:
+    """An existing file is used as is; otherwise a bare name picks the packaged preset of that name."""
+    if config is None or Path(config).exists():
+        return None if config is None else Path(config)
+    preset = PRESETS_DIR / f"{config}.yaml"
+    if Path(config).name == config and preset.is_file():
+        return preset
+    raise ConfigError(f"config {config!r} is neither a file nor a preset; presets: {', '.join(presets())}")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="experiment file (YAML or TOML); default: the built-in run")
+    parser.add_argument(
+        "config", nargs="?",
+        help=f"experiment file (YAML or TOML) or a preset name ({', '.join(presets())}); default: the built-in run",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field by its dotted name, e.g. --set train.lr=1e-3 (repeatable)",
@@ -47,7 +68,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={value}")
     if args.resume:
         overrides.append(f"run.run_dir={args.resume}")
-    config = load_config(args.config or (args.resume and Path(args.resume, "config.yaml")), overrides)
+    config_path = resolve_config(args.config) if args.config else args.resume and Path(args.resume, "config.yaml")
+    config = load_config(config_path, overrides)
 
     from launch.driver import train
     from launch.runstate import RunStopped
@@ -75,7 +97,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from launch.bench import run_bench
 
-    run_bench(load_config(args.config, args.overrides), Path(args.out), args.rounds, args.steps)
+    run_bench(load_config(resolve_config(args.config), args.overrides), Path(args.out), args.rounds, args.steps)
     return 0
 
 

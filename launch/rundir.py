@@ -3,8 +3,10 @@
 Layout (later tools read these names):
     config.yaml       the resolved config
     metrics.jsonl     one JSON object per step, and eval records with "eval": true
+    prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired
     rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
-    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
+    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM); reference/ is the
+                      KL reference after the last ProRL reset (absent while the reference is the base model)
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from launch.data import PromptVisit
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
 from shared.metrics import MetricsWriter, write_rollouts
@@ -45,6 +50,7 @@ class RunDir:
         self.rollouts.mkdir(parents=True, exist_ok=True)
         self.adapters.mkdir(exist_ok=True)
         self.metrics = MetricsWriter(path / "metrics.jsonl")
+        self.prompt_history = MetricsWriter(path / "prompt_history.jsonl")
 
     @classmethod
     def create(cls, config: Config) -> RunDir:
@@ -110,5 +116,10 @@ class RunDir:
             columns[f"reward/{name}"] = list(values)
         return write_rollouts(self.rollouts, step, columns, list(scores.components))
 
+    def write_prompt_visits(self, visits: Iterable[PromptVisit]) -> None:
+        for visit in visits:
+            self.prompt_history.write(asdict(visit))
+
     def close(self) -> None:
         self.metrics.close()
+        self.prompt_history.close()
