@@ -1,8 +1,8 @@
 """The `prolora` command.
 
-    prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR]
+    prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
-    prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR]
+    prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora jobs [--address URL]
     prolora logs JOB [--address URL] [--follow]
     prolora stop JOB [--address URL]
@@ -12,7 +12,8 @@
 The cluster commands take the dashboard address from --address or RAY_ADDRESS; the Ray auth token comes from the
 environment or the token file (see launch/cluster.py), never from the command line.
 
-With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). Errors the
+With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). CONFIG is a
+file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl: launch/configs/<name>.yaml). Errors the
 user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message naming
 what is wrong, with no traceback, and exit with status 2.
 
@@ -28,12 +29,32 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import load_config
+from shared.config import ConfigError, load_config
 from shared.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the packaged presets."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(config: str | None) -> Path | None:
+    """An existing file is used as is; otherwise a bare name picks the packaged preset of that name."""
+    if config is None or Path(config).exists():
+        return None if config is None else Path(config)
+    preset = PRESETS_DIR / f"{config}.yaml"
+    if Path(config).name == config and preset.is_file():
+        return preset
+    raise ConfigError(f"config {config!r} is neither a file nor a preset; presets: {', '.join(presets())}")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="experiment file (YAML or TOML); default: the built-in run")
+    parser.add_argument(
+        "config", nargs="?",
+        help=f"experiment file (YAML or TOML) or a preset name ({', '.join(presets())}); default: the built-in run",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field by its dotted name, e.g. --set train.lr=1e-3 (repeatable)",
@@ -45,6 +66,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="shorthand for --set run.steps=N")
     parser.add_argument("--seed", type=int, help="shorthand for --set run.seed=S")
     parser.add_argument("--run-dir", help="shorthand for --set run.run_dir=DIR")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue RUN_DIR from its last good checkpoint (its config.yaml unless CONFIG is given)")
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
@@ -53,15 +76,27 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     for key, value in (("run.steps", args.steps), ("run.seed", args.seed), ("run.run_dir", args.run_dir)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.resume:
+        overrides.append(f"run.run_dir={args.resume}")
     return overrides
 
 
+def _train_config_path(args: argparse.Namespace) -> Path | None:
+    """CONFIG as a file or preset name; with --resume and no CONFIG, the run's own config.yaml."""
+    return resolve_config(args.config) if args.config else args.resume and Path(args.resume, "config.yaml")
+
+
 def _train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, _train_overrides(args))
+    config = load_config(_train_config_path(args), _train_overrides(args))
 
     from launch.driver import train
+    from launch.runstate import RunStopped
 
-    result = train(config)
+    try:
+        result = train(config, resume=bool(args.resume))
+    except RunStopped as stop:
+        print(f"prolora: {stop}", file=sys.stderr)
+        return stop.exit_code
     first, last = result.first_eval, result.last_eval
     print(f"held-out pass@1: {first.pass_at_1:.3f} -> {last.pass_at_1:.3f} "
           f"({100 * (last.pass_at_1 - first.pass_at_1):+.1f} points); "
@@ -80,7 +115,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from launch.bench import run_bench
 
-    run_bench(load_config(args.config, args.overrides), Path(args.out), args.rounds, args.steps)
+    run_bench(load_config(resolve_config(args.config), args.overrides), Path(args.out), args.rounds, args.steps)
     return 0
 
 
@@ -97,11 +132,15 @@ def _submit_args(parser: argparse.ArgumentParser) -> None:
 
 def _submit(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
-    config = load_config(args.config, overrides)  # a bad key fails here, before anything is uploaded
+    config_file = resolve_config(args.config)
+    # A bad key fails here, before anything is uploaded. A run to --resume lives on the cluster, so its own
+    # config.yaml is read there; here the overrides are checked against CONFIG (or the default).
+    config = load_config(config_file, overrides)
 
     from launch.cluster import resolve_address, submit
 
-    job_id = submit(config, args.config, overrides, args.address, check_resources=not args.no_resource_check)
+    job_id = submit(config, config_file, overrides, args.address, resume=args.resume,
+                    check_resources=not args.no_resource_check)
     address = resolve_address(args.address)
     print(f"submitted job {job_id} to {address}")
     print(f"  follow it:  prolora logs {job_id} --follow --address {address}")

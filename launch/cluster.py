@@ -108,7 +108,8 @@ def repository_root() -> Path:
     return root
 
 
-def train_command(config_path: str | None, overrides: list[str], root: Path) -> str:
+def train_command(config_path: str | Path | None, overrides: list[str], root: Path,
+                  resume: str | None = None) -> str:
     """The job's entrypoint: `prolora train` with the same file (relative to the repository) and overrides."""
     args = ["python", "-m", "launch.cli", "train"]
     if config_path:
@@ -119,14 +120,16 @@ def train_command(config_path: str | None, overrides: list[str], root: Path) -> 
         args.append(str(path.relative_to(root)))
     for assignment in overrides:
         args += ["--set", assignment]
+    if resume:
+        args += ["--resume", resume]
     return " ".join(shlex.quote(a) for a in args)
 
 
-def submit(config: Config, config_path: str | None, overrides: list[str], address: str | None,
-           check_resources: bool = True) -> str:
+def submit(config: Config, config_path: str | Path | None, overrides: list[str], address: str | None,
+           resume: str | None = None, check_resources: bool = True) -> str:
     """Submit a training run as a Ray job; returns the job's submission id."""
     root = repository_root()
-    entrypoint = train_command(config_path, overrides, root)
+    entrypoint = train_command(config_path, overrides, root, resume)
     address = resolve_address(address)
     headers = auth_headers(address)
     client = job_client(address, headers)

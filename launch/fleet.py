@@ -15,10 +15,12 @@ import time
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from rollout.worker import AdapterNotLoaded
 from shared.records import Group, RewardBatch, RewardScores, SamplingSpec
 
 log = logging.getLogger(__name__)
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+RESTART_TIMEOUT_S = 600
 
 
 class TooManyRestarts(RuntimeError):
@@ -33,10 +35,16 @@ class RolloutFleet:
         self.max_restarts = max_restarts
         self.keep_versions = keep_versions
         self.restarts = 0
+        self.version = 0  # newest published adapter version; 0 = the base model
         self._payloads: list = []  # ObjectRefs of the adapter versions in use, oldest first
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
-        """Deal prompts round-robin across workers and return the groups in prompt order."""
+        """Deal prompts round-robin across workers and return the groups in prompt order.
+
+        Requests always name the adapter version (default: the newest published), so a worker that was restarted
+        and lost its adapters fails loudly (AdapterNotLoaded) instead of silently serving the base model.
+        """
+        version = self.version if version is None else version
         n = len(self.workers)
         shards = {i: prompts[i::n] for i in range(n) if prompts[i::n]}
         groups: list[Group] = [None] * len(prompts)  # type: ignore[list-item]
@@ -45,7 +53,7 @@ class RolloutFleet:
             i, ref = pending.popitem()
             try:
                 groups[i::n] = ray.get(ref)
-            except _DEAD as err:
+            except (*_DEAD, AdapterNotLoaded) as err:
                 self._recover(i, err)
                 pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
         return groups
@@ -53,6 +61,7 @@ class RolloutFleet:
     def publish(self, payload_ref) -> float:
         """Hot-load the adapter behind `payload_ref` into every worker; returns the wall milliseconds for all."""
         self._payloads = (self._payloads + [payload_ref])[-self.keep_versions :]
+        self.version = ray.get(payload_ref).version
         t0 = time.perf_counter()
         for i, ref in enumerate([w.load_adapter.remote(payload_ref, self.keep_versions) for w in self.workers]):
             try:
@@ -69,8 +78,16 @@ class RolloutFleet:
                 f"last error: {err}"
             ) from err
         log.warning("rollout worker %d died (%s); reloading its adapters and retrying", i, type(err).__name__)
-        for payload in self._payloads:  # queued behind Ray's restart of the actor
-            ray.get(self.workers[i].load_adapter.remote(payload, self.keep_versions))
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        for payload in self._payloads:
+            while True:  # calls fail with ActorUnavailableError while Ray is still restarting the actor
+                try:
+                    ray.get(self.workers[i].load_adapter.remote(payload, self.keep_versions))
+                    break
+                except ActorUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise TooManyRestarts(f"rollout worker {i} did not come back in {RESTART_TIMEOUT_S} s") from err
+                    time.sleep(0.5)
 
 
 def score(rewarders: list, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
@@ -83,7 +100,7 @@ def score(rewarders: list, rows: list[dict], groups: list[Group], max_tokens: in
     columns["max_tokens"] = (max_tokens,) * len(flat)
     batch = RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
     shards = _split_batch(batch, len(rewarders))
-    return _merge_scores(ray.get([r.score.remote(b) for r, b in zip(rewarders, shards, strict=False)]))
+    return merge_scores(ray.get([r.score.remote(b) for r, b in zip(rewarders, shards, strict=False)]))
 
 
 def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
@@ -96,7 +113,8 @@ def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
     ]
 
 
-def _merge_scores(parts: list[RewardScores]) -> RewardScores:
+def merge_scores(parts: list[RewardScores]) -> RewardScores:
+    """Concatenate the scores of consecutive batches (reward-actor shards, or generation rounds)."""
     names = list(parts[0].components)
     return RewardScores(
         total=tuple(t for p in parts for t in p.total),

@@ -35,15 +35,22 @@ def step_summary(record: dict, pass_at_1: float) -> dict[str, str]:
 
 
 class Progress:
-    def __init__(self, total_steps: int, first_eval, log_every: int = 10, stream: TextIO | None = None) -> None:
+    def __init__(self, total_steps: int, first_eval, log_every: int = 10, start: int = 0,
+                 stream: TextIO | None = None) -> None:
+        """`start` is the last step already done (a resumed run); `first_eval` the evaluation it starts from."""
         self._stream = stream or sys.stderr
         self._total = total_steps
+        self._first_step = start
         self._log_every = log_every
         self._pass1 = first_eval.pass_at_1
         self._start = time.monotonic()
         self._tty = self._stream.isatty()
-        self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=self._stream) if self._tty else None
-        self._line(f"[eval] step 0: pass@1 {first_eval.pass_at_1:.3f}  pass@{first_eval.k} {first_eval.pass_at_k:.3f}")
+        self._bar = (
+            tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, file=self._stream)
+            if self._tty else None
+        )
+        self._line(f"[eval] step {start}: pass@1 {first_eval.pass_at_1:.3f}  "
+                   f"pass@{first_eval.k} {first_eval.pass_at_k:.3f}")
 
     def update(self, record: dict) -> None:
         summary = step_summary(record, self._pass1)
@@ -51,9 +58,9 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(summary, refresh=False)
             self._bar.update(1)
-        elif step % self._log_every == 0 or step in (1, self._total):
+        elif step % self._log_every == 0 or step in (self._first_step + 1, self._total):
             elapsed = time.monotonic() - self._start
-            eta = elapsed / step * (self._total - step)
+            eta = elapsed / (step - self._first_step) * (self._total - step)
             fields = "  ".join(f"{k} {v}" for k, v in summary.items())
             self._line(f"[step {step}/{self._total}] {fields}  elapsed {format_duration(elapsed)}  "
                        f"eta {format_duration(eta)}")

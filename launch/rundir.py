@@ -3,21 +3,26 @@
 Layout (later tools read these names):
     config.yaml       the resolved config
     metrics.jsonl     one JSON object per step, and eval records with "eval": true
+    prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired
     tensorboard/      TensorBoard event files (only with log.tensorboard)
     wandb/            W&B files (only with log.wandb)
     rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
-    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
+    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM); reference/ is the
+                      KL reference after the last ProRL reset (absent while the reference is the base model)
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from launch.data import PromptVisit
 from launch.sinks import open_sinks
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
@@ -48,6 +53,7 @@ class RunDir:
         self.rollouts.mkdir(parents=True, exist_ok=True)
         self.adapters.mkdir(exist_ok=True)
         self.metrics = MetricsWriter(path / "metrics.jsonl", sinks)
+        self.prompt_history = MetricsWriter(path / "prompt_history.jsonl")
 
     @classmethod
     def create(cls, config: Config) -> RunDir:
@@ -58,6 +64,27 @@ class RunDir:
         (path / "config.yaml").write_text(config_to_yaml(config))
         path = path.resolve()
         return cls(path, open_sinks(config, path))
+
+    @classmethod
+    def reopen(cls, config: Config) -> RunDir:
+        """An existing run directory, for --resume."""
+        path = Path(config.run.run_dir or "")
+        if not config.run.run_dir or not (path / "config.yaml").is_file():
+            raise RunDirError(f"--resume: {path} is not a prolora run directory (no config.yaml)")
+        path = path.resolve()
+        return cls(path, open_sinks(config, path))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop what a crashed run wrote after the checkpoint of `step`, so resumed steps are not doubled."""
+        lines = (self.path / "metrics.jsonl").read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path / "metrics.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path / "metrics.jsonl")
+        self.metrics.reopen()
+        for file in self.rollouts.glob("step_*.parquet"):
+            if int(file.stem.removeprefix("step_")) > step:
+                file.unlink()
 
     def save_adapter(self, payload: AdapterPayload, name: str, keep_copy: bool = False) -> Path:
         """Write the adapter atomically as adapters/<name>; with keep_copy also as adapters/step_<version>."""
@@ -93,5 +120,10 @@ class RunDir:
             columns[f"reward/{name}"] = list(values)
         return write_rollouts(self.rollouts, step, columns, list(scores.components))
 
+    def write_prompt_visits(self, visits: Iterable[PromptVisit]) -> None:
+        for visit in visits:
+            self.prompt_history.write(asdict(visit))
+
     def close(self) -> None:
         self.metrics.close()
+        self.prompt_history.close()

@@ -20,6 +20,10 @@ from pathlib import Path
 from shared.records import AdapterPayload, Completion, Group, SamplingSpec
 
 
+class AdapterNotLoaded(KeyError):
+    """A request named an adapter version this engine does not hold (e.g. the worker was restarted)."""
+
+
 class RolloutWorker:
     """Owns one vLLM engine and the adapter versions loaded into it."""
 
@@ -90,7 +94,7 @@ class RolloutWorker:
         version = self.version if version is None else version
         lora = self._requests.get(version) if version else None
         if version and lora is None:
-            raise KeyError(f"adapter version {version} is not loaded here (loaded: {sorted(self._requests)})")
+            raise AdapterNotLoaded(f"adapter version {version} is not loaded here (loaded: {sorted(self._requests)})")
         params = [
             SamplingParams(
                 n=sampling.n,

@@ -75,6 +75,11 @@ class MetricsWriter:
         for sink in self._sinks:
             sink.write(clean)
 
+    def reopen(self) -> None:
+        """Append to the file again after it was replaced on disk (a resume dropping records); sinks stay open."""
+        self._file.close()
+        self._file = self.path.open("a", encoding="utf-8")
+
     def close(self) -> None:
         self._file.close()
         for sink in self._sinks:

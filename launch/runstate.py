@@ -1,0 +1,81 @@
+"""What the driver carries from step to step, how it is checkpointed, and how a run stops on a signal.
+
+`DriverState` is the driver's half of a checkpoint (the learner's half is `Learner.state()`); it is plain JSON.
+`identity(config)` lists the config fields a checkpoint depends on: resuming with any of them changed is refused.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.config import Config
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before its last step, after writing a checkpoint; the message says how to resume."""
+
+    exit_code = 1
+
+
+class Interrupted(RunStopped):
+    exit_code = 130
+
+
+@dataclass
+class DriverState:
+    step: int = 0
+    """Last completed step."""
+    first_eval: dict[str, Any] | None = None
+    last_eval: dict[str, Any] | None = None
+    nonfinite_streak: int = 0
+    """Consecutive steps whose every optimiser step was skipped for a non-finite loss or gradient."""
+    worker_restarts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    """State owned by other parts of the driver: the curriculum (data order position, retired prompts, per-prompt
+    pass rates, reference-reset history), the reward set in force."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DriverState:
+        return cls(**data)
+
+
+def identity(config: Config) -> dict[str, Any]:
+    """Config fields a checkpoint depends on (model, LoRA shape, task)."""
+    return {
+        "model.path": config.model.path,
+        "model.dtype": config.model.dtype,
+        "lora.rank": config.lora.rank,
+        "lora.alpha": config.lora.alpha,
+        "lora.target_modules": config.lora.target_modules,
+        "task.name": config.task.name,
+        "task.train_size": config.task.train_size,
+    }
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set `requested`: the current step finishes, then the driver writes a
+    checkpoint and stops. A second signal restores the default behaviour (so a stuck run can still be killed)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.requested = signal.Signals(signum).name
+        print(f"\n[prolora] {self.requested}: finishing the current step, then writing a checkpoint", flush=True)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
