@@ -33,3 +33,14 @@ def test_plain_lines_show_step_reward_pass1_throughput_hotload_eta():
     assert "pass@1 0.375" in steps[2]  # the latest held-out figure
     assert steps[2].endswith("eta 0s") and " eta " in steps[0]
     assert "[eval] step 10: pass@1 0.375  pass@8 0.625" in lines
+
+
+def test_a_resumed_run_counts_from_its_checkpoint():
+    out = io.StringIO()
+    progress = Progress(total_steps=8, first_eval=SimpleNamespace(pass_at_1=0.5, pass_at_k=0.75, k=4), log_every=10,
+                        start=5, stream=out)
+    for step in (6, 7, 8):
+        progress.update(_record(step))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[eval] step 5:")
+    assert [line.split("]")[0] for line in lines[1:]] == ["[step 6/8", "[step 8/8"]
