@@ -99,6 +99,7 @@ def _moving_average(values: list[float], window: int) -> list[float]:
 
 def _draw(panel: Panel, lines: list[Series], resets: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
     for i, line in enumerate(lines):
@@ -117,6 +118,7 @@ def _draw(panel: Panel, lines: list[Series], resets: list[int], path: Path) -> N
         top = min(1.02, top * 1.15 + 0.01)
         ax.set_ylim(-0.02 * top, top)
     ax.set_title(panel.title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers, even on a 2-step run
     ax.set_xlabel("GRPO step")
     ax.set_ylabel(panel.ylabel)
     ax.grid(alpha=0.3)
