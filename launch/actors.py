@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import ray
 
 from launch.fleet import RolloutFleet
+from launch.resources import Demand, check_fits, run_demands
 from learner.learner import Learner
 from learner.rewards.context import RewardContext
 from learner.rewards.reward_model import RewardModelScorer
@@ -44,15 +45,24 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
         reward_model=reward_model,
     )
 
+SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
+"""Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""
+
 
 def start_ray(config: Config) -> None:
-    """Join the configured cluster, or start a local Ray with enough CPU slots for every actor."""
+    """Join the configured cluster, or start a local Ray with enough CPU slots for every actor.
+
+    Inside a job started by `prolora submit`, Ray sets RAY_ADDRESS and the driver joins that cluster.
+    """
     if ray.is_initialized():
         return
-    if config.run.ray_address:
-        ray.init(address=config.run.ray_address, log_to_driver=True)
+    address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        if os.environ.get(SKIP_RESOURCE_CHECK_ENV) != "1":
+            check_fits(config, [n["Resources"] for n in ray.nodes() if n["Alive"]], address)
         return
-    slots = config.rollout.num_workers + 1 + config.rewards.num_actors + bool(config.rewards.reward_model.path)
+    slots = round(sum(d.cpus for d in run_demands(config)))
     ray.init(num_cpus=max(os.cpu_count() or 1, slots), include_dashboard=False, log_to_driver=True)
 
 
@@ -66,10 +76,13 @@ def _engine_env(config: Config) -> dict[str, str]:
     }
 
 
+def _ask(config: Config, role: str) -> dict[str, float]:
+    demand: Demand = next(d for d in run_demands(config) if d.role == role)
+    return {"num_cpus": demand.cpus, "num_gpus": demand.gpus}
+
+
 def start_rollout_workers(config: Config, model_path: str) -> list:
-    cls = ray.remote(num_cpus=1, num_gpus=config.rollout.num_gpus, max_restarts=config.rollout.max_restarts)(
-        RolloutWorker
-    )
+    cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
     options = {"runtime_env": {"env_vars": _engine_env(config)}}
     return [
         cls.options(**options).remote(
@@ -87,7 +100,7 @@ def start_rollout_workers(config: Config, model_path: str) -> list:
 
 
 def start_learner(config: Config, model_path: str):
-    cls = ray.remote(num_cpus=1, num_gpus=config.train.num_gpus)(Learner)
+    cls = ray.remote(**_ask(config, "learner"))(Learner)
     return cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
         model_path,
         lora=config.lora,
@@ -105,7 +118,7 @@ def start_reward_model(config: Config):
     rm = config.rewards.reward_model
     if rm.path is None:
         return None
-    cls = ray.remote(num_cpus=1, num_gpus=rm.num_gpus)(RewardModelScorer)
+    cls = ray.remote(**_ask(config, "reward_model"))(RewardModelScorer)
     return cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
         rm.path, max_length=rm.max_length, batch_size=rm.batch_size, dtype=config.model.dtype
     )
@@ -121,7 +134,7 @@ def reward_context(config: Config, workers: list, reward_model=None) -> RewardCo
 
 
 def start_reward_actors(config: Config, specs: Sequence[RewardSpec], context: RewardContext | None = None) -> list:
-    cls = ray.remote(num_cpus=1)(RewardWorker)
+    cls = ray.remote(**_ask(config, "reward"))(RewardWorker)
     return [
         cls.remote(list(specs), config.rewards.failure_policy, config.rewards.timeout_s, context)
         for _ in range(config.rewards.num_actors)

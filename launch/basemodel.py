@@ -167,7 +167,7 @@ def build_base_model(out_dir: str | Path, task_name: str = "arith", sft_steps: i
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[basemodel] building {task_name} base model ({n_params / 1e6:.2f}M params, {steps} sft steps)", flush=True)
     # The warm start draws its rows from a seed stream of its own, not the one RL runs use.
-    rows = (task.warmup_rows or task.train_rows)(min(max(steps, 1) * SFT_BATCH, 50_000), 1_000_000 + seed)
+    rows = task.warmup_rows(min(max(steps, 1) * SFT_BATCH, 50_000), 1_000_000 + seed)
     _warm_start(model, tokenizer, rows, steps, seed)
     accuracy = greedy_accuracy(model, tokenizer, task_name, task.heldout_rows(200, seed))
     print(f"[basemodel] held-out greedy accuracy {accuracy:.1%} (200 prompts)", flush=True)

@@ -2,11 +2,21 @@
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
+    prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
+    prolora jobs [--address URL]
+    prolora logs JOB [--address URL] [--follow]
+    prolora stop JOB [--address URL]
+    prolora report RUN_DIR [--out DIR]
+    prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
 
-With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). Errors the
-user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message naming
-what is wrong, with no traceback, and exit with status 2.
+The cluster commands take the dashboard address from --address or RAY_ADDRESS; the Ray auth token comes from the
+environment or the token file (see launch/cluster.py), never from the command line.
+
+With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). CONFIG is a
+file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate: launch/configs/<name>.yaml).
+Errors the user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message
+naming what is wrong, with no traceback, and exit with status 2.
 
 Each subcommand is a pair of functions: `_<name>_args(parser)` declares its arguments and `_<name>(args)` runs
 it; `COMMANDS` lists them. Heavy imports (ray, torch, vllm) happen inside the run functions, so argument and
@@ -20,12 +30,32 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import load_config
+from shared.config import ConfigError, load_config
 from shared.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the packaged presets."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(config: str | None) -> Path | None:
+    """An existing file is used as is; otherwise a bare name picks the packaged preset of that name."""
+    if config is None or Path(config).exists():
+        return None if config is None else Path(config)
+    preset = PRESETS_DIR / f"{config}.yaml"
+    if Path(config).name == config and preset.is_file():
+        return preset
+    raise ConfigError(f"config {config!r} is neither a file nor a preset; presets: {', '.join(presets())}")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="experiment file (YAML or TOML); default: the built-in run")
+    parser.add_argument(
+        "config", nargs="?",
+        help=f"experiment file (YAML or TOML) or a preset name ({', '.join(presets())}); default: the built-in run",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field by its dotted name, e.g. --set train.lr=1e-3 (repeatable)",
@@ -41,14 +71,24 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="continue RUN_DIR from its last good checkpoint (its config.yaml unless CONFIG is given)")
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """--set overrides plus the --steps/--seed/--run-dir shorthands."""
     overrides = list(args.overrides)
     for key, value in (("run.steps", args.steps), ("run.seed", args.seed), ("run.run_dir", args.run_dir)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.resume:
         overrides.append(f"run.run_dir={args.resume}")
-    config = load_config(args.config or (args.resume and Path(args.resume, "config.yaml")), overrides)
+    return overrides
+
+
+def _train_config_path(args: argparse.Namespace) -> Path | None:
+    """CONFIG as a file or preset name; with --resume and no CONFIG, the run's own config.yaml."""
+    return resolve_config(args.config) if args.config else args.resume and Path(args.resume, "config.yaml")
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = load_config(_train_config_path(args), _train_overrides(args))
 
     from launch.driver import train
     from launch.runstate import RunStopped
@@ -65,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
     for name, value in last.task_metrics.items():
         before = first.task_metrics[name]
         print(f"held-out {name}: {before:.2f} -> {value:.2f} ({value - before:+.2f})")
-    print(f"run directory: {result.run_dir}")
+    print(f"run directory: {result.run_dir.resolve()}")
     return 0
 
 
@@ -79,7 +119,116 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from launch.bench import run_bench
 
-    run_bench(load_config(args.config, args.overrides), Path(args.out), args.rounds, args.steps)
+    run_bench(load_config(resolve_config(args.config), args.overrides), Path(args.out), args.rounds, args.steps)
+    return 0
+
+
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+
+
+def _submit_args(parser: argparse.ArgumentParser) -> None:
+    _train_args(parser)
+    _address_arg(parser)
+    parser.add_argument("--no-resource-check", action="store_true",
+                        help="submit even if the cluster lacks the resources now (autoscaling clusters)")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    overrides = _train_overrides(args)
+    config_file = resolve_config(args.config)
+    # A bad key fails here, before anything is uploaded. A run to --resume lives on the cluster, so its own
+    # config.yaml is read there; here the overrides are checked against CONFIG (or the default).
+    config = load_config(config_file, overrides)
+
+    from launch.cluster import resolve_address, submit
+
+    job_id = submit(config, config_file, overrides, args.address, resume=args.resume,
+                    check_resources=not args.no_resource_check)
+    address = resolve_address(args.address)
+    print(f"submitted job {job_id} to {address}")
+    print(f"  follow it:  prolora logs {job_id} --follow --address {address}")
+    print(f"  status:     prolora jobs --address {address}")
+    print(f"  stop it:    prolora stop {job_id} --address {address}")
+    if not (config.run.run_dir and Path(config.run.run_dir).is_absolute()):
+        print("  note: the run directory will be inside the job's working directory on the node that runs it (the "
+              "log's last line names it), which Ray may clean up; pass --run-dir /absolute/path to keep it")
+    return 0
+
+
+def _jobs_args(parser: argparse.ArgumentParser) -> None:
+    _address_arg(parser)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from launch.cluster import print_jobs
+
+    print_jobs(args.address)
+    return 0
+
+
+def _logs_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job id printed by `prolora submit`")
+    _address_arg(parser)
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from launch.cluster import print_logs
+
+    status = print_logs(args.address, args.job, args.follow)
+    if args.follow:
+        print(f"job {args.job}: {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def _stop_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job id printed by `prolora submit`")
+    _address_arg(parser)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from launch.cluster import stop
+
+    print(f"job {args.job}: {stop(args.address, args.job)}")
+    return 0
+
+
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    parser.add_argument("--out", help="where to write the plots and report.html (default: RUN_DIR/report)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from launch.report import write_report
+
+    page = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report: {page}")
+    return 0
+
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="a run directory, or one adapter directory (adapter_config.json inside)")
+    parser.add_argument("--k", default="1,8,64", help="comma-separated k values of pass@k (default 1,8,64)")
+    parser.add_argument("--n", type=int, help="samples per prompt (>= the largest k; default: the largest k)")
+    parser.add_argument("--split", default="heldout", choices=["heldout", "train"], help="which prompts")
+    parser.add_argument("--prompts", type=int, help="number of prompts (default: eval.size of the config)")
+    parser.add_argument("--adapters", default="final",
+                        help="for a run directory: comma-separated adapters/<name> to compare, or 'all' "
+                             "(every saved step and final); default final")
+    parser.add_argument("--out", help="where to write the JSON table (default: RUN_DIR/eval_<split>.json, or "
+                                      "eval_<split>.json beside an adapter)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the run's config, e.g. --set eval.temperature=0.7 (repeatable)")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from launch.passk import EvalRequest, run_eval
+
+    request = EvalRequest.from_args(args.target, args.k, args.n, args.split, args.prompts, args.adapters,
+                                    args.out, args.overrides)
+    run_eval(request)
     return 0
 
 
@@ -95,7 +244,7 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
 def _score(args: argparse.Namespace) -> int:
     from launch.score import parse_reward_arg, score_file
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(resolve_config(args.config), args.overrides)
     specs = parse_reward_arg(args.reward) if args.reward is not None else list(config.rewards.functions)
     score_file(config, specs, Path(args.input))
     return 0
@@ -104,6 +253,12 @@ def _score(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("run GRPO training", _train_args, _train),
     "bench": ("rollout throughput vs raw vLLM, and hot-load share of step time", _bench_args, _bench),
+    "submit": ("submit a training run to a Ray cluster as a job", _submit_args, _submit),
+    "jobs": ("list the cluster's jobs", _jobs_args, _jobs),
+    "logs": ("print (or follow) a job's logs", _logs_args, _logs),
+    "stop": ("stop a job", _stop_args, _stop),
+    "report": ("plots and an HTML page of a run's metrics", _report_args, _report),
+    "eval": ("pass@k table of the base model and a run's adapters", _eval_args, _eval),
     "score": ("score a JSONL file of completions with rewards, one JSON line per row", _score_args, _score),
 }
 

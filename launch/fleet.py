@@ -100,7 +100,7 @@ def score(rewarders: list, rows: list[dict], groups: list[Group], max_tokens: in
     columns["max_tokens"] = (max_tokens,) * len(flat)
     batch = RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
     shards = _split_batch(batch, len(rewarders))
-    return _merge_scores(ray.get([r.score.remote(b) for r, b in zip(rewarders, shards, strict=False)]))
+    return merge_scores(ray.get([r.score.remote(b) for r, b in zip(rewarders, shards, strict=False)]))
 
 
 def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
@@ -113,7 +113,8 @@ def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
     ]
 
 
-def _merge_scores(parts: list[RewardScores]) -> RewardScores:
+def merge_scores(parts: list[RewardScores]) -> RewardScores:
+    """Concatenate the scores of consecutive batches (reward-actor shards, or generation rounds)."""
     names = list(parts[0].components)
     return RewardScores(
         total=tuple(t for p in parts for t in p.total),

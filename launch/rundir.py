@@ -5,8 +5,12 @@ Layout (later tools read these names):
     rewards.yaml      the reward set in force; edit it to change rewards while the run goes on (launch/reward_swap.py)
     metrics.jsonl     one JSON object per step, eval records with "eval": true, and reward-swap records with
                       "reward_swap": true
+    prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired
+    tensorboard/      TensorBoard event files (only with log.tensorboard)
+    wandb/            W&B files (only with log.wandb)
     rollouts/         step_<N>.parquet, one row per completion (schema in shared/metrics.py)
-    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM)
+    adapters/         latest/, final/ and step_<N>/ peft adapters (loadable by peft and by vLLM); reference/ is the
+                      KL reference after the last ProRL reset (absent while the reference is the base model)
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from launch.data import PromptVisit
+from launch.sinks import open_sinks
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
-from shared.metrics import MetricsWriter, add_reward_columns, rollout_reward_names, write_rollouts
+from shared.metrics import MetricsSink, MetricsWriter, add_reward_columns, rollout_reward_names, write_rollouts
 from shared.records import AdapterPayload, Group, RewardScores
 
 
@@ -40,13 +48,14 @@ def resolve_model_path(path: str) -> str:
 
 
 class RunDir:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sinks: Sequence[MetricsSink] = ()) -> None:
         self.path = path
         self.rollouts = path / "rollouts"
         self.adapters = path / "adapters"
         self.rollouts.mkdir(parents=True, exist_ok=True)
         self.adapters.mkdir(exist_ok=True)
-        self.metrics = MetricsWriter(path / "metrics.jsonl")
+        self.metrics = MetricsWriter(path / "metrics.jsonl", sinks)
+        self.prompt_history = MetricsWriter(path / "prompt_history.jsonl")
         # Every reward that has a rollout column, in order of first use (read back from the files on resume).
         self._reward_names = rollout_reward_names(self.rollouts)
 
@@ -57,7 +66,8 @@ class RunDir:
             raise RunDirError(f"run directory {path} already holds a run; choose another --run-dir")
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(config_to_yaml(config))
-        return cls(path)
+        path = path.resolve()
+        return cls(path, open_sinks(config, path))
 
     @classmethod
     def reopen(cls, config: Config) -> RunDir:
@@ -65,17 +75,17 @@ class RunDir:
         path = Path(config.run.run_dir or "")
         if not config.run.run_dir or not (path / "config.yaml").is_file():
             raise RunDirError(f"--resume: {path} is not a prolora run directory (no config.yaml)")
-        return cls(path)
+        path = path.resolve()
+        return cls(path, open_sinks(config, path))
 
     def truncate_after(self, step: int) -> None:
         """Drop what a crashed run wrote after the checkpoint of `step`, so resumed steps are not doubled."""
         lines = (self.path / "metrics.jsonl").read_text().splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics.close()
         tmp = self.path / "metrics.jsonl.tmp"
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.path / "metrics.jsonl")
-        self.metrics = MetricsWriter(self.path / "metrics.jsonl")
+        self.metrics.reopen()
         for file in self.rollouts.glob("step_*.parquet"):
             if int(file.stem.removeprefix("step_")) > step:
                 file.unlink()
@@ -118,5 +128,10 @@ class RunDir:
             self._reward_names += new_names
         return write_rollouts(self.rollouts, step, columns, self._reward_names)
 
+    def write_prompt_visits(self, visits: Iterable[PromptVisit]) -> None:
+        for visit in visits:
+            self.prompt_history.write(asdict(visit))
+
     def close(self) -> None:
         self.metrics.close()
+        self.prompt_history.close()

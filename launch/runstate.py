@@ -27,14 +27,14 @@ class Interrupted(RunStopped):
 class DriverState:
     step: int = 0
     """Last completed step."""
-    sampler: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "index": 0})
     first_eval: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None
     nonfinite_streak: int = 0
     """Consecutive steps whose every optimiser step was skipped for a non-finite loss or gradient."""
     worker_restarts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-    """State owned by algorithm options (per-prompt statistics, reference-reset history, reward set)."""
+    """State owned by other parts of the driver: the curriculum (data order position, retired prompts, per-prompt
+    pass rates, reference-reset history), the reward set in force."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,7 +8,8 @@ computation (tests/unit/test_grpo.py). Each algorithm variant is a function or a
 - the clipped surrogate with separate low/high clip ranges (DAPO's clip-higher);
 - a truncated importance-sampling weight that corrects for the sampler (vLLM) and learner disagreeing on the
   log-probs of the same tokens;
-- Schulman's k1/k2/k3 KL estimators, DAPO's soft overlong penalty, and three ways to aggregate token losses.
+- Schulman's k1/k2/k3 KL estimators, DAPO's soft overlong penalty, and three ways to aggregate token losses;
+- DAPO's dynamic sampling: which groups carry signal, which enter the batch, how many prompts a refill round asks for.
 
 Shapes: P prompts, G group members, B sequences (B = P * G when flattened), T completion tokens, V vocabulary.
 """
@@ -35,6 +36,12 @@ def _has_signal_P(rewards_PG: torch.Tensor, valid_PG: torch.Tensor) -> torch.Ten
     r_max_P = rewards_PG.masked_fill(~valid_PG, -math.inf).amax(dim=1)
     r_min_P = rewards_PG.masked_fill(~valid_PG, math.inf).amin(dim=1)
     return r_max_P > r_min_P
+
+
+def group_has_signal(rewards_PG: torch.Tensor, valid_PG: torch.Tensor | None = None) -> torch.Tensor:
+    """(P,) bool: whether a group's valid rewards differ, i.e. whether it gives any gradient."""
+    valid_PG = torch.ones_like(rewards_PG, dtype=torch.bool) if valid_PG is None else valid_PG.bool()
+    return _has_signal_P(rewards_PG.float(), valid_PG)
 
 
 def group_advantages(
@@ -85,8 +92,33 @@ def group_advantages(
 
 def zero_std_fraction(rewards_PG: torch.Tensor, valid_PG: torch.Tensor | None = None) -> float:
     """Fraction of groups whose valid rewards are all equal, so they give no gradient (< 2 valid counts)."""
-    valid_PG = torch.ones_like(rewards_PG, dtype=torch.bool) if valid_PG is None else valid_PG.bool()
-    return 1.0 - _has_signal_P(rewards_PG.float(), valid_PG).float().mean().item()
+    return 1.0 - group_has_signal(rewards_PG, valid_PG).float().mean().item()
+
+
+def select_groups(has_signal_P: torch.Tensor, target: int, dynamic: bool) -> torch.Tensor:
+    """(P,) bool: the groups that form the training batch, in generation order.
+
+    Without dynamic sampling every group trains. With it (DAPO), the first `target` groups with signal train; when
+    no group has signal the first `target` groups train anyway (zero advantages: only the KL and entropy terms
+    move the adapter), so every step is still one update.
+    """
+    if not dynamic:
+        return torch.ones_like(has_signal_P, dtype=torch.bool)
+    pool_P = has_signal_P.bool() if has_signal_P.any() else torch.ones_like(has_signal_P, dtype=torch.bool)
+    return pool_P & (pool_P.cumsum(dim=0) <= target)
+
+
+def refill_size(shortfall: int, kept: int, generated: int, cap: int) -> int:
+    """Prompts to sample in the next dynamic-sampling round.
+
+    The shortfall divided by the fraction of groups kept so far, so one round is expected to fill the batch; at
+    least the shortfall, at most `cap` (the batch size), and `cap` when nothing was kept yet.
+    """
+    if shortfall <= 0:
+        return 0
+    if kept == 0:
+        return cap
+    return min(cap, max(shortfall, math.ceil(shortfall * generated / kept)))
 
 
 def kl_estimate(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The learner: a transformers causal LM with a peft LoRA adapter, its optimiser and the GRPO update.
 
 Runs as a Ray actor (the launcher applies `ray.remote`). The reference policy for the KL term is the same model
-with the adapter disabled, so there is never a second copy of the weights. After every update the adapter is
-exported in peft format as an in-memory `AdapterPayload`, which travels to the rollout workers through Ray's object
-store.
+with the trained adapter disabled, so there is never a second copy of the weights. A ProRL reference reset copies
+the trained adapter ("default") into a second adapter named "reference" on the same base model; from then on the
+reference logprobs are computed with that adapter active. After every update the trained adapter is exported in
+peft format as an in-memory `AdapterPayload`, which travels to the rollout workers through Ray's object store.
 
 Logprobs are computed on logits divided by the rollout temperature, so they describe the distribution vLLM sampled
 from (the engine reports processed logprobs, after temperature).
@@ -14,6 +15,8 @@ from __future__ import annotations
 import io
 import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +29,8 @@ from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.records import AdapterPayload, TrainBatch, TrainSample, TrainStats
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+POLICY, REFERENCE = "default", "reference"
+"""peft adapter names: the trained adapter and the reference snapshot."""
 
 
 class Learner:
@@ -66,7 +71,9 @@ class Learner:
             loss_agg=algo.loss_agg,
             max_len=max_new_tokens,
             is_cap=algo.is_cap,
+            entropy_coef=algo.entropy_coef,
         )
+        self._mask_truncated = algo.mask_truncated
         self.optimizer = self._new_optimizer()
         self.version = 0
 
@@ -81,8 +88,9 @@ class Learner:
         n_mb = min(self._train.minibatches, len(samples))
         single_pass = self._train.epochs == 1 and n_mb == 1
         # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.
-        old_logp = None if single_pass else self._logprobs_no_grad(samples, adapter=True)
-        ref_logp = self._logprobs_no_grad(samples, adapter=False)
+        old_logp = None if single_pass else self._logprobs_no_grad(samples)
+        with self._reference_policy():
+            ref_logp = self._logprobs_no_grad(samples)
         stats, skipped, grad_norms = [], 0, []
         for _ in range(self._train.epochs):
             order = torch.randperm(len(samples), generator=self._generator) if n_mb > 1 else torch.arange(len(samples))
@@ -103,13 +111,45 @@ class Learner:
 
     def _loss(self, rows: list[TrainSample], old_logp, ref_logp, idx: torch.Tensor):
         tokens_BL, mask_BT, sampling_BT = _pack(rows)
+        if self._mask_truncated:
+            mask_BT &= ~torch.tensor([r.truncated for r in rows])[:, None]  # DAPO overlong filtering
         logits_BTV = self._logits(tokens_BL) / self._temperature
         logp_BT = token_logprobs(logits_BTV, tokens_BL[:, 1:].clamp(min=0))
-        entropy_BT = token_entropy(logits_BTV.detach())
+        # The entropy needs a graph only when it is in the loss (the bonus); otherwise it is just logged.
+        entropy_BT = token_entropy(logits_BTV if self._settings.entropy_coef else logits_BTV.detach())
         old_BT = logp_BT.detach() if old_logp is None else _rows(old_logp, idx, logp_BT.shape[1])
         ref_BT = _rows(ref_logp, idx, logp_BT.shape[1])
         advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BT.dtype)
         return grpo_loss(logp_BT, old_BT, ref_BT, sampling_BT, advantages_B, mask_BT, self._settings, entropy_BT)
+
+    # --------------------------------------------------------------------------------------- reference
+    def reset_reference(self, reset_optimizer: bool = False) -> None:
+        """ProRL reset: the reference becomes a snapshot of the current adapter; optionally a fresh optimizer.
+
+        The snapshot is a second peft adapter on the same base model, created on the first reset and overwritten on
+        later ones. Its weights never train: peft freezes an adapter that is not the active one.
+        """
+        if REFERENCE not in self.model.peft_config:
+            self.model.add_adapter(REFERENCE, self.model.peft_config[POLICY])
+        weights = get_peft_model_state_dict(self.model, adapter_name=POLICY)
+        set_peft_model_state_dict(self.model, weights, adapter_name=REFERENCE)
+        self.model.set_adapter(POLICY)  # trainable flags: policy on, reference off
+        if reset_optimizer:
+            self.optimizer = self._new_optimizer()
+
+    @contextmanager
+    def _reference_policy(self) -> Iterator[None]:
+        """Within this block the model computes the reference policy: the base model until the first reset, the
+        reference snapshot after it."""
+        if REFERENCE not in self.model.peft_config:
+            with self.model.disable_adapter():
+                yield
+            return
+        self.model.set_adapter(REFERENCE, inference_mode=True)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(POLICY)
 
     # ---------------------------------------------------------------------------------------- logprobs
     def _logits(self, tokens_BL: torch.Tensor) -> torch.Tensor:
@@ -117,14 +157,10 @@ class Learner:
         return self.model(input_ids=tokens_BL.clamp(min=0), attention_mask=attention_BL).logits[:, :-1].float()
 
     @torch.no_grad()
-    def _logprobs_no_grad(self, samples: tuple[TrainSample, ...], adapter: bool) -> list[torch.Tensor]:
+    def _logprobs_no_grad(self, samples: tuple[TrainSample, ...]) -> list[torch.Tensor]:
+        """Per-sample logprob rows under whichever policy the model computes now."""
         tokens_BL, _, _ = _pack(samples)
-        if adapter:
-            logits = self._logits(tokens_BL)
-        else:
-            with self.model.disable_adapter():
-                logits = self._logits(tokens_BL)
-        logp_BT = token_logprobs(logits / self._temperature, tokens_BL[:, 1:].clamp(min=0))
+        logp_BT = token_logprobs(self._logits(tokens_BL) / self._temperature, tokens_BL[:, 1:].clamp(min=0))
         return list(logp_BT)
 
     @torch.no_grad()
@@ -145,7 +181,7 @@ class Learner:
     def export_adapter(self) -> AdapterPayload:
         """The current adapter in peft format, as bytes (adapter_config.json + adapter_model.safetensors)."""
         with tempfile.TemporaryDirectory(prefix="prolora-export-") as tmp:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, selected_adapters=[POLICY])
             files = tuple((name, (Path(tmp) / name).read_bytes()) for name in ADAPTER_FILES)
         return AdapterPayload(version=self.version, files=files)
 
@@ -154,11 +190,14 @@ class Learner:
 
     # -------------------------------------------------------------------------------------- checkpoint
     def state(self) -> bytes:
-        """Everything a resumed run needs to continue exactly: adapter, optimiser, RNG states, version."""
+        """Everything a resumed run needs to continue exactly: adapter, reference snapshot, optimiser, RNG states,
+        version."""
         buffer = io.BytesIO()
+        has_reference = REFERENCE in self.model.peft_config
         torch.save(
             {
-                "adapter": get_peft_model_state_dict(self.model),
+                "adapter": get_peft_model_state_dict(self.model, adapter_name=POLICY),
+                "reference": get_peft_model_state_dict(self.model, adapter_name=REFERENCE) if has_reference else None,
                 "optimizer": self.optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "generator": self._generator.get_state(),
@@ -171,7 +210,12 @@ class Learner:
     def load_state(self, blob: bytes) -> int:
         """Restore a state written by `state()`; returns the adapter version."""
         state = torch.load(io.BytesIO(blob), weights_only=False)
-        set_peft_model_state_dict(self.model, state["adapter"])
+        set_peft_model_state_dict(self.model, state["adapter"], adapter_name=POLICY)
+        if state["reference"] is not None:
+            if REFERENCE not in self.model.peft_config:
+                self.model.add_adapter(REFERENCE, self.model.peft_config[POLICY])
+            set_peft_model_state_dict(self.model, state["reference"], adapter_name=REFERENCE)
+            self.model.set_adapter(POLICY)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self._generator.set_state(state["generator"])

@@ -61,6 +61,12 @@ class TaskConfig(_Section):
     """Built-in task that provides prompts, references and the held-out split."""
     train_size: int = Field(2000, ge=1)
     heldout_size: int = Field(200, ge=1)
+    pass_reward: float = 1.0
+    """A completion counts as a pass when its total reward (before length shaping) is at least this; the per-prompt
+    pass-rate history (prompt_history.jsonl) and prompt retirement use it."""
+    retire_after: int = Field(0, ge=0)
+    """Retire a training prompt once every sample of it passed on this many consecutive visits; the sampler then
+    skips it. 0 never retires."""
 
 
 class RolloutConfig(_Section):
@@ -94,6 +100,8 @@ class AlgoConfig(_Section):
     """Baseline: the group mean, or the leave-one-out mean (RLOO)."""
     scale_by_std: bool = True
     """Divide advantages by the group std (GRPO); Dr. GRPO turns this off."""
+    batch_norm: bool = False
+    """Then renormalise the advantages of the whole training batch to zero mean and unit std."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
     """How per-token losses become one number (DAPO token_mean, GRPO seq-mean-token-mean, Dr. GRPO sum/const)."""
     clip_low: float = Field(0.2, ge=0.0)
@@ -103,8 +111,38 @@ class AlgoConfig(_Section):
     kl_coef: float = Field(0.0, ge=0.0)
     """Weight of KL(policy || reference) in the loss; 0 turns the term off (KL is still measured)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Schulman's estimator of KL(policy || reference) per token: k1 (log ratio), k2 (squared), k3 (always >= 0)."""
     is_cap: float | None = 2.0
     """Truncated importance sampling cap C on p_learner_old / p_sampler; None turns the correction off."""
+    entropy_coef: float = Field(0.0, ge=0.0)
+    """Weight of the entropy bonus subtracted from the loss; 0 only logs the entropy."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts to refill the batch."""
+    max_refill_rounds: int = Field(3, ge=0)
+    """Extra generation rounds dynamic sampling may use per step; a batch still short after them trains as is."""
+    overlong_cache_len: int | None = Field(None, ge=1)
+    """DAPO soft overlong punishment: add 0 to the reward up to max_new_tokens - this many tokens, then down to -1
+    at max_new_tokens. None turns it off."""
+    mask_truncated: bool = False
+    """Leave completions that hit max_new_tokens out of the loss (DAPO overlong filtering)."""
+
+
+class ReferenceConfig(_Section):
+    """ProRL reference resets: the reference becomes a snapshot of the current adapter.
+
+    The reference starts as the base model (adapter off). A reset fires after a step when any trigger holds; with
+    several, the cause is the first of schedule, kl, plateau.
+    """
+
+    reset_every: int = Field(0, ge=0)
+    """Reset the reference every N steps; 0 turns the schedule off."""
+    reset_kl_above: float | None = Field(None, gt=0.0)
+    """Reset when a step's mean KL to the reference exceeds this; None turns the trigger off."""
+    reset_plateau_evals: int = Field(0, ge=0)
+    """Reset when held-out pass@1 has not improved on its best for this many evaluations since the last reset;
+    0 turns the trigger off (needs eval.every > 0)."""
+    reset_optimizer: bool = False
+    """Also re-initialise the optimizer state (AdamW moments) at each reset."""
 
 
 class TrainConfig(_Section):
@@ -179,6 +217,17 @@ class LogConfig(_Section):
     """Keep a copy of the adapter every N steps under adapters/step_<N>; the latest and final are always kept."""
     rollouts: bool = True
     """Write every completion to rollouts/ (Parquet)."""
+    progress_every: int = Field(10, ge=1)
+    """When stderr is not a terminal (jobs, CI), print a progress line every N steps (and after step 1)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to <run dir>/tensorboard (needs the `tensorboard` extra; skipped with a
+    note when it is not installed)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the `wandb` extra; skipped with a note when it is not installed)."""
+    wandb_project: str = "prolora"
+    wandb_mode: Literal["online", "offline"] = "offline"
+    """offline writes to <run dir>/wandb for a later `wandb sync`; online needs WANDB_API_KEY (from the
+    environment, never the config)."""
 
 
 class Config(_Section):
@@ -188,10 +237,22 @@ class Config(_Section):
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
+    reference: ReferenceConfig = ReferenceConfig()
     train: TrainConfig = TrainConfig()
     rewards: RewardsConfig = RewardsConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _consistent_sections(self) -> Config:
+        cache = self.algo.overlong_cache_len
+        if cache is not None and cache > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"algo.overlong_cache_len ({cache}) must be <= rollout.max_new_tokens ({self.rollout.max_new_tokens})"
+            )
+        if self.reference.reset_plateau_evals and not self.eval.every:
+            raise ValueError("reference.reset_plateau_evals needs periodic evaluations: set eval.every > 0")
+        return self
 
 
 class ConfigError(UserError, ValueError):
@@ -234,7 +295,9 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not key:  # a check across sections: its message names the keys
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}; allowed here: {_allowed_keys(e['loc'])}")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")

@@ -2,7 +2,8 @@
 completion).
 
 Plain JSON lines rather than a metrics service because every later tool (report, resume, tests) only needs to read
-a file; pyarrow writes the rollouts because they are columnar and large.
+a file; pyarrow writes the rollouts because they are columnar and large. Optional viewers (TensorBoard, W&B) are
+sinks the writer forwards each record to (launch/sinks.py), so the driver loop only ever calls `write`.
 
 Rollout schema (`ROLLOUT_SCHEMA`), one row per completion:
     step                  int64    GRPO step whose batch held this completion
@@ -26,8 +27,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,19 +56,39 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class MetricsWriter:
-    """Appends one JSON object per line and flushes, so a crash loses at most the line being written."""
+class MetricsSink(Protocol):
+    """Somewhere else a metrics record goes (TensorBoard, W&B); gets the same cleaned records as the file."""
 
-    def __init__(self, path: Path) -> None:
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MetricsWriter:
+    """Appends one JSON object per line and flushes, so a crash loses at most the line being written; then hands
+    the record to every sink."""
+
+    def __init__(self, path: Path, sinks: Sequence[MetricsSink] = ()) -> None:
         self.path = path
         self._file = path.open("a", encoding="utf-8")
+        self._sinks = list(sinks)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        clean = {k: _clean(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        for sink in self._sinks:
+            sink.write(clean)
+
+    def reopen(self) -> None:
+        """Append to the file again after it was replaced on disk (a resume dropping records); sinks stay open."""
+        self._file.close()
+        self._file = self.path.open("a", encoding="utf-8")
 
     def close(self) -> None:
         self._file.close()
+        for sink in self._sinks:
+            sink.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

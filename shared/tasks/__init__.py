@@ -24,12 +24,13 @@ class Task:
     """train_rows(n, seed): n distinct training rows, deterministic in (n, seed)."""
     heldout_rows: Callable[[int, int], Rows]
     """heldout_rows(n, seed): n distinct held-out rows, disjoint from every training row."""
+    warmup_rows: Callable[[int, int], Rows]
+    """warmup_rows(n, seed): rows for the supervised warm start of the built-in base model (training problems;
+    a translation task adds the reverse direction)."""
     is_correct: Callable[[str, str], bool]
     """is_correct(completion, answer): whether a completion's text solves the row."""
     max_new_tokens: int
     """Default completion budget: enough for the longest answer plus EOS."""
-    warmup_rows: Callable[[int, int], Rows] | None = None
-    """warmup_rows(n, seed): rows the base model is warm-started on; None means train_rows."""
     heldout_metrics: Callable[[list[str], Rows], dict[str, float]] | None = None
     """heldout_metrics(greedy_completions, rows): task metrics evaluation reports beside pass@1/pass@k."""
     back_translation_prompt: Callable[[str], str] | None = None
@@ -42,6 +43,7 @@ _TASKS = {
         name="arith",
         train_rows=arithmetic.train_rows,
         heldout_rows=arithmetic.heldout_rows,
+        warmup_rows=arithmetic.train_rows,
         is_correct=arithmetic.is_correct,
         max_new_tokens=arithmetic.MAX_NEW_TOKENS,
     ),
@@ -49,9 +51,9 @@ _TASKS = {
         name="translate",
         train_rows=translation.train_rows,
         heldout_rows=translation.heldout_rows,
+        warmup_rows=translation.warmup_rows,
         is_correct=translation.is_correct,
         max_new_tokens=translation.MAX_NEW_TOKENS,
-        warmup_rows=translation.warmup_rows,
         heldout_metrics=translation.heldout_metrics,
         back_translation_prompt=translation.back_translation_prompt,
     ),

@@ -33,8 +33,9 @@ def fleet(tiny_model, ray_session):
         ray_session.kill(actor)
 
 
-def _peft_logprobs(model_dir: Path, adapter_files, prompt_ids, completion_ids) -> list[float]:
-    """Logprobs of completion_ids under base + adapter, loaded by plain transformers + peft."""
+def _peft_logprobs(model_dir: Path, adapter_files, prompt_ids, completion_ids) -> tuple[list[float], list[int]]:
+    """Logprobs of completion_ids under base + adapter, loaded by plain transformers + peft, and the argmax token
+    at every completion position (teacher-forced greedy decoding)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -47,7 +48,8 @@ def _peft_logprobs(model_dir: Path, adapter_files, prompt_ids, completion_ids) -
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
     targets = ids[0, 1:]
     per_token = logp.gather(-1, targets[:, None])[:, 0]
-    return per_token[len(prompt_ids) - 1 :].tolist()
+    start = len(prompt_ids) - 1
+    return per_token[start:].tolist(), logp.argmax(-1)[start:].tolist()
 
 
 def _update(ray, learner, workers, advantage_sign: float):
@@ -71,16 +73,18 @@ def test_hot_loaded_adapter_matches_peft_and_differs_from_previous(fleet, tiny_m
 
     for worker in workers:
         after = ray.get(worker.generate.remote(PROMPTS, GREEDY))
-        for old, new in zip(before, after, strict=True):
-            completion = new.completions[0]
+        for group in after:
+            completion = group.completions[0]
             assert completion.adapter_version == payload.version == 1
-            expected = _peft_logprobs(tiny_model, payload.files, new.prompt_token_ids, completion.token_ids)
+            expected, greedy = _peft_logprobs(tiny_model, payload.files, group.prompt_token_ids, completion.token_ids)
             assert len(expected) == len(completion.logprobs)
             assert max(abs(a - b) for a, b in zip(expected, completion.logprobs, strict=True)) < TOL
-            # Greedy tokens under the adapter are the argmax of peft's distribution: the served policy is this one.
+            # The engine's greedy tokens are peft's argmax at every position: the served policy is this one.
+            assert tuple(greedy) == completion.token_ids
         changed = [
             o.completions[0].token_ids != n.completions[0].token_ids
-            or max(abs(a - b) for a, b in zip(o.completions[0].logprobs, n.completions[0].logprobs, strict=False)) > 1e-2
+            or max(abs(a - b) for a, b in zip(o.completions[0].logprobs, n.completions[0].logprobs, strict=False))
+            > 1e-2
             for o, n in zip(before, after, strict=True)
         ]
         assert any(changed), "the served policy did not change after a learner update"

@@ -70,3 +70,57 @@ def test_cli_reports_config_errors_without_traceback():
     )
     assert proc.returncode == 2
     assert "eval.k" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_presets_load_with_their_algorithms():
+    from launch.cli import presets, resolve_config
+
+    assert presets() == ["dapo", "dr_grpo", "grpo", "prorl", "translate"]
+    configs = {name: load_config(resolve_config(name)) for name in presets()}
+    for name, config in configs.items():
+        assert config.run.name == name
+        assert resolve_config(name).read_text().startswith("# "), "each preset opens with its source"
+    grpo, dr, dapo, prorl = configs["grpo"], configs["dr_grpo"], configs["dapo"], configs["prorl"]
+    assert grpo.algo.kl_coef == 0.04 and grpo.algo.scale_by_std and grpo.algo.loss_agg == "seq_mean_token_mean"
+    assert not dr.algo.scale_by_std and dr.algo.loss_agg == "seq_mean_token_sum_norm"
+    assert dapo.algo.dynamic_sampling and dapo.algo.clip_high == 0.28 and dapo.algo.loss_agg == "token_mean"
+    assert dapo.algo.overlong_cache_len is not None and dapo.algo.kl_coef == 0.0
+    assert prorl.algo.kl_estimator == "k3" and prorl.algo.kl_coef > 0 and prorl.algo.clip_high > prorl.algo.clip_low
+    assert prorl.algo.dynamic_sampling and prorl.algo.loss_agg == "token_mean"
+    assert prorl.reference.reset_every > 0 and prorl.reference.reset_optimizer
+    assert prorl.rollout.temperature == 1.2
+
+
+def test_config_argument_prefers_an_existing_file(tmp_path, monkeypatch):
+    from launch.cli import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grpo").write_text("run:\n  name: mine\n")
+    assert load_config(resolve_config("grpo")).run.name == "mine"
+    assert resolve_config(None) is None
+
+
+def test_unknown_preset_lists_the_presets():
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "train", "prorll"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "'prorll' is neither a file nor a preset" in proc.stderr
+    assert "dapo, dr_grpo, grpo, prorl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_checks_across_sections():
+    with pytest.raises(ConfigError, match=r"algo.overlong_cache_len \(9\) must be <= rollout.max_new_tokens \(8\)"):
+        load_config(overrides=["algo.overlong_cache_len=9"])
+    with pytest.raises(ConfigError, match="reference.reset_plateau_evals needs periodic evaluations"):
+        load_config(overrides=["reference.reset_plateau_evals=2", "eval.every=0"])
+    config = load_config(overrides=["algo.overlong_cache_len=8", "reference.reset_kl_above=0.5"])
+    assert config.reference.reset_kl_above == 0.5
+
+
+def test_algorithm_fields_have_docstrings():
+    from shared.config import AlgoConfig, ReferenceConfig
+
+    for section in (AlgoConfig, ReferenceConfig):
+        for name, field in section.model_fields.items():
+            assert field.description, f"{section.__name__}.{name} has no docstring"

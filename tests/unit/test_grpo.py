@@ -17,10 +17,13 @@ from learner.grpo import (
     LossSettings,
     aggregate,
     group_advantages,
+    group_has_signal,
     grpo_loss,
     kl_estimate,
     overlong_penalty,
     pass_at_k,
+    refill_size,
+    select_groups,
     token_entropy,
     token_logprobs,
     truncated_is_weights,
@@ -359,3 +362,57 @@ def test_pass_at_k():
     assert pass_at_k(8, 5, 4) == 1.0  # only 3 wrong: any 4 contain a correct one
     with pytest.raises(ValueError):
         pass_at_k(4, 5, 1)
+
+
+def test_entropy_bonus_gradient_matches_closed_form():
+    # loss = -c * mean_t H(softmax(z_t)); dH/dz_i = -p_i (log p_i + H), so dloss/dz_i = c/n * p_i (log p_i + H).
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    logits.requires_grad_(True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+    s = LossSettings(entropy_coef=0.3, loss_agg="token_mean", is_cap=None)
+    loss, stats = grpo_loss(zeros, zeros, zeros, zeros, torch.zeros(2), mask, s, entropy_BT=token_entropy(logits))
+    (grad,) = torch.autograd.grad(loss, logits)
+
+    z = logits.detach().numpy()
+    logp = _np_log_softmax(z)
+    p = np.exp(logp)
+    h = -(p * logp).sum(-1, keepdims=True)
+    want = 0.3 / 3 * p * (logp + h) * mask.numpy()[..., None]
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-10, atol=1e-12)
+    assert loss.item() == pytest.approx(-0.3 * h[mask.numpy().astype(bool)].mean())
+    assert stats.entropy == pytest.approx(h[mask.numpy().astype(bool)].mean())
+
+
+def test_group_has_signal_and_zero_std_by_loop():
+    rewards, valid = torch.tensor(REWARDS_PG), torch.tensor(VALID_PG)
+    want = [len(set(REWARDS_PG[p][VALID_PG[p]])) > 1 for p in range(len(REWARDS_PG))]
+    assert group_has_signal(rewards, valid).tolist() == want == [True, False, True, False]
+    assert group_has_signal(rewards).tolist() == [True, False, True, True]
+    assert zero_std_fraction(rewards, valid) == pytest.approx(1 - sum(want) / len(want))
+
+
+@pytest.mark.parametrize("target", [0, 1, 2, 3, 10])
+def test_select_groups_first_target_with_signal(target):
+    signal = torch.tensor([False, True, True, False, True])
+    got = select_groups(signal, target, dynamic=True).tolist()
+    want, taken = [], 0
+    for has in signal.tolist():
+        take = has and taken < target
+        taken += take
+        want.append(take)
+    assert got == want
+    assert select_groups(signal, target, dynamic=False).tolist() == [True] * 5
+
+
+def test_select_groups_without_any_signal_trains_the_first_groups():
+    assert select_groups(torch.zeros(5, dtype=torch.bool), 3, dynamic=True).tolist() == [1, 1, 1, 0, 0]
+
+
+def test_refill_size():
+    assert refill_size(0, kept=16, generated=20, cap=16) == 0
+    assert refill_size(4, kept=0, generated=16, cap=16) == 16  # nothing kept yet: a full round
+    assert refill_size(4, kept=12, generated=16, cap=16) == 6  # keep rate 3/4: ceil(4 / 0.75)
+    assert refill_size(8, kept=8, generated=16, cap=16) == 16  # ceil(8 / 0.5)
+    assert refill_size(12, kept=4, generated=16, cap=16) == 16  # would be 48: capped
+    assert refill_size(3, kept=13, generated=13, cap=16) == 3  # nothing dropped: just the shortfall

@@ -1,0 +1,125 @@
+"""From prompts to a training batch: generation rounds, scoring, length shaping, dynamic sampling, advantages.
+
+One round samples prompts, generates a group per prompt on the rollout workers and scores every completion on the
+reward actors. The DAPO soft overlong penalty, when on, is added to the reward before advantages. Without dynamic
+sampling one round is the batch. With it (DAPO), groups whose rewards are all equal carry no gradient and are
+dropped, and further rounds refill the batch (at most `algo.max_refill_rounds` of them; see
+`learner.grpo.select_groups` for a batch still short after that).
+
+Every generated group is kept in the result, trained or not, so the rollouts file and the pass-rate history see
+everything the policy did; groups left out of the batch have advantage 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from launch.data import PromptSampler
+from launch.fleet import RolloutFleet, merge_scores, score
+from learner.grpo import group_advantages, group_has_signal, overlong_penalty, refill_size, select_groups
+from shared.config import Config
+from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
+
+
+@dataclass(frozen=True)
+class Collected:
+    """Everything one step generated (P groups over all rounds) and the batch the learner trains on."""
+
+    rows: list[dict]
+    groups: list[Group]
+    scores: RewardScores
+    """Raw reward scores, one per completion, in group order."""
+    rewards_PG: torch.Tensor
+    """Raw total rewards (0 where invalid)."""
+    shaped_PG: torch.Tensor
+    """Rewards the advantages use: raw + overlong penalty."""
+    valid_PG: torch.Tensor
+    advantages_PG: torch.Tensor
+    """0 for groups not in the batch."""
+    train_P: torch.Tensor
+    """(P,) bool: the group is in the training batch."""
+    batch: TrainBatch
+    rounds: int
+    gen_s: float
+
+
+def collect_batch(
+    step: int, config: Config, fleet: RolloutFleet, rewarders: list, sampler: PromptSampler
+) -> Collected:
+    """Generate and score rounds of groups until the batch is full (one round without dynamic sampling)."""
+    algo, target = config.algo, config.rollout.prompts_per_step
+    rows: list[dict] = []
+    groups: list[Group] = []
+    parts: list[RewardScores] = []
+    gen_s, size, rounds = 0.0, target, 0
+    while size:
+        t0 = time.perf_counter()
+        new_rows = sampler.next_batch(size)
+        new_groups = fleet.generate([r["prompt"] for r in new_rows], _sampling(config, step, rounds))
+        gen_s += time.perf_counter() - t0
+        parts.append(score(rewarders, new_rows, new_groups, config.rollout.max_new_tokens))
+        rows, groups, rounds = rows + new_rows, groups + new_groups, rounds + 1
+        if not algo.dynamic_sampling or rounds > algo.max_refill_rounds:
+            break
+        kept = int(group_has_signal(*_shaped_rewards(merge_scores(parts), groups, config)[1:]).sum())
+        size = refill_size(target - kept, kept, len(groups), cap=target)
+
+    scores = merge_scores(parts)
+    rewards_PG, shaped_PG, valid_PG = _shaped_rewards(scores, groups, config)
+    train_P = select_groups(group_has_signal(shaped_PG, valid_PG), target, algo.dynamic_sampling)
+    advantages_PG = torch.zeros_like(shaped_PG)
+    advantages_PG[train_P] = group_advantages(
+        shaped_PG[train_P],
+        baseline=algo.advantage,
+        scale_by_std=algo.scale_by_std,
+        batch_norm=algo.batch_norm,
+        valid_PG=valid_PG[train_P],
+    )
+    batch = _train_batch(step, groups, advantages_PG, valid_PG & train_P[:, None])
+    return Collected(
+        rows, groups, scores, rewards_PG, shaped_PG, valid_PG, advantages_PG, train_P, batch, rounds, gen_s
+    )
+
+
+def _sampling(config: Config, step: int, round_: int) -> SamplingSpec:
+    r = config.rollout
+    # Rounds of one step need seeds of their own; round 0 keeps the seed a run without refills uses.
+    seed = config.run.seed + step + 1_000_003 * round_
+    return SamplingSpec(
+        n=r.group_size, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=seed
+    )
+
+
+def _shaped_rewards(
+    scores: RewardScores, groups: list[Group], config: Config
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, G) raw rewards, shaped rewards (raw + DAPO overlong penalty when on) and the valid mask."""
+    shape = (len(groups), config.rollout.group_size)
+    valid_PG = torch.tensor([t is not None for t in scores.total]).view(shape)
+    rewards_PG = torch.tensor([0.0 if t is None else t for t in scores.total]).view(shape)
+    cache_len = config.algo.overlong_cache_len
+    if cache_len is None:
+        return rewards_PG, rewards_PG, valid_PG
+    lengths_PG = torch.tensor([len(c.token_ids) for g in groups for c in g.completions]).view(shape)
+    penalty_PG = overlong_penalty(lengths_PG, max_len=config.rollout.max_new_tokens, cache_len=cache_len)
+    return rewards_PG, rewards_PG + penalty_PG, valid_PG
+
+
+def _train_batch(step: int, groups: list[Group], advantages_PG: torch.Tensor, use_PG: torch.Tensor) -> TrainBatch:
+    samples = [
+        TrainSample(
+            prompt_token_ids=g.prompt_token_ids,
+            completion_token_ids=c.token_ids,
+            sampling_logprobs=c.logprobs,
+            advantage=float(advantages_PG[p, i]),
+            adapter_version=c.adapter_version,
+            truncated=c.finish_reason == "length",
+        )
+        for p, g in enumerate(groups)
+        for i, c in enumerate(g.completions)
+        if use_PG[p, i] and c.token_ids
+    ]
+    return TrainBatch(samples=tuple(samples), step=step)
