@@ -37,8 +37,8 @@ def test_plain_lines_show_step_reward_pass1_throughput_hotload_eta():
 
 def test_a_resumed_run_counts_from_its_checkpoint():
     out = io.StringIO()
-    progress = Progress(total_steps=8, first_eval=EvalResult(n_prompts=16, pass_at_1=0.5, pass_at_k=0.75, k=4), log_every=10,
-                        start=5, stream=out)
+    first = EvalResult(n_prompts=16, pass_at_1=0.5, pass_at_k=0.75, k=4)
+    progress = Progress(total_steps=8, first_eval=first, log_every=10, start=5, stream=out)
     for step in (6, 7, 8):
         progress.update(_record(step))
     lines = out.getvalue().splitlines()
