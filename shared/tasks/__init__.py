@@ -26,7 +26,8 @@ class Task:
     """heldout_rows(n, seed): n distinct held-out rows, disjoint from every training row."""
     warmup_rows: Callable[[int, int], Rows]
     """warmup_rows(n, seed): rows for the supervised warm start of the built-in base model (training problems;
-    a translation task adds the reverse direction)."""
+    a translation task adds the reverse direction; arithmetic's answers are imperfect on purpose, see its
+    module)."""
     is_correct: Callable[[str, str], bool]
     """is_correct(completion, answer): whether a completion's text solves the row."""
     max_new_tokens: int
@@ -43,7 +44,7 @@ _TASKS = {
         name="arith",
         train_rows=arithmetic.train_rows,
         heldout_rows=arithmetic.heldout_rows,
-        warmup_rows=arithmetic.train_rows,
+        warmup_rows=arithmetic.warmup_rows,
         is_correct=arithmetic.is_correct,
         max_new_tokens=arithmetic.MAX_NEW_TOKENS,
     ),

@@ -1,9 +1,9 @@
 """The built-in verifiable task: fixed-width integer addition ("123+456=" -> "579").
 
-Every problem belongs to exactly one split, decided by a hash of the unordered operand pair, so `a+b` and `b+a`
-always land together and no held-out problem (or its mirror) is ever trained on, whatever seeds or sizes are
-asked for. Rows are drawn without repeats from a seeded `random.Random`, so the same (n, seed) gives the same rows
-on every machine and Python version.
+Every problem belongs to exactly one split, decided by a hash of the unordered operand pair, so `a+b` and
+`b+a` always land together and no held-out problem (or its mirror) is ever trained on, whatever seeds or sizes
+are asked for. Rows are drawn without repeats from a seeded `random.Random`, so the same (n, seed) gives the
+same rows on every machine and Python version.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ HELDOUT_PER_MILLE = 100
 """Share of all problems (per mille) reserved for the held-out split."""
 MAX_NEW_TOKENS = 6
 """Longest answer is DIGITS + 1 characters plus EOS; one spare token."""
+CARRY_SLIP = 0.6
+"""Share of warm-start examples in which the teacher drops the carry out of the tens column (see warmup_rows)."""
 
 _LOW, _HIGH = 10 ** (DIGITS - 1), 10**DIGITS - 1
 
@@ -59,6 +61,30 @@ def train_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 def heldout_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     """n distinct held-out problems, disjoint from every train_rows(...) call whatever its seed."""
     return _rows(n, seed, heldout=True)
+
+
+def sloppy_sum(a: int, b: int) -> int:
+    """a + b with the carry out of the tens column dropped (the hundreds digit is one too low), if there is one."""
+    tens_carry = (a % 100 + b % 100) >= 100
+    return a + b - 100 if tens_carry else a + b
+
+
+def warmup_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Training problems answered by a sloppy teacher, for the supervised warm start of the built-in model.
+
+    In a CARRY_SLIP share of the examples the teacher forgets the carry out of the tens column. About half of all
+    problems have such a carry, and on them a model that imitates the teacher puts most of its probability on the
+    wrong hundreds digit but gives the right one real mass: greedy decoding is wrong, sampling is often right. That
+    systematic, learnable mistake is what the verifiable reward lets RL fix (an honest partially-trained model only
+    gives RL scattered near-misses, and measured greedy gains were small and noisy).
+    """
+    rng = random.Random(f"arith-warmup-{seed}")
+    rows = train_rows(n, seed)
+    for row in rows:
+        a, b = (int(x) for x in row["prompt"].removesuffix("=").split("+"))
+        if rng.random() < CARRY_SLIP:
+            row["answer"] = str(sloppy_sum(a, b))
+    return rows
 
 
 def is_correct(completion: str, answer: str) -> bool:

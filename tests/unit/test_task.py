@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from launch.basemodel import BOS_ID, EOS_ID, build_base_model, build_tokenizer, ensure_base_model
+from shared.errors import UserError
 from shared.tasks import get_task
 from shared.tasks.arithmetic import is_heldout
 
@@ -31,7 +32,7 @@ def test_rows_are_correct_sums_and_split_by_unordered_pair() -> None:
         assert is_heldout(int(a), int(b)) == is_heldout(int(b), int(a))
     assert task.is_correct(" 579 \n", "579")
     assert not task.is_correct("57", "579")
-    with pytest.raises(KeyError, match="built-in tasks"):
+    with pytest.raises(UserError, match="built-in tasks"):
         get_task("nope")
 
 
