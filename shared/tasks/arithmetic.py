@@ -72,11 +72,14 @@ def sloppy_sum(a: int, b: int) -> int:
 def warmup_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     """Training problems answered by a sloppy teacher, for the supervised warm start of the built-in model.
 
-    In a CARRY_SLIP share of the examples the teacher forgets the carry out of the tens column. About half of all
-    problems have such a carry, and on them a model that imitates the teacher puts most of its probability on the
-    wrong hundreds digit but gives the right one real mass: greedy decoding is wrong, sampling is often right. That
-    systematic, learnable mistake is what the verifiable reward lets RL fix (an honest partially-trained model only
-    gives RL scattered near-misses, and measured greedy gains were small and noisy).
+    In a CARRY_SLIP share of the examples the teacher forgets the carry out of the tens column. About half of
+    all problems have such a carry, and on them a model that imitates the teacher puts most of its probability on
+    the wrong hundreds digit but keeps real mass on the right one: greedy decoding is wrong, sampling is often
+    right. That systematic, learnable mistake is what the verifiable reward lets RL fix. Why not simply stop the
+    warm start early: a partially trained model (39% greedy) makes scattered errors that sampling rarely fixes,
+    and GRPO with the default settings moved its greedy accuracy by only 2 to 7 points in 80 to 120 steps.
+    Measured with this teacher: 56.5% greedy, 95% pass@8 at temperature 1, 87.5% greedy after 20 GRPO steps.
+    The rows are the same problems as train_rows(n, seed); only some answers differ.
     """
     rng = random.Random(f"arith-warmup-{seed}")
     rows = train_rows(n, seed)

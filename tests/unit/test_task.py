@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from launch.basemodel import BOS_ID, EOS_ID, build_base_model, build_tokenizer, ensure_base_model
 from shared.errors import UserError
 from shared.tasks import get_task
-from shared.tasks.arithmetic import is_heldout
+from shared.tasks.arithmetic import CARRY_SLIP, is_heldout, sloppy_sum
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:
@@ -34,6 +34,23 @@ def test_rows_are_correct_sums_and_split_by_unordered_pair() -> None:
     assert not task.is_correct("57", "579")
     with pytest.raises(UserError, match="built-in tasks"):
         get_task("nope")
+
+
+def test_warmup_rows_are_training_problems_with_a_dropped_tens_carry() -> None:
+    task = get_task("arith")
+    rows = task.warmup_rows(2000, 5)
+    assert rows == task.warmup_rows(2000, 5)
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in task.train_rows(2000, 5)]
+    assert sloppy_sum(456, 378) == 734 and sloppy_sum(123, 456) == 579 and sloppy_sum(450, 560) == 910
+    slipped = carried = 0
+    for row in rows:
+        a, b = (int(x) for x in row["prompt"].removesuffix("=").split("+"))
+        assert int(row["answer"]) in {a + b, sloppy_sum(a, b)}
+        if sloppy_sum(a, b) != a + b:
+            carried += 1
+            slipped += int(row["answer"]) != a + b
+    assert 0.4 < carried / len(rows) < 0.6
+    assert abs(slipped / carried - CARRY_SLIP) < 0.05
 
 
 def test_tokenizer_is_character_level_and_adds_bos_only() -> None:
