@@ -45,7 +45,7 @@ MODEL_SIZES = {
     "num_key_value_heads": 4,
     "head_dim": 32,
 }
-SFT_STEPS = {"arith": 800, "translate": 240}
+SFT_STEPS = {"arith": 800, "translate": 150}
 """Warm-start step budget per task; it usually ends earlier, see SFT_TARGET_ACCURACY."""
 SFT_BATCH = 64
 SFT_LR = 3e-3
