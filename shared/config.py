@@ -93,6 +93,10 @@ class RolloutConfig(_Section):
     """Check every N hot-loads that each engine's logprobs on fixed probe prompts match the learner's (0: never)."""
     probe_tolerance: float = Field(0.05, gt=0.0)
     """Largest |engine - learner| token logprob the probe accepts (float32 on CPU agrees to ~1e-5; bf16 ~1e-2)."""
+    max_staleness: int = Field(0, ge=0)
+    """Asynchronous rollouts: generation for step t+1..t+k may run while the learner trains step t, so a batch may
+    come from an adapter up to k versions older than the one being trained (k = 0: fully on-policy, synchronous).
+    Off-policy samples are corrected by the truncated importance-sampling weight (algo.is_cap)."""
 
 
 class AlgoConfig(_Section):
