@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import ray
 
-from launch.fleet import RolloutFleet
+from launch.fleet import RewardPool, RolloutFleet
 from launch.resources import Demand, check_fits, run_demands
 from learner.learner import Learner
 from learner.rewards.context import RewardContext
@@ -29,7 +29,7 @@ from shared.tasks import get_task
 class Actors:
     fleet: RolloutFleet
     learner: object
-    rewarders: list
+    rewarders: RewardPool
     reward_model: object | None = None
 
 
@@ -41,7 +41,9 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
     return Actors(
         fleet=RolloutFleet(workers, config.rollout.max_restarts),
         learner=start_learner(config, model_path),
-        rewarders=start_reward_actors(config, reward_specs, context),
+        rewarders=RewardPool(
+            start_reward_actors(config, reward_specs, context), reward_specs, config.rewards.max_restarts
+        ),
         reward_model=reward_model,
     )
 
@@ -134,7 +136,7 @@ def reward_context(config: Config, workers: list, reward_model=None) -> RewardCo
 
 
 def start_reward_actors(config: Config, specs: Sequence[RewardSpec], context: RewardContext | None = None) -> list:
-    cls = ray.remote(**_ask(config, "reward"))(RewardWorker)
+    cls = ray.remote(**_ask(config, "reward"), max_restarts=config.rewards.max_restarts)(RewardWorker)
     return [
         cls.remote(list(specs), config.rewards.failure_policy, config.rewards.timeout_s, context)
         for _ in range(config.rewards.num_actors)

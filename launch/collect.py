@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from launch.data import PromptSampler
-from launch.fleet import RolloutFleet, merge_scores, score
+from launch.fleet import RewardPool, RolloutFleet, merge_scores
 from learner.grpo import group_advantages, group_has_signal, overlong_penalty, refill_size, select_groups
 from shared.config import Config
 from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
@@ -47,7 +47,7 @@ class Collected:
 
 
 def collect_batch(
-    step: int, config: Config, fleet: RolloutFleet, rewarders: list, sampler: PromptSampler
+    step: int, config: Config, fleet: RolloutFleet, rewarders: RewardPool, sampler: PromptSampler
 ) -> Collected:
     """Generate and score rounds of groups until the batch is full (one round without dynamic sampling)."""
     algo, target = config.algo, config.rollout.prompts_per_step
@@ -60,7 +60,7 @@ def collect_batch(
         new_rows = sampler.next_batch(size)
         new_groups = fleet.generate([r["prompt"] for r in new_rows], _sampling(config, step, rounds))
         gen_s += time.perf_counter() - t0
-        parts.append(score(rewarders, new_rows, new_groups, config.rollout.max_new_tokens))
+        parts.append(rewarders.score(new_rows, new_groups, config.rollout.max_new_tokens))
         rows, groups, rounds = rows + new_rows, groups + new_groups, rounds + 1
         if not algo.dynamic_sampling or rounds > algo.max_refill_rounds:
             break

@@ -121,6 +121,7 @@ def _check_inputs(config: Config) -> tuple[Task, str]:
 
 def _checkpoint(run: RunDir, actors: Actors, curriculum: Curriculum, state: DriverState, config: Config) -> None:
     state.worker_restarts = actors.fleet.restarts
+    state.reward_restarts = actors.rewarders.restarts
     state.extra["curriculum"] = curriculum.state()
     blob = ray.get(actors.learner.state.remote())
     save_checkpoint(run.path, state.step, blob, state.to_json(), identity(config))
@@ -135,6 +136,7 @@ def _restore(run: RunDir, actors: Actors, curriculum: Curriculum, config: Config
     state = DriverState.from_json(checkpoint.driver_state)
     curriculum.load_state(state.extra["curriculum"])
     actors.fleet.restarts = state.worker_restarts
+    actors.rewarders.restarts = state.reward_restarts
     run.truncate_after(state.step)
     print(f"[prolora] resumed {run.path} from the checkpoint of step {state.step}", flush=True)
     return state
@@ -185,6 +187,7 @@ def run_step(step: int, config: Config, actors: Actors, curriculum: Curriculum, 
     _track_prompts(step, collected, config, curriculum, run)
     record = _step_record(step, collected, stats, reset_cause, t0, train_s, sync_ms)
     record["worker_restarts"] = actors.fleet.restarts
+    record["reward_restarts"] = actors.rewarders.restarts
     record["probe_max_diff"] = probe_diff
     run.metrics.write(record)
     if config.log.rollouts:

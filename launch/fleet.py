@@ -1,21 +1,26 @@
 """Talking to actor fleets: the rollout workers (spread prompts, hot-load adapters, survive a dead worker) and
-the reward actors (split a batch of completions across them).
+the reward actors (split a batch of completions across them, survive a dead actor).
 
-A rollout worker is started with Ray's `max_restarts`: when its process dies (killed, or its engine crashes) Ray
-starts it again with the same constructor arguments, which rebuilds the engine but not its adapters. The fleet
-keeps the adapter payloads still in use, reloads them into the restarted worker and resubmits the lost requests,
-so the step completes; `restarts` counts how often that happened.
+Both kinds are started with Ray's `max_restarts`: when an actor's process dies (killed, or its engine crashes) Ray
+starts it again with the same constructor arguments. That rebuilds a rollout worker's engine but not its adapters,
+and a reward actor with the reward set of the run's start, not the one in force after a reward swap. So each fleet
+keeps what its actors must hold (the adapter payloads in use; the reward set in force), re-sends it to a restarted
+actor and resubmits the lost request, so the step completes; `restarts` counts how often that happened, and past
+the configured limit `TooManyRestarts` stops the run (the driver writes a checkpoint first).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from learner.rewards.worker import RewardSetMismatch
 from rollout.worker import AdapterNotLoaded
+from shared.config import RewardSpec
 from shared.records import Group, RewardBatch, RewardScores, SamplingSpec
 
 log = logging.getLogger(__name__)
@@ -24,7 +29,7 @@ RESTART_TIMEOUT_S = 600
 
 
 class TooManyRestarts(RuntimeError):
-    """Rollout workers died more often than `rollout.max_restarts` allows."""
+    """Actors of one fleet died more often than its limit (`rollout.max_restarts`, `rewards.max_restarts`) allows."""
 
 
 class RolloutFleet:
@@ -78,29 +83,78 @@ class RolloutFleet:
                 f"last error: {err}"
             ) from err
         log.warning("rollout worker %d died (%s); reloading its adapters and retrying", i, type(err).__name__)
-        deadline = time.monotonic() + RESTART_TIMEOUT_S
         for payload in self._payloads:
-            while True:  # calls fail with ActorUnavailableError while Ray is still restarting the actor
-                try:
-                    ray.get(self.workers[i].load_adapter.remote(payload, self.keep_versions))
-                    break
-                except ActorUnavailableError:
-                    if time.monotonic() > deadline:
-                        raise TooManyRestarts(f"rollout worker {i} did not come back in {RESTART_TIMEOUT_S} s") from err
-                    time.sleep(0.5)
+            _call_when_back(self.workers[i].load_adapter, (payload, self.keep_versions), f"rollout worker {i}", err)
 
 
-def score(rewarders: list, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
-    """Score every completion on the reward actors; each data set column is repeated per completion, plus
+def _call_when_back(method, args: tuple, what: str, err: Exception):
+    """ray.get(method.remote(*args)) on an actor Ray is restarting: calls fail with ActorUnavailableError until
+    it is back."""
+    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    while True:
+        try:
+            return ray.get(method.remote(*args))
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise TooManyRestarts(f"{what} did not come back in {RESTART_TIMEOUT_S} s") from err
+            time.sleep(0.5)
+
+
+class RewardPool:
+    """The reward actors of a run and the reward set in force on them (see the module docstring for restarts)."""
+
+    def __init__(self, actors: list, specs: Sequence[RewardSpec], max_restarts: int = 3) -> None:
+        self.actors = actors
+        self.specs = list(specs)
+        self.max_restarts = max_restarts
+        self.restarts = 0
+
+    def set_specs(self, specs: Sequence[RewardSpec]) -> None:
+        """Install a reward set on every actor; an actor's refusal (a RayTaskError) propagates, and the caller
+        puts the previous set back with another `set_specs`."""
+        self.specs = list(specs)
+        for i, ref in enumerate([a.set_specs.remote(self.specs) for a in self.actors]):
+            try:
+                ray.get(ref)
+            except _DEAD as err:
+                self._recover(i, err)  # the restarted actor gets self.specs there
+
+    def score(self, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
+        """Score every completion, one shard per actor; a shard whose actor died is scored again after the
+        restart. Each call names the set in force, so a call Ray queued for an actor that then restarted with the
+        run's first set fails loudly (RewardSetMismatch) rather than scoring with the wrong rewards."""
+        shards = _split_batch(reward_batch(rows, groups, max_tokens), len(self.actors))
+        results: list[RewardScores] = [None] * len(shards)  # type: ignore[list-item]
+        pending = {i: self.actors[i].score.remote(shard, self.specs) for i, shard in enumerate(shards)}
+        while pending:
+            i, ref = pending.popitem()
+            try:
+                results[i] = ray.get(ref)
+            except (*_DEAD, RewardSetMismatch) as err:
+                self._recover(i, err)
+                pending[i] = self.actors[i].score.remote(shards[i], self.specs)
+        return merge_scores(results)
+
+    def _recover(self, i: int, err: Exception) -> None:
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise TooManyRestarts(
+                f"reward actors died {self.restarts} times (limit rewards.max_restarts={self.max_restarts}); "
+                f"last error: {err}"
+            ) from err
+        log.warning("reward actor %d died (%s); re-sending the reward set in force and retrying", i, type(err).__name__)
+        _call_when_back(self.actors[i].set_specs, (self.specs,), f"reward actor {i}", err)
+
+
+def reward_batch(rows: list[dict], groups: list[Group], max_tokens: int) -> RewardBatch:
+    """One RewardBatch of every completion; each data set column is repeated per completion, plus
     `completion_token_count` and `max_tokens` for length-aware rewards."""
     flat_rows = [row for row, g in zip(rows, groups, strict=True) for _ in g.completions]
     flat = [(g.prompt, c) for g in groups for c in g.completions]
     columns = {k: tuple(r[k] for r in flat_rows) for k in rows[0] if k != "prompt"}
     columns["completion_token_count"] = tuple(len(c.token_ids) for _, c in flat)
     columns["max_tokens"] = (max_tokens,) * len(flat)
-    batch = RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
-    shards = _split_batch(batch, len(rewarders))
-    return merge_scores(ray.get([r.score.remote(b) for r, b in zip(rewarders, shards, strict=False)]))
+    return RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
 
 
 def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
@@ -121,4 +175,3 @@ def merge_scores(parts: list[RewardScores]) -> RewardScores:
         components={n: tuple(v for p in parts for v in p.components[n]) for n in names},
         failures={n: sum(p.failures.get(n, 0) for p in parts) for n in names},
     )
-

@@ -3,9 +3,10 @@
 At start the driver writes the config's `rewards` section to `<run_dir>/rewards.yaml` (or, when the file is already
 there because the run is resumed, reads the set in force from it). Before every step it checks the file's
 modification time and size; when they changed it re-reads the file and, if `functions` (names and weights) differ
-from the set in force, installs the new set on every reward actor with `RewardWorker.set_specs`. Rollout workers
-and the learner are untouched. The step whose completions are the first scored by the new set is recorded in
-`metrics.jsonl` as `{"reward_swap": true, "step": S, "rewards": [{"name": ..., "weight": ...}, ...]}`.
+from the set in force, installs the new set on every reward actor with `RewardPool.set_specs` (which also
+re-sends it to a reward actor Ray restarts later). Rollout workers and the learner are untouched. The step whose
+completions are the first scored by the new set is recorded in `metrics.jsonl` as
+`{"reward_swap": true, "step": S, "rewards": [{"name": ..., "weight": ...}, ...]}`.
 
 A file that cannot be used (bad YAML, an unknown key, an unknown reward, a reward whose needs the run cannot meet)
 never stops the run: the set in force stays, and a warning says why. Only `functions` is read from the file; a
@@ -22,10 +23,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import ray
 import yaml
 from pydantic import ValidationError
 
+from launch.fleet import RewardPool
 from learner.rewards.context import RewardContext, check_context
 from learner.rewards.registry import resolve_reward
 from shared.config import Config, RewardsConfig, RewardSpec
@@ -101,7 +102,7 @@ class RewardSwap:
         """The reward set in force."""
         return list(self._rewards.functions)
 
-    def poll(self, step: int, rewarders: list, metrics: MetricsWriter) -> bool:
+    def poll(self, step: int, rewarders: RewardPool, metrics: MetricsWriter) -> bool:
         """Before `step`: install the file's reward set if it changed; True when a changed file was installed."""
         if self._resumed:
             self._resumed = False
@@ -121,9 +122,9 @@ class RewardSwap:
         if list(new.functions) == self.specs:
             return False
         try:
-            ray.get([r.set_specs.remote(list(new.functions)) for r in rewarders])
+            rewarders.set_specs(new.functions)
         except Exception as err:  # e.g. user code importable here but not in the actor: keep every actor on one set
-            ray.get([r.set_specs.remote(self.specs) for r in rewarders])
+            rewarders.set_specs(self.specs)
             logger.warning("step %d: reward actors refused %s (%s); keeping rewards %s",
                            step, _describe(new.functions), err, _describe(self.specs))
             return False

@@ -32,6 +32,7 @@ class DriverState:
     nonfinite_streak: int = 0
     """Consecutive steps whose every optimiser step was skipped for a non-finite loss or gradient."""
     worker_restarts: int = 0
+    reward_restarts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     """State owned by other parts of the driver: the curriculum (data order position, retired prompts, per-prompt
     pass rates, reference-reset history), the reward set in force."""

@@ -194,6 +194,9 @@ class RewardsConfig(_Section):
     """Per-call timeout of one reward function on one batch."""
     num_actors: int = Field(1, ge=1)
     """Reward actors; batches are split across them."""
+    max_restarts: int = Field(3, ge=0)
+    """Restarts of dead reward actors a run tolerates (the lost shard is scored again with the reward set in force)
+    before it stops with a checkpoint."""
     reward_model: RewardModelConfig = RewardModelConfig()
     """The reward-model actor used by the `reward_model` reward."""
 

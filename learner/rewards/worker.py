@@ -44,6 +44,11 @@ class RewardFailure(RuntimeError):
     """A reward failed under the `fail_run` policy; the message names the reward and the cause is chained."""
 
 
+class RewardSetMismatch(RuntimeError):
+    """`score` was asked for a reward set other than the one this actor holds: Ray restarted it with the set of
+    the run's start after a reward swap. The caller re-sends the set in force and retries."""
+
+
 class RewardReturnError(ValueError):
     """A reward returned something other than one finite number or None per completion."""
 
@@ -82,12 +87,19 @@ class RewardWorker:
         self._specs = tuple(specs)
         self._functions = functions
 
-    def score(self, batch: RewardBatch) -> RewardScores:
+    def score(self, batch: RewardBatch, specs: Sequence[RewardSpec] | None = None) -> RewardScores:
         """Run every reward on the batch and combine them into weighted totals.
 
         `total[i]` sums weight * value over the rewards that are not None for completion i; it is 0.0 when
-        none applies, and None for every completion when a reward failed under `skip_sample`.
+        none applies, and None for every completion when a reward failed under `skip_sample`. With `specs`, the
+        set the caller expects, a different set in force raises `RewardSetMismatch` instead of silently scoring
+        with it.
         """
+        if specs is not None and tuple(specs) != self._specs:
+            raise RewardSetMismatch(
+                f"this reward actor holds rewards {[s.name for s in self._specs]}, the caller expects "
+                f"{[s.name for s in specs]}"
+            )
         columns = _checked_columns(batch)
         n = len(batch.completions)
         if n == 0:

@@ -1,13 +1,18 @@
-"""A rollout worker that dies is restarted by Ray, gets its adapter back, and the lost request is retried."""
+"""Actors that die are restarted by Ray and the lost request is retried: a rollout worker gets its adapter back,
+a reward actor the reward set in force (not the one it was started with)."""
 
 from __future__ import annotations
 
-import ray
+import time
 
-from launch.actors import start_learner, start_rollout_workers
-from launch.fleet import RolloutFleet
-from shared.config import load_config
-from shared.records import SamplingSpec, TrainBatch, TrainSample
+import pytest
+import ray
+from ray.exceptions import ActorUnavailableError
+
+from launch.actors import start_learner, start_reward_actors, start_rollout_workers
+from launch.fleet import RewardPool, RolloutFleet, TooManyRestarts
+from shared.config import RewardSpec, load_config
+from shared.records import Completion, Group, RewardBatch, SamplingSpec, TrainBatch, TrainSample
 
 PROMPTS = ["12+34=", "500+500=", "7+8="]
 
@@ -34,4 +39,51 @@ def test_killed_worker_is_restarted_reloaded_and_request_retried(tiny_model, ray
     assert all(c.adapter_version == 1 for g in groups for c in g.completions)
     assert ray.get(workers[0].loaded_versions.remote()) == [1]
     for actor in [*workers, learner]:
+        ray.kill(actor)
+
+
+def _groups(texts_P_G: list[list[str]]) -> list[Group]:
+    return [
+        Group(f"p{p}", (1,), tuple(Completion(t, (5,) * len(t), (-0.1,) * len(t), "stop", 0) for t in texts))
+        for p, texts in enumerate(texts_P_G)
+    ]
+
+
+def _wait_until_restarted(actor, first: list[RewardSpec]) -> None:
+    """ray.kill returns before the actor is gone: wait until it is back with the reward set it was started with."""
+    probe = RewardBatch(("p",), ("x",), {"answer": ("x",)})
+    for _ in range(240):
+        try:
+            if list(ray.get(actor.score.remote(probe)).components) == [s.name for s in first]:
+                return
+        except ActorUnavailableError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the reward actor did not come back")
+
+
+def test_killed_reward_actor_is_restarted_with_the_swapped_set_and_its_shard_rescored(ray_session):
+    config = load_config(overrides=["rewards.num_actors=2", "rewards.max_restarts=2"])
+    first = [RewardSpec(name="exact_match")]
+    swapped = [RewardSpec(name="exact_match", weight=2.0), RewardSpec(name="repetition", weight=0.5)]
+    actors = start_reward_actors(config, first)
+    pool = RewardPool(actors, first, max_restarts=1)
+    pool.set_specs(swapped)  # a reward swap: a restarted actor would come back with `first`
+    rows = [{"prompt": "p0", "answer": "579"}, {"prompt": "p1", "answer": "15"}]
+    groups = _groups([["579", "578"], ["15", "a a a a"]])
+    expected = pool.score(rows, groups, max_tokens=6)
+    assert expected.total[0] == 2.0
+
+    ray.kill(actors[1], no_restart=False)  # dies between two scoring calls of a step
+    _wait_until_restarted(actors[1], first)
+    scores = pool.score(rows, groups, max_tokens=6)
+
+    assert pool.restarts == 1
+    assert scores == expected
+    assert ray.get(actors[1].score.remote(RewardBatch(("p",), ("x",), {"answer": ("x",)}), swapped)).total == (2.0,)
+    ray.kill(actors[0], no_restart=False)
+    _wait_until_restarted(actors[0], first)
+    with pytest.raises(TooManyRestarts, match=r"reward actors died 2 times \(limit rewards.max_restarts=1\)"):
+        pool.score(rows, groups, max_tokens=6)
+    for actor in actors:
         ray.kill(actor)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from launch.actors import start_reward_actors
+from launch.fleet import RewardPool
 from launch.reward_swap import REWARDS_FILE, RewardSwap
 from shared.config import RewardSpec, load_config
 from shared.metrics import MetricsWriter, read_metrics
@@ -40,21 +41,22 @@ def test_poll_installs_valid_sets_on_every_actor_and_keeps_the_old_set_otherwise
     config = load_config(overrides=["rewards.num_actors=2"])
     swap = RewardSwap.open(tmp_path, config)
     actors = start_reward_actors(config, swap.specs)
+    pool = RewardPool(actors, swap.specs)
     metrics = MetricsWriter(tmp_path / "metrics.jsonl")
     batch = RewardBatch(("p",), ("a b c a b c",), {"answer": ("a b c a b c",)})
 
     def names_in_force() -> list[set[str]]:
         return [set(ray_session.get(a.score.remote(batch)).components) for a in actors]
 
-    assert not swap.poll(1, actors, metrics)  # unchanged file
+    assert not swap.poll(1, pool, metrics)  # unchanged file
     with caplog.at_level(logging.WARNING, logger="launch.reward_swap"):
         _write_rewards(swap.path, [{"name": "exact_match"}, {"name": "nope"}])
-        assert not swap.poll(2, actors, metrics)
+        assert not swap.poll(2, pool, metrics)
         assert "unknown reward 'nope'" in caplog.text and "keeping rewards exact_match x1" in caplog.text
         assert names_in_force() == [{"exact_match"}] * 2
 
         _write_rewards(swap.path, NEW_SET, timeout_s=5.0)
-        assert swap.poll(3, actors, metrics)
+        assert swap.poll(3, pool, metrics)
         assert "ignoring changes to timeout_s" in caplog.text
     assert names_in_force() == [{"exact_match", "repetition"}] * 2
     assert swap.specs == [RewardSpec(**spec) for spec in NEW_SET]
