@@ -8,6 +8,8 @@ prompt formatting as the training rollouts (rollout workers, BOS included), and 
 
 Counting and estimating are separate: `count_correct` samples and counts correct completions per prompt, and
 `pass_at_k_table` turns those counts into the table, so the table can be checked by hand from known counts.
+A run on the user's own rows (task.heldout_file / train_file) is evaluated on those rows, with the task's
+`is_correct` against their `answer` column.
 """
 
 from __future__ import annotations
@@ -112,16 +114,23 @@ def run_eval(request: EvalRequest) -> dict:
     import ray
 
     from launch.actors import start_ray, start_rollout_workers
+    from launch.datafiles import rows_from_file, token_counter
     from launch.rundir import resolve_model_path
 
     config = request.config
     task = get_task(config.task.name)
-    rows = (task.heldout_rows if request.split == "heldout" else task.train_rows)(request.n_prompts, config.run.seed)
+    model_path = resolve_model_path(config.model.path)
+    data_file = config.task.heldout_file if request.split == "heldout" else config.task.train_file
+    if data_file:  # the run's own rows; is_correct needs their `answer` column
+        rows = rows_from_file(config, data_file, token_counter(model_path), non_null=["answer"])[0][: request.n_prompts]
+    else:
+        builtin = task.heldout_rows if request.split == "heldout" else task.train_rows
+        rows = builtin(request.n_prompts, config.run.seed)
     sampling = SamplingSpec(n=request.n, max_tokens=config.rollout.max_new_tokens,
                             temperature=config.eval.temperature, seed=config.run.seed)
     payloads = [adapter_payload(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
     start_ray(config)
-    fleet = RolloutFleet(start_rollout_workers(config, resolve_model_path(config.model.path)),
+    fleet = RolloutFleet(start_rollout_workers(config, model_path),
                          config.rollout.max_restarts)
     counts = {"base": count_correct(fleet, task, rows, sampling, version=0)}
     for (label, _), payload in zip(request.adapters, payloads, strict=True):

@@ -3,6 +3,7 @@
 Layout (later tools read these names):
     config.yaml       the resolved config
     rewards.yaml      the reward set in force; edit it to change rewards while the run goes on (launch/reward_swap.py)
+    data.json         row numbers of task.train_file / heldout_file prompts skipped as too long (only when some were)
     metrics.jsonl     one JSON object per step, eval records with "eval": true, and reward-swap records with
                       "reward_swap": true
     prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired

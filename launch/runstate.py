@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.config import Config
@@ -21,6 +22,23 @@ class RunStopped(RuntimeError):
 
 class Interrupted(RunStopped):
     exit_code = 130
+
+
+class LearnerDied(RunStopped):
+    """The learner actor died. Its state (adapter, optimizer) died with it, so no checkpoint is written: the run
+    continues from the last one."""
+
+
+def learner_died_message(run_dir: Path, last_checkpoint: int | None, cause: Exception) -> str:
+    """What the user reads when the learner died: what happened, where the run can continue, and how."""
+    if last_checkpoint is None:
+        where = "no checkpoint was written yet, so the run cannot be resumed; start it again"
+    else:
+        where = f"the last checkpoint is of step {last_checkpoint}; continue with: prolora train --resume {run_dir}"
+    return (
+        f"the learner actor died ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}); "
+        f"its state is lost, so no checkpoint was written now. {where}"
+    )
 
 
 @dataclass
@@ -55,6 +73,7 @@ def identity(config: Config) -> dict[str, Any]:
         "lora.target_modules": config.lora.target_modules,
         "task.name": config.task.name,
         "task.train_size": config.task.train_size,
+        **({"task.train_file": config.task.train_file} if config.task.train_file else {}),
     }
 
 

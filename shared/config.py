@@ -67,6 +67,15 @@ class TaskConfig(_Section):
     retire_after: int = Field(0, ge=0)
     """Retire a training prompt once every sample of it passed on this many consecutive visits; the sampler then
     skips it. 0 never retires."""
+    train_file: str | None = None
+    """Your own training rows (JSONL or .parquet; format in launch/datafiles.py): every row is used and train_size
+    is ignored. The task still supplies is_correct and the held-out metrics. None: the task's built-in rows."""
+    heldout_file: str | None = None
+    """Your own held-out rows (JSONL or .parquet), each with a string `answer` that the task's is_correct checks;
+    the first eval.size rows are evaluated. None: the task's built-in held-out split."""
+    overlong_prompts: Literal["error", "skip"] = "error"
+    """A file row whose prompt tokens + rollout.max_new_tokens exceed model.max_model_len: stop before the run
+    starts (error), or leave it out and report the count (skip: printed and written to <run dir>/data.json)."""
 
 
 class RolloutConfig(_Section):

@@ -1,5 +1,6 @@
 """Actors that die are restarted by Ray and the lost request is retried: a rollout worker gets its adapter back,
-a reward actor the reward set in force (not the one it was started with)."""
+a reward actor the reward set in force (not the one it was started with). A dead learner (never restarted: its
+state is gone) stops the run with a message naming the last checkpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import ray
 from ray.exceptions import ActorUnavailableError
 
 from launch.actors import start_learner, start_reward_actors, start_rollout_workers
+from launch.checkpoint import save_checkpoint
+from launch.driver import stop_if_learner_dies
 from launch.fleet import RewardPool, RolloutFleet, TooManyRestarts
+from launch.runstate import LearnerDied
 from shared.config import RewardSpec, load_config
 from shared.records import Completion, Group, RewardBatch, SamplingSpec, TrainBatch, TrainSample
 
@@ -87,3 +91,16 @@ def test_killed_reward_actor_is_restarted_with_the_swapped_set_and_its_shard_res
         pool.score(rows, groups, max_tokens=6)
     for actor in actors:
         ray.kill(actor)
+
+
+def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_session, tmp_path):
+    config = load_config()
+    learner = start_learner(config, str(tiny_model))
+    save_checkpoint(tmp_path, 3, ray.get(learner.state.remote()), {"step": 3}, {})
+    ray.kill(learner)  # no restart: the learner's state is gone
+
+    with pytest.raises(LearnerDied) as stop, stop_if_learner_dies(learner, tmp_path):
+        ray.get(learner.train_step.remote(TrainBatch((), step=4)))
+
+    assert f"the last checkpoint is of step 3; continue with: prolora train --resume {tmp_path}" in str(stop.value)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000003"]  # nothing written now

@@ -1,0 +1,21 @@
+"""How a run that cannot go on tells the user so: the learner-death message, without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.runstate import LearnerDied, RunStopped, learner_died_message
+
+
+def test_learner_death_names_the_last_checkpoint_and_the_resume_command():
+    cause = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: Learner")
+    message = learner_died_message(Path("/runs/a"), 40, cause)
+    assert "learner actor died" in message and "died unexpectedly" in message and "class_name" not in message
+    assert "no checkpoint was written now" in message
+    assert "the last checkpoint is of step 40; continue with: prolora train --resume /runs/a" in message
+    assert issubclass(LearnerDied, RunStopped) and LearnerDied.exit_code != 0
+
+
+def test_learner_death_before_any_checkpoint_says_to_start_again():
+    message = learner_died_message(Path("/runs/a"), None, RuntimeError())
+    assert "no checkpoint was written yet" in message and "--resume" not in message
