@@ -318,3 +318,14 @@ def test_score_rows_returns_components_and_total():
     assert math.isclose(got[1]["total"], 1.5)
     with pytest.raises(ValueError, match="row 0 lacks completion"):
         score_rows(specs, [{"prompt": "p"}])
+
+
+def test_score_refuses_a_reward_set_other_than_the_one_in_force():
+    from learner.rewards.worker import RewardSetMismatch
+
+    worker = RewardWorker([RewardSpec(name="exact_match")], "fail_run", 5.0)
+    batch = RewardBatch(("p",), ("4",), {"answer": ("4",)})
+    assert worker.score(batch, [RewardSpec(name="exact_match")]).total == (1.0,)
+    expected = r"holds rewards \['exact_match'\], the caller expects \['repetition'\]"
+    with pytest.raises(RewardSetMismatch, match=expected):
+        worker.score(batch, [RewardSpec(name="repetition")])
