@@ -151,15 +151,24 @@ def stop_if_learner_dies(learner, run_dir: Path) -> Iterator[None]:
     try:
         yield
     except RayActorError as err:
-        try:
-            ray.get(learner.current_version.remote())
-        except RayActorError:
-            try:
-                last = load_latest_checkpoint(run_dir, warn=lambda _: None).step
-            except CheckpointError:
-                last = None
-            raise LearnerDied(learner_died_message(run_dir, last, err)) from err
-        raise
+        if _alive(learner):
+            raise
+        raise LearnerDied(learner_died_message(run_dir, _last_checkpoint_step(run_dir), err)) from err
+
+
+def _alive(actor) -> bool:
+    try:
+        ray.get(actor.current_version.remote())
+    except RayActorError:
+        return False
+    return True
+
+
+def _last_checkpoint_step(run_dir: Path) -> int | None:
+    try:
+        return load_latest_checkpoint(run_dir, warn=lambda _: None).step
+    except CheckpointError:
+        return None
 
 
 def _checkpoint(run: RunDir, actors: Actors, curriculum: Curriculum, state: DriverState, config: Config) -> None:

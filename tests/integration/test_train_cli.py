@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 STEP_KEYS = {
     "step", "reward_mean", "reward_std", "adapter_version", "sync_ms", "gen_tokens", "gen_s", "train_s", "step_s",
-    "kl", "entropy", "clip_frac", "response_len_mean",
+    "kl", "entropy", "clip_frac", "response_len_mean", "worker_restarts", "reward_restarts",
 }
 ROLLOUT_COLUMNS = {
     "step", "prompt", "completion", "completion_token_ids", "sampling_logprobs", "reward", "reward/exact_match",
@@ -93,3 +94,22 @@ def test_unknown_reward_lists_the_builtins(tmp_path):
     assert "exact_mach" in proc.stderr and "exact_match" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_a_run_on_rows_from_files(tiny_model, tmp_path):
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.parquet"
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "source": "mine"} for a in (12, 34, 56) for b in (7, 81)]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist([{"prompt": "5+5=", "answer": "10"}, {"prompt": "1+2=", "answer": "3"}]),
+                   heldout)
+    run_dir = tmp_path / "r"
+    proc = _prolora(
+        "train", "--steps", "1", "--run-dir", str(run_dir), "--set", f"model.path={tiny_model}",
+        "--set", f"task.train_file={train}", "--set", f"task.heldout_file={heldout}", "--set", "eval.k=2",
+        "--set", "eval.n_samples=2", "--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["n_prompts"] for r in records if r.get("eval")] == [2, 2]
+    prompts = set(pq.read_table(run_dir / "rollouts").column("prompt").to_pylist())
+    assert len(prompts) == 2 and prompts <= {r["prompt"] for r in rows}

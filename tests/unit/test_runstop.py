@@ -1,10 +1,11 @@
-"""How a run that cannot go on tells the user so: the learner-death message, without Ray."""
+"""How a run that cannot go on tells the user so (the learner-death message), and the restart counts a checkpoint
+keeps; without Ray."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from launch.runstate import LearnerDied, RunStopped, learner_died_message
+from launch.runstate import DriverState, LearnerDied, RunStopped, learner_died_message
 
 
 def test_learner_death_names_the_last_checkpoint_and_the_resume_command():
@@ -19,3 +20,10 @@ def test_learner_death_names_the_last_checkpoint_and_the_resume_command():
 def test_learner_death_before_any_checkpoint_says_to_start_again():
     message = learner_died_message(Path("/runs/a"), None, RuntimeError())
     assert "no checkpoint was written yet" in message and "--resume" not in message
+
+
+def test_restart_counts_survive_a_checkpoint_and_old_checkpoints_still_load():
+    state = DriverState(step=7, worker_restarts=1, reward_restarts=2)
+    assert DriverState.from_json(state.to_json()).reward_restarts == 2
+    old = {k: v for k, v in state.to_json().items() if k != "reward_restarts"}  # written before reward failover
+    assert DriverState.from_json(old).reward_restarts == 0
