@@ -58,7 +58,8 @@ class LoraConfig(_Section):
 
 class TaskConfig(_Section):
     name: str = "arith"
-    """Built-in task that provides prompts, references and the held-out split."""
+    """Built-in task that provides prompts, references and the held-out split (with train_file / heldout_file it
+    still provides is_correct, the held-out metrics and the back-translation prompt)."""
     train_size: int = Field(2000, ge=1)
     heldout_size: int = Field(200, ge=1)
     pass_reward: float = 1.0
