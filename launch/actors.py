@@ -45,6 +45,7 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
         reward_model=reward_model,
     )
 
+
 SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
 """Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""
 

@@ -218,7 +218,10 @@ def run_step(
     probe_diff = None
     if _due(step, config.rollout.probe_every):
         probe_diff = probe_served_adapter(
-            actors.fleet.workers, actors.learner, PROBE_PROMPTS, config.rollout.max_new_tokens,
+            actors.fleet.workers,
+            actors.learner,
+            PROBE_PROMPTS,
+            config.rollout.max_new_tokens,
             config.rollout.probe_tolerance,
         )
     adapter = ray.get(payload)
@@ -242,7 +245,12 @@ def _evaluate(actors: Actors, task: Task, heldout: list[dict], config: Config, r
 
 
 def _reset_reference_if_due(
-    step: int, stats: TrainStats, adapter: AdapterPayload, config: Config, actors: Actors, curriculum: Curriculum,
+    step: int,
+    stats: TrainStats,
+    adapter: AdapterPayload,
+    config: Config,
+    actors: Actors,
+    curriculum: Curriculum,
     run: RunDir,
 ) -> ResetCause | None:
     """ProRL: when a trigger fires, the reference becomes the adapter this step produced (saved to the run dir)."""

@@ -20,14 +20,16 @@ import pytest
 STEPS = 5
 
 
-def _args(tiny_model, run_dir, k: int, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "launch.cli", "train", "--steps", str(STEPS), "--run-dir", str(run_dir),
-        "--set", f"model.path={tiny_model}", "--set", "eval.size=8", "--set", "eval.n_samples=8",
-        "--set", "eval.every=0", "--set", "rollout.prompts_per_step=4", "--set", "rollout.group_size=4",
-        "--set", "run.checkpoint_every=1", "--set", "log.save_adapter_every=0",
-        "--set", f"rollout.max_staleness={k}", "--set", f"rollout.max_loras={k + 1}", *extra,
-    ]
+OVERRIDES = [
+    "eval.size=8", "eval.n_samples=8", "eval.every=0", "rollout.prompts_per_step=4", "rollout.group_size=4",
+    "run.checkpoint_every=1", "log.save_adapter_every=0",
+]  # fmt: skip
+
+
+def _args(tiny_model, run_dir, k: int) -> list[str]:
+    sets = [f"model.path={tiny_model}", *OVERRIDES, f"rollout.max_staleness={k}", f"rollout.max_loras={k + 1}"]
+    command = ["train", "--steps", str(STEPS), "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "launch.cli", *command, *[arg for s in sets for arg in ("--set", s)]]
 
 
 def _step_records(run_dir) -> list[dict]:
@@ -83,7 +85,9 @@ def test_sigint_stops_cleanly_and_resume_keeps_the_data_order(runs, tiny_model, 
 
     done = subprocess.run(
         [sys.executable, "-m", "launch.cli", "train", "--resume", str(run_dir)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in _step_records(run_dir)] == list(range(1, STEPS + 1))
