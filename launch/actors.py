@@ -39,13 +39,14 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
     reward_model = start_reward_model(config)
     context = reward_context(config, workers, reward_model)
     return Actors(
-        fleet=RolloutFleet(workers, config.rollout.max_restarts),
+        fleet=RolloutFleet(workers, config.rollout.max_restarts, keep_versions=config.rollout.max_staleness + 1),
         learner=start_learner(config, model_path),
         rewarders=RewardPool(
             start_reward_actors(config, reward_specs, context), reward_specs, config.rewards.max_restarts
         ),
         reward_model=reward_model,
     )
+
 
 SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
 """Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""

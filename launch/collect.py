@@ -47,9 +47,19 @@ class Collected:
 
 
 def collect_batch(
-    step: int, config: Config, fleet: RolloutFleet, rewarders: RewardPool, sampler: PromptSampler
+    step: int,
+    config: Config,
+    fleet: RolloutFleet,
+    rewarders: RewardPool,
+    sampler: PromptSampler,
+    version: int | None = None,
 ) -> Collected:
-    """Generate and score rounds of groups until the batch is full (one round without dynamic sampling)."""
+    """Generate and score rounds of groups until the batch is full (one round without dynamic sampling).
+
+    Every round generates with adapter `version` (default: the newest published when the batch starts), so one
+    batch never mixes versions even when a newer one is published while it is being made.
+    """
+    version = fleet.version if version is None else version
     algo, target = config.algo, config.rollout.prompts_per_step
     rows: list[dict] = []
     groups: list[Group] = []
@@ -58,7 +68,7 @@ def collect_batch(
     while size:
         t0 = time.perf_counter()
         new_rows = sampler.next_batch(size)
-        new_groups = fleet.generate([r["prompt"] for r in new_rows], _sampling(config, step, rounds))
+        new_groups = fleet.generate([r["prompt"] for r in new_rows], _sampling(config, step, rounds), version)
         gen_s += time.perf_counter() - t0
         parts.append(rewarders.score(new_rows, new_groups, config.rollout.max_new_tokens))
         rows, groups, rounds = rows + new_rows, groups + new_groups, rounds + 1

@@ -7,16 +7,22 @@ and a reward actor with the reward set of the run's start, not the one in force 
 keeps what its actors must hold (the adapter payloads in use; the reward set in force), re-sends it to a restarted
 actor and resubmits the lost request, so the step completes; `restarts` counts how often that happened, and past
 the configured limit `TooManyRestarts` stops the run (the driver writes a checkpoint first).
+
+With asynchronous rollouts (rollout.max_staleness = k) the rollout producer thread generates while the driver's
+main thread publishes, probes and evaluates, so the fleet is used from two threads: a lock guards its bookkeeping,
+a new version becomes the default only once every worker holds it, and a worker death seen by both threads is
+recovered (and counted) once. Each worker keeps the k+1 newest versions, every one a batch in flight may name.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from learner.rewards.worker import RewardSetMismatch
 from rollout.worker import AdapterNotLoaded
@@ -40,8 +46,9 @@ class RolloutFleet:
         self.max_restarts = max_restarts
         self.keep_versions = keep_versions
         self.restarts = 0
-        self.version = 0  # newest published adapter version; 0 = the base model
+        self.version = 0  # newest adapter version every worker holds; 0 = the base model
         self._payloads: list = []  # ObjectRefs of the adapter versions in use, oldest first
+        self._lock = threading.RLock()
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
         """Deal prompts round-robin across workers and return the groups in prompt order.
@@ -64,18 +71,38 @@ class RolloutFleet:
         return groups
 
     def publish(self, payload_ref) -> float:
-        """Hot-load the adapter behind `payload_ref` into every worker; returns the wall milliseconds for all."""
-        self._payloads = (self._payloads + [payload_ref])[-self.keep_versions :]
-        self.version = ray.get(payload_ref).version
+        """Hot-load the adapter behind `payload_ref` into every worker; returns the wall milliseconds for all.
+
+        Each worker keeps the newest `keep_versions` versions. A worker busy with a generation request loads
+        after it, so with asynchronous rollouts this time includes that wait.
+        """
+        version = ray.get(payload_ref).version
+        with self._lock:
+            self._payloads = (self._payloads + [payload_ref])[-self.keep_versions :]
         t0 = time.perf_counter()
         for i, ref in enumerate([w.load_adapter.remote(payload_ref, self.keep_versions) for w in self.workers]):
             try:
                 ray.get(ref)
             except _DEAD as err:
                 self._recover(i, err)
+        self.version = version  # only now may a request name it: every worker holds it
         return (time.perf_counter() - t0) * 1e3
 
     def _recover(self, i: int, err: Exception) -> None:
+        with self._lock:
+            if self._holds_payloads(i):
+                return  # another thread saw the same death and already recovered this worker
+            self._reload(i, err)
+
+    def _holds_payloads(self, i: int) -> bool:
+        """Whether worker i answers and holds every version in use (it was already recovered)."""
+        try:
+            loaded = set(ray.get(self.workers[i].loaded_versions.remote(), timeout=RESTART_TIMEOUT_S))
+        except (*_DEAD, GetTimeoutError):
+            return False
+        return bool(self._payloads) and {ray.get(p).version for p in self._payloads} <= loaded
+
+    def _reload(self, i: int, err: Exception) -> None:
         self.restarts += 1
         if self.restarts > self.max_restarts:
             raise TooManyRestarts(

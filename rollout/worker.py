@@ -61,30 +61,42 @@ class RolloutWorker:
 
     # ----------------------------------------------------------------------------------------- adapters
     def load_adapter(self, payload: AdapterPayload, keep_versions: int = 1) -> float:
-        """Hot-load `payload` as the current version; keep the newest `keep_versions` versions, unload older ones.
+        """Hot-load `payload`; keep the newest `keep_versions` versions loaded, unload older ones.
 
-        Returns the wall time in milliseconds.
+        Older versions are removed before the new one is added, so the engine never holds more than
+        `keep_versions` (vLLM would otherwise evict one of its own choosing once `max_loras` is reached). Loading
+        a version already held changes nothing. Returns the wall time in milliseconds.
         """
         from vllm.lora.request import LoRARequest
 
         start = time.perf_counter()
-        path = self._adapter_root / f"v{payload.version}"
-        path.mkdir(parents=True, exist_ok=True)
-        for name, data in payload.files:
-            (path / name).write_bytes(data)
-        request = LoRARequest(f"v{payload.version}", payload.version, str(path))
-        self._llm.llm_engine.add_lora(request)
-        self._requests[payload.version] = request
-        self.version = payload.version
-        for old in sorted(self._requests)[:-keep_versions]:
+        kept = sorted({*self._requests, payload.version})[-keep_versions:]
+        for old in [v for v in self._requests if v not in kept]:
             self._llm.llm_engine.remove_lora(old)
             shutil.rmtree(self._adapter_root / f"v{old}", ignore_errors=True)
             del self._requests[old]
+        if payload.version in kept and payload.version not in self._requests:
+            path = self._adapter_root / f"v{payload.version}"
+            path.mkdir(parents=True, exist_ok=True)
+            for name, data in payload.files:
+                (path / name).write_bytes(data)
+            request = LoRARequest(f"v{payload.version}", payload.version, str(path))
+            self._llm.llm_engine.add_lora(request)
+            self._requests[payload.version] = request
+        self.version = max(self._requests, default=0)
         return (time.perf_counter() - start) * 1e3
 
     def loaded_versions(self) -> list[int]:
         """Adapter versions the engine holds now."""
         return sorted(self._llm.llm_engine.list_loras())
+
+    def adapter_files(self, version: int) -> dict[str, bytes]:
+        """The files this worker wrote for `version` into its own directory and gave the engine (tests check they
+        are the payload's bytes: nothing is read from the learner's disk)."""
+        path = Path(self._requests[version].lora_path)
+        if not path.is_relative_to(self._adapter_root):
+            raise RuntimeError(f"adapter version {version} is served from {path}, outside this worker's directory")
+        return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
     # --------------------------------------------------------------------------------------- generation
     def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:

@@ -106,7 +106,8 @@ class RolloutConfig(_Section):
     max_staleness: int = Field(0, ge=0)
     """Asynchronous rollouts: generation for step t+1..t+k may run while the learner trains step t, so a batch may
     come from an adapter up to k versions older than the one being trained (k = 0: fully on-policy, synchronous).
-    Off-policy samples are corrected by the truncated importance-sampling weight (algo.is_cap)."""
+    Off-policy samples are corrected by the truncated importance-sampling weight (algo.is_cap). Each engine keeps
+    the k+1 newest adapter versions loaded, so rollout.max_loras must be at least k+1."""
 
 
 class AlgoConfig(_Section):
@@ -266,6 +267,13 @@ class Config(_Section):
         if cache is not None and cache > self.rollout.max_new_tokens:
             raise ValueError(
                 f"algo.overlong_cache_len ({cache}) must be <= rollout.max_new_tokens ({self.rollout.max_new_tokens})"
+            )
+        r = self.rollout
+        if r.max_loras < r.max_staleness + 1:
+            raise ValueError(
+                f"rollout.max_loras ({r.max_loras}) must be >= rollout.max_staleness + 1 ({r.max_staleness + 1}): "
+                f"each engine keeps every adapter version a batch in flight may use; set "
+                f"rollout.max_loras={r.max_staleness + 1}"
             )
         if self.reference.reset_plateau_evals and not self.eval.every:
             raise ValueError("reference.reset_plateau_evals needs periodic evaluations: set eval.every > 0")

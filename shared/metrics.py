@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,19 +67,21 @@ class MetricsSink(Protocol):
 
 class MetricsWriter:
     """Appends one JSON object per line and flushes, so a crash loses at most the line being written; then hands
-    the record to every sink."""
+    the record to every sink. Thread-safe: with asynchronous rollouts the producer thread records reward swaps."""
 
     def __init__(self, path: Path, sinks: Sequence[MetricsSink] = ()) -> None:
         self.path = path
         self._file = path.open("a", encoding="utf-8")
         self._sinks = list(sinks)
+        self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: _clean(v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
-        for sink in self._sinks:
-            sink.write(clean)
+        with self._lock:
+            self._file.write(json.dumps(clean) + "\n")
+            self._file.flush()
+            for sink in self._sinks:
+                sink.write(clean)
 
     def reopen(self) -> None:
         """Append to the file again after it was replaced on disk (a resume dropping records); sinks stay open."""

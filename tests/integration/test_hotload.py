@@ -3,7 +3,8 @@
 After a learner update and a hot-load, the rollout worker's greedy tokens and their logprobs for fixed prompts must
 match transformers + peft loading the same adapter files independently, and must differ from the previous
 version. Tolerance: 2e-3 absolute on token logprobs (both sides run float32 on the CPU; the residue is kernel
-summation order).
+summation order). With asynchronous rollouts (max_staleness k) both workers keep exactly the k+1 newest versions
+and serve the newest; the adapter reaches them as bytes in the payload, never through a path the learner wrote.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import pytest
 import torch
 
 from launch.actors import start_learner, start_rollout_workers
+from launch.fleet import RolloutFleet
+from launch.probe import probe_served_adapter
+from rollout.worker import AdapterNotLoaded
 from shared.config import load_config
-from shared.records import SamplingSpec, TrainBatch, TrainSample
+from shared.records import AdapterPayload, SamplingSpec, TrainBatch, TrainSample
 
 PROMPTS = ["123+456=", "907+15=", "38+444="]
 GREEDY = SamplingSpec(n=1, max_tokens=6, temperature=0.0)
@@ -52,8 +56,8 @@ def _peft_logprobs(model_dir: Path, adapter_files, prompt_ids, completion_ids) -
     return per_token[start:].tolist(), logp.argmax(-1)[start:].tolist()
 
 
-def _update(ray, learner, workers, advantage_sign: float):
-    """One learner update on the workers' own samples, then hot-load the new adapter everywhere."""
+def _train(ray, learner, workers, advantage_sign: float) -> None:
+    """One learner update on the workers' own samples."""
     groups = ray.get(workers[0].generate.remote(PROMPTS, SamplingSpec(n=4, max_tokens=6, seed=3)))
     samples = tuple(
         TrainSample(g.prompt_token_ids, c.token_ids, c.logprobs, advantage_sign * (1.0 if i % 2 else -1.0), 0)
@@ -61,6 +65,11 @@ def _update(ray, learner, workers, advantage_sign: float):
         for i, c in enumerate(g.completions)
     )
     ray.get(learner.train_step.remote(TrainBatch(samples, step=1)))
+
+
+def _update(ray, learner, workers, advantage_sign: float):
+    """One learner update, then hot-load the new adapter everywhere."""
+    _train(ray, learner, workers, advantage_sign)
     payload = ray.get(learner.export_adapter.remote())
     ray.get([w.load_adapter.remote(payload, 2) for w in workers])
     return payload
@@ -109,3 +118,50 @@ def test_old_versions_are_unloaded(fleet):
     version = ray.get(learner.export_adapter.remote()).version
     for worker in workers:
         assert ray.get(worker.loaded_versions.remote()) == [version - 1, version]
+
+
+def test_both_workers_keep_the_last_k_plus_1_versions_and_serve_the_newest(fleet):
+    ray, workers, learner = fleet
+    k = 2  # the fixture's engines have max_loras = 3 = k + 1
+    rollout = RolloutFleet(workers, keep_versions=k + 1)
+    for sign in (1.0, -1.0, 1.0, -1.0):
+        _train(ray, learner, workers, sign)
+        rollout.publish(learner.export_adapter.remote())
+        newest = rollout.version
+        for worker in workers:
+            assert ray.get(worker.loaded_versions.remote()) == list(range(max(1, newest - k), newest + 1))
+        # Every worker's newest version is what the learner holds now (its logprobs, token by token).
+        assert probe_served_adapter(workers, learner, PROMPTS, 6, TOL) < TOL
+        groups = rollout.generate(PROMPTS, GREEDY)  # dealt across both workers
+        assert {c.adapter_version for g in groups for c in g.completions} == {newest}
+    for worker in workers:  # a version still kept is served on request; an older one is refused loudly
+        stale = ray.get(worker.generate.remote(PROMPTS[:1], GREEDY, newest - k))
+        assert stale[0].completions[0].adapter_version == newest - k
+        with pytest.raises(AdapterNotLoaded):
+            ray.get(worker.generate.remote(PROMPTS[:1], GREEDY, newest - k - 1))
+
+
+def test_adapter_travels_as_payload_bytes_not_through_a_shared_path(fleet):
+    """Each worker serves files it wrote itself from the payload's bytes; and an adapter that exists only in this
+    test's memory (never on any disk) is served too: a zeroed LoRA B gives exactly the base model."""
+    from safetensors.torch import load, save
+
+    ray, workers, learner = fleet
+    payload = ray.get(learner.export_adapter.remote())
+    for worker in workers:
+        assert ray.get(worker.adapter_files.remote(payload.version)) == dict(payload.files)
+
+    files = dict(payload.files)
+    tensors = load(files["adapter_model.safetensors"])
+    zeroed = {name: t.zero_() if "lora_B" in name else t for name, t in tensors.items()}
+    in_memory = AdapterPayload(
+        payload.version + 1,
+        (("adapter_config.json", files["adapter_config.json"]), ("adapter_model.safetensors", save(zeroed))),
+    )
+    ray.get(workers[1].load_adapter.remote(in_memory, 3))
+    base = ray.get(workers[1].generate.remote(PROMPTS, GREEDY, 0))
+    served = ray.get(workers[1].generate.remote(PROMPTS, GREEDY, in_memory.version))
+    for b, s in zip(base, served, strict=True):
+        assert s.completions[0].adapter_version == in_memory.version
+        assert s.completions[0].token_ids == b.completions[0].token_ids
+        assert max(abs(x - y) for x, y in zip(b.completions[0].logprobs, s.completions[0].logprobs, strict=True)) < TOL

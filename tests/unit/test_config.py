@@ -124,3 +124,10 @@ def test_algorithm_fields_have_docstrings():
     for section in (AlgoConfig, ReferenceConfig):
         for name, field in section.model_fields.items():
             assert field.description, f"{section.__name__}.{name} has no docstring"
+
+
+def test_max_staleness_needs_room_for_k_plus_1_adapter_versions():
+    assert load_config(overrides=["rollout.max_staleness=1"]).rollout.max_loras == 2  # the default fits k = 1
+    with pytest.raises(ConfigError, match=r"rollout.max_loras \(2\) must be >= rollout.max_staleness \+ 1 \(3\)"):
+        load_config(overrides=["rollout.max_staleness=2"])
+    assert load_config(overrides=["rollout.max_staleness=2", "rollout.max_loras=3"]).rollout.max_staleness == 2
