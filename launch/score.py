@@ -118,6 +118,8 @@ def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext | N
     required = {field for spec in specs for field in getattr(resolve_reward(spec.name), "context_requires", ())}
     if not required:
         return None
+    import ray
+
     from launch.actors import reward_context, start_ray, start_reward_model, start_rollout_workers
     from launch.rundir import resolve_model_path
 
@@ -126,4 +128,6 @@ def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext | N
     if "rollout_workers" in required:
         workers = start_rollout_workers(config, resolve_model_path(config.model.path))
     reward_model = start_reward_model(config) if "reward_model" in required else None
+    # Wait for the engines and models to load here, so their start-up does not count against rewards.timeout_s.
+    ray.get([actor.__ray_ready__.remote() for actor in [*workers, reward_model] if actor is not None])
     return reward_context(config, workers, reward_model)
