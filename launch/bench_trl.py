@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from launch.basemodel import greedy_accuracy
 from shared.config import Config
@@ -120,7 +120,10 @@ def run_trl(config: Config, model_path: str, steps: int) -> TrlFigures:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     lora = config.lora
     peft_config = LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
     timer = _StepTimer()
@@ -134,6 +137,7 @@ def run_trl(config: Config, model_path: str, steps: int) -> TrlFigures:
             peft_config=peft_config,
             callbacks=[timer],
         )
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict; the bench prints its own table
         trainer.train()
     heldout = task.heldout_rows(config.eval.size, config.run.seed)
     trainer.model.eval()
