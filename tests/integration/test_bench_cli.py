@@ -42,5 +42,5 @@ def test_quick_bench_writes_every_figure(tiny_model, tmp_path):
         assert ROW_KEYS <= result[row].keys()
         assert all(math.isfinite(v) for v in result[row].values()), row
     assert result["outputs_match"] is True  # raw vLLM and the rollout worker returned the same tokens
-    assert result["settings"]["model_params"] > 0 and result["settings"]["steps"] == 3
+    assert result["model_params"] > 0 and result["settings"]["steps"] == 3
     assert MACHINE_KEYS <= result["machine"].keys()

