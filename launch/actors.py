@@ -48,6 +48,11 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
     )
 
 
+WORKER_NICENESS = 0
+"""Niceness of the worker processes of a local Ray. Ray's default (15) makes every actor, i.e. all of a run's
+engines and its learner, yield the CPU to any other process; on a machine shared with other work that cost the
+rollout worker a third of the raw engine's throughput (`prolora bench`, rollout_vs_vllm)."""
+
 SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
 """Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""
 
@@ -66,7 +71,12 @@ def start_ray(config: Config) -> None:
             check_fits(config, [n["Resources"] for n in ray.nodes() if n["Alive"]], address)
         return
     slots = round(sum(d.cpus for d in run_demands(config)))
-    ray.init(num_cpus=max(os.cpu_count() or 1, slots), include_dashboard=False, log_to_driver=True)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, slots),
+        include_dashboard=False,
+        log_to_driver=True,
+        _system_config={"worker_niceness": WORKER_NICENESS},
+    )
 
 
 def _engine_env(config: Config) -> dict[str, str]:

@@ -45,6 +45,21 @@ MODEL_SIZES = {
     "num_key_value_heads": 4,
     "head_dim": 32,
 }
+LARGE_MODEL_SIZES = {
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "max_position_embeddings": 256,
+}
+"""About 25M parameters, for `prolora bench --size large`: big enough that generating 128-token completions, not
+Python overhead, dominates a step. Positions for a short prompt plus 128 generated tokens."""
+SIZES = {"default": MODEL_SIZES, "large": LARGE_MODEL_SIZES}
+SIZE_SFT_STEPS = {"large": 0}
+"""Warm-start budget per size where it differs from SFT_STEPS: the large model stays randomly initialised (a warm
+start of 25M parameters takes far longer on a CPU than a benchmark should wait, and throughput needs no skill)."""
 SFT_STEPS = {"arith": 800, "translate": 150}
 """Warm-start step budget per task; it usually ends earlier, see SFT_TARGET_ACCURACY."""
 SFT_BATCH = 64
@@ -87,16 +102,16 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def model_config() -> LlamaConfig:
+def model_config(size: str = "default") -> LlamaConfig:
+    """The Llama config of the built-in model of `size` (a key of SIZES)."""
     return LlamaConfig(
+        **{"max_position_embeddings": MAX_POSITIONS, **SIZES[size]},
         vocab_size=len(SPECIAL_TOKENS) + len(CHARSET),
-        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=False,
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         initializer_range=SFT_INIT_STD,
-        **MODEL_SIZES,
     )
 
 
@@ -174,28 +189,33 @@ def _warm_start(
 
 @torch.no_grad()
 def greedy_accuracy(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_name: str, rows: Rows
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_name: str, rows: Rows,
+    max_new_tokens: int | None = None,
 ) -> float:
-    """Share of rows whose greedy completion is correct, with the same formatting the rollouts use."""
+    """Share of rows whose greedy completion is correct, with the same formatting the rollouts use.
+
+    `max_new_tokens` defaults to the task's completion budget.
+    """
     task = get_task(task_name)
     enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
     out_NT = model.generate(
-        **enc, max_new_tokens=task.max_new_tokens, do_sample=False, pad_token_id=PAD_ID, eos_token_id=EOS_ID
+        **enc, max_new_tokens=max_new_tokens or task.max_new_tokens, do_sample=False, pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
     )
     texts = tokenizer.batch_decode(out_NT[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
     return sum(task.is_correct(t, r["answer"]) for t, r in zip(texts, rows, strict=True)) / len(rows)
 
 
 def build_base_model(
-    out_dir: str | Path, task_name: str = "arith", sft_steps: int | None = None, seed: int = 0
+    out_dir: str | Path, task_name: str = "arith", sft_steps: int | None = None, seed: int = 0, size: str = "default"
 ) -> Path:
-    """Build the tiny model, warm-start it on `task_name` for `sft_steps` steps and save it to `out_dir`."""
+    """Build the model of `size`, warm-start it on `task_name` for `sft_steps` steps and save it to `out_dir`."""
     out_dir = Path(out_dir)
     steps = SFT_STEPS[task_name] if sft_steps is None else sft_steps
     threads = torch.get_num_threads()
     torch.set_num_threads(BUILD_THREADS)
     try:
-        model, tokenizer = _build(task_name, steps, seed)
+        model, tokenizer = _build(task_name, steps, seed, size)
     finally:
         torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,11 +225,13 @@ def build_base_model(
     return out_dir
 
 
-def _build(task_name: str, steps: int, seed: int) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def _build(
+    task_name: str, steps: int, seed: int, size: str = "default"
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     task = get_task(task_name)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(model_config())
+    model = LlamaForCausalLM(model_config(size))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[basemodel] building the {task_name} base model: {n_params / 1e6:.2f}M params, "
           f"at most {steps} warm-start steps", flush=True)
@@ -222,10 +244,10 @@ def _build(task_name: str, steps: int, seed: int) -> tuple[LlamaForCausalLM, Pre
     return model, tokenizer
 
 
-def _settings_hash(task_name: str, sft_steps: int, seed: int) -> str:
+def _settings_hash(task_name: str, sft_steps: int, seed: int, size: str = "default") -> str:
     """Short hash of everything the build depends on; a few warm-start rows stand in for the task's data recipe."""
     settings = {
-        "version": BUILD_VERSION, "task": task_name, "sft_steps": sft_steps, "seed": seed, "sizes": MODEL_SIZES,
+        "version": BUILD_VERSION, "task": task_name, "sft_steps": sft_steps, "seed": seed, "sizes": SIZES[size],
         "charset": CHARSET, "batch": SFT_BATCH, "lr": SFT_LR, "warmup": SFT_WARMUP, "init": SFT_INIT_STD,
         "target": SFT_TARGET_ACCURACY[task_name], "decay": SFT_DECAY[task_name], "eval_every": SFT_EVAL_EVERY,
         "threads": BUILD_THREADS, "data": get_task(task_name).warmup_rows(20, 1_000_000 + seed),
@@ -239,22 +261,23 @@ def default_cache_dir() -> Path:
 
 
 def ensure_base_model(
-    task_name: str = "arith", cache_dir: Path | None = None, *, sft_steps: int | None = None
+    task_name: str = "arith", cache_dir: Path | None = None, *, sft_steps: int | None = None, size: str = "default"
 ) -> Path:
-    """The cached base model directory for `task_name`, built on first use.
+    """The cached base model directory for `task_name` and `size` (a key of SIZES), built on first use.
 
     `cache_dir` holds one directory per build setting (default: `default_cache_dir()`).
     """
-    steps = SFT_STEPS[task_name] if sft_steps is None else sft_steps
+    steps = SIZE_SFT_STEPS.get(size, SFT_STEPS[task_name]) if sft_steps is None else sft_steps
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    final = cache_dir / f"{task_name}-{_settings_hash(task_name, steps, seed=0)}"
+    prefix = task_name if size == "default" else f"{task_name}-{size}"
+    final = cache_dir / f"{prefix}-{_settings_hash(task_name, steps, 0, size)}"
     if (final / "config.json").is_file():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
     try:
-        build_base_model(tmp, task_name, steps, seed=0)
+        build_base_model(tmp, task_name, steps, seed=0, size=size)
         try:
             tmp.rename(final)
         except OSError:

@@ -1,7 +1,8 @@
 """The `prolora` command.
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
-    prolora bench [CONFIG] [--set key=value ...] [--rounds N] [--steps N] [--out FILE]
+    prolora bench [CONFIG] [--set key=value ...] [--size default|large] [--quick] [--rounds N] [--steps N]
+                  [--out FILE]
     prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora jobs [--address URL]
     prolora logs JOB [--address URL] [--follow]
@@ -111,15 +112,23 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser)
-    parser.add_argument("--rounds", type=int, default=5, help="timed generation rounds per engine")
-    parser.add_argument("--steps", type=int, default=10, help="training steps for the hot-load share")
+    parser.add_argument("--size", choices=["default", "large"], default="default",
+                        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions")
+    parser.add_argument("--quick", action="store_true", help="a short run for CI (4 prompts, 3 steps, 3 rounds)")
+    parser.add_argument("--rounds", type=int, help="timed generation rounds per engine (default 5; quick 3)")
+    parser.add_argument("--steps", type=int, help="training steps of each training row (default 10; quick 3)")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON figures")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from launch.bench import run_bench
+    from launch.bench import QUICK_ROUNDS, QUICK_STEPS, bench_overrides, run_bench
 
-    run_bench(load_config(resolve_config(args.config), args.overrides), Path(args.out), args.rounds, args.steps)
+    config_file = resolve_config(args.config)
+    task = load_config(config_file, args.overrides).task.name
+    config = load_config(config_file, [*bench_overrides(args.size, args.quick, task), *args.overrides])
+    steps = args.steps or (QUICK_STEPS if args.quick else 10)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else 5)
+    run_bench(config, Path(args.out), size=args.size, steps=steps, rounds=rounds)
     return 0
 
 
@@ -252,7 +261,7 @@ def _score(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("run GRPO training", _train_args, _train),
-    "bench": ("rollout throughput vs raw vLLM, and hot-load share of step time", _bench_args, _bench),
+    "bench": ("raw vLLM, rollout workers, sync and async training and TRL on the same work", _bench_args, _bench),
     "submit": ("submit a training run to a Ray cluster as a job", _submit_args, _submit),
     "jobs": ("list the cluster's jobs", _jobs_args, _jobs),
     "logs": ("print (or follow) a job's logs", _logs_args, _logs),

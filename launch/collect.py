@@ -99,7 +99,8 @@ def _sampling(config: Config, step: int, round_: int) -> SamplingSpec:
     # Rounds of one step need seeds of their own; round 0 keeps the seed a run without refills uses.
     seed = config.run.seed + step + 1_000_003 * round_
     return SamplingSpec(
-        n=r.group_size, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=seed
+        n=r.group_size, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=seed,
+        min_tokens=r.min_new_tokens,
     )
 
 

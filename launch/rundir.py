@@ -38,11 +38,15 @@ class RunDirError(UserError):
 
 
 def resolve_model_path(path: str) -> str:
-    """`builtin:<task>` builds (once, cached) the project's tiny warm-started model; anything else must exist."""
+    """`builtin:<task>` builds (once, cached) the project's tiny warm-started model, `builtin:<task>@large` the
+    randomly initialised ~25M-parameter one the benchmark uses; anything else must exist."""
     if path.startswith("builtin:"):
-        from launch.basemodel import ensure_base_model
+        from launch.basemodel import SIZES, ensure_base_model
 
-        return str(ensure_base_model(path.removeprefix("builtin:")))
+        task, _, size = path.removeprefix("builtin:").partition("@")
+        if size and size not in SIZES:
+            raise UserError(f"model.path {path!r}: unknown size {size!r}; sizes: {', '.join(SIZES)}")
+        return str(ensure_base_model(task, size=size or "default"))
     if not Path(path).is_dir():
         raise UserError(f"model.path {path!r} does not exist (expected a Hugging Face model directory)")
     return path

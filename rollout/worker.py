@@ -113,6 +113,7 @@ class RolloutWorker:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
+                min_tokens=sampling.min_tokens,
                 seed=None if sampling.seed is None else sampling.seed + i,
                 logprobs=0,
             )

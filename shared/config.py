@@ -87,6 +87,9 @@ class RolloutConfig(_Section):
     group_size: int = Field(8, ge=2)
     """Completions per prompt (G)."""
     max_new_tokens: int = Field(8, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    """Suppress EOS until a completion has this many tokens (0: off). For benchmarks that need completions of a
+    fixed length (`prolora bench --size large`); a real task leaves it at 0."""
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     kv_cache_gib: int = Field(1, ge=1)

