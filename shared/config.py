@@ -175,7 +175,8 @@ class TrainConfig(_Section):
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the learner actor (0 on CPU machines)."""
     num_threads: int | None = None
-    """torch intra-op threads in the learner; None leaves torch's default."""
+    """OpenMP/torch threads of each engine and of the learner; None: every core, or half of them with
+    rollout.max_staleness > 0, when engine and learner compute at once (launch/actors.py threads_per_actor)."""
     max_nonfinite_steps: int = Field(3, ge=1)
     """Consecutive steps with a non-finite loss or gradient (updates skipped) before the run stops."""
 
