@@ -106,20 +106,9 @@ def _raw_engine(model_path: str, config: Config):
 
 def _raw_round(llm, prompts: list[str], sampling: SamplingSpec) -> list[list[int]]:
     """One raw generate call with the parameters a rollout worker builds (per-prompt seeds, logprobs=0)."""
-    from vllm import SamplingParams
+    from rollout.worker import sampling_params
 
-    params = [
-        SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            min_tokens=sampling.min_tokens,
-            seed=sampling.seed + i,
-            logprobs=0,
-        )
-        for i in range(len(prompts))
-    ]
+    params = sampling_params(sampling, len(prompts))
     outputs = llm.generate(prompts, params, use_tqdm=False)
     return [list(c.token_ids) for o in outputs for c in o.outputs]
 

@@ -101,24 +101,11 @@ class RolloutWorker:
     # --------------------------------------------------------------------------------------- generation
     def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
         """Sample `sampling.n` completions for every prompt with adapter `version` (default: the newest)."""
-        from vllm import SamplingParams
-
         version = self.version if version is None else version
         lora = self._requests.get(version) if version else None
         if version and lora is None:
             raise AdapterNotLoaded(f"adapter version {version} is not loaded here (loaded: {sorted(self._requests)})")
-        params = [
-            SamplingParams(
-                n=sampling.n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                min_tokens=sampling.min_tokens,
-                seed=None if sampling.seed is None else sampling.seed + i,
-                logprobs=0,
-            )
-            for i in range(len(prompts))
-        ]
+        params = sampling_params(sampling, len(prompts))
         outputs = self._llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         return [_to_group(out, version) for out in outputs]
 
@@ -131,6 +118,24 @@ class RolloutWorker:
 
 MAX_NUM_SEQS = 256
 """Sequences an engine runs at once (vLLM's default on CPU)."""
+
+
+def sampling_params(sampling: SamplingSpec, n_prompts: int) -> list:
+    """vLLM SamplingParams for `n_prompts` prompts: prompt i gets seed + i, and each sampled token its logprob."""
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            min_tokens=sampling.min_tokens,
+            seed=None if sampling.seed is None else sampling.seed + i,
+            logprobs=0,
+        )
+        for i in range(n_prompts)
+    ]
 
 
 def engine_args(
