@@ -3,12 +3,14 @@
 With rollout.max_staleness = k, every rollout of step s comes from an adapter version in [s-1-k, s-1], the metrics
 say so (staleness_max <= k), and the pipeline really overlapped (some step trained on a stale batch). A run
 stopped by SIGINT while batches are made ahead exits cleanly with a checkpoint, and its resume trains the same
-prompts at every step as the uninterrupted run: the prefetched, untrained batches are drawn again.
+prompts at every step as the uninterrupted run: the prefetched, untrained batches are drawn again. A reward swap
+through rewards.yaml and prompt retirement keep their documented timing while batches are made ahead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +18,9 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+
+from launch.reward_swap import REWARDS_FILE
+from tests.live_run import SWAPPED_SET, assert_swapped_at, wait_for_step, write_rewards
 
 STEPS = 5
 
@@ -26,9 +31,9 @@ OVERRIDES = [
 ]  # fmt: skip
 
 
-def _args(tiny_model, run_dir, k: int) -> list[str]:
-    sets = [f"model.path={tiny_model}", *OVERRIDES, f"rollout.max_staleness={k}", f"rollout.max_loras={k + 1}"]
-    command = ["train", "--steps", str(STEPS), "--run-dir", str(run_dir)]
+def _args(tiny_model, run_dir, k: int, steps: int = STEPS, extra: tuple[str, ...] = ()) -> list[str]:
+    sets = [f"model.path={tiny_model}", *OVERRIDES, f"rollout.max_staleness={k}", f"rollout.max_loras={k + 1}", *extra]
+    command = ["train", "--steps", str(steps), "--run-dir", str(run_dir)]
     return [sys.executable, "-m", "launch.cli", *command, *[arg for s in sets for arg in ("--set", s)]]
 
 
@@ -93,3 +98,52 @@ def test_sigint_stops_cleanly_and_resume_keeps_the_data_order(runs, tiny_model, 
     assert [r["step"] for r in _step_records(run_dir)] == list(range(1, STEPS + 1))
     prompts = lambda d: sorted((r["step"], r["prompt"]) for r in _rollouts(d))  # noqa: E731
     assert prompts(run_dir) == prompts(runs[k])
+
+
+def test_reward_swap_in_a_live_async_run(tiny_model, tmp_path):
+    """k = 1. The producer polls rewards.yaml before each batch it makes, so the swap lands within k+2 steps of the
+    last trained step seen when the file was written, and is exact from the recorded step on."""
+    k, steps, run_dir = 1, 10, tmp_path / "live"
+    proc = subprocess.Popen(
+        _args(tiny_model, run_dir, k, steps), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        written_after = wait_for_step(run_dir / "metrics.jsonl", 2, proc)
+        write_rewards(run_dir / REWARDS_FILE, SWAPPED_SET)
+        _, stderr = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    at = assert_swapped_at(run_dir, steps, rows_per_step=4 * 4)
+    assert written_after < at <= written_after + k + 2 and at < steps, (written_after, at)
+
+
+PARITY_REWARD = """
+def parity(prompts, completions, **kwargs):
+    return [float(sum(map(ord, p)) % 2) for p in prompts]
+"""
+
+
+def test_retired_prompts_are_not_drawn_from_batch_t_plus_k_plus_1_in_an_async_run(tiny_model, tmp_path):
+    """k = 1, retire_after 1, and a reward that depends only on the prompt (its character-code parity), so the same
+    prompts retire whatever the model does. 8 training prompts, 4 a step: every epoch after the first draws among
+    the prompts still in. A prompt retired when step t is trained may still be in batch t+1 (drawn ahead), never
+    in a later one."""
+    (tmp_path / "parity_reward.py").write_text(PARITY_REWARD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    k, steps, run_dir = 1, 8, tmp_path / "run"
+    extra = ("task.train_size=8", "task.retire_after=1", "rewards.functions=[{name: 'parity_reward:parity'}]")
+    proc = subprocess.run(
+        _args(tiny_model, run_dir, k, steps, extra), capture_output=True, text=True, timeout=900, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    rows = _rollouts(run_dir)
+    odd = {r["prompt"] for r in rows if sum(map(ord, r["prompt"])) % 2}
+    visits = [json.loads(line) for line in (run_dir / "prompt_history.jsonl").read_text().splitlines()]
+    retired_at = {v["prompt"]: v["step"] for v in visits if v["retired"]}
+    assert set(retired_at) == odd and 0 < len(odd) < 8, (retired_at, odd)
+    for row in rows:
+        t = retired_at.get(row["prompt"])
+        assert t is None or row["step"] <= t + k, (row["prompt"], row["step"], t)
+    assert {r["prompt"] for r in rows if r["step"] == steps} <= {r["prompt"] for r in rows} - odd
