@@ -39,7 +39,12 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
     reward_model = start_reward_model(config)
     context = reward_context(config, workers, reward_model)
     return Actors(
-        fleet=RolloutFleet(workers, config.rollout.max_restarts, keep_versions=config.rollout.max_staleness + 1),
+        fleet=RolloutFleet(
+            workers,
+            config.rollout.max_restarts,
+            keep_versions=config.rollout.max_staleness + 1,
+            probe_tolerance=config.rollout.probe_tolerance,
+        ),
         learner=start_learner(config, model_path),
         rewarders=RewardPool(
             start_reward_actors(config, reward_specs, context), reward_specs, config.rewards.max_restarts

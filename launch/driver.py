@@ -49,7 +49,7 @@ from launch.datafiles import TaskData, load_task_data, token_counter
 from launch.evaluate import EvalResult, evaluate
 from launch.fleet import TooManyRestarts
 from launch.pipeline import Prefetcher, check_staleness
-from launch.probe import StaleAdapterError, probe_served_adapter
+from launch.probe import StaleAdapterError, probe_prompts
 from launch.progress import Progress
 from launch.reward_swap import RewardSwap, check_reward_specs
 from launch.rundir import RunDir, resolve_model_path
@@ -67,9 +67,6 @@ from learner.reference import ResetCause, ResetTriggers
 from shared.config import Config
 from shared.records import AdapterPayload, TrainStats
 from shared.tasks import Task, get_task
-
-PROBE_PROMPTS = ["0", "1+"]
-"""Fixed probe prompts for the served-adapter check; any text works, these are valid for the char tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -263,27 +260,20 @@ def run_step(
     versions = [c.adapter_version for g in collected.groups for c in g.completions]
     staleness = check_staleness(step, versions, config.rollout.max_staleness)
     stats = ray.get(actors.learner.train_step.remote(collected.batch))
-    payload = actors.learner.export_adapter.remote()
+    probing = _due(step, config.rollout.probe_every)
+    probe = probe_prompts(collected.groups, config.model.max_model_len) if probing else ()
+    payload = actors.learner.export_adapter.remote(*probe)
     train_s = time.perf_counter() - t1
-    sync_ms = actors.fleet.publish(payload)
-    probe_diff = None
-    if _due(step, config.rollout.probe_every):
-        probe_diff = probe_served_adapter(
-            actors.fleet.workers,
-            actors.learner,
-            PROBE_PROMPTS,
-            config.rollout.max_new_tokens,
-            config.rollout.probe_tolerance,
-        )
+    published = actors.fleet.publish(payload)
     adapter = ray.get(payload)
     run.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
     reset_cause = _reset_reference_if_due(step, stats, adapter, config, actors, curriculum, run)
     _track_prompts(step, collected, config, curriculum, run)
-    record = _step_record(step, collected, stats, reset_cause, t0, train_s, sync_ms)
+    record = _step_record(step, collected, stats, reset_cause, t0, train_s, published.sync_ms)
     record.update(wait_s=t1 - t0, staleness_mean=sum(staleness) / len(staleness), staleness_max=max(staleness))
     record["worker_restarts"] = actors.fleet.restarts
     record["reward_restarts"] = actors.rewarders.restarts
-    record["probe_max_diff"] = probe_diff
+    record["probe_max_diff"] = published.probe_max_diff
     run.metrics.write(record)
     if config.log.rollouts:
         run.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)

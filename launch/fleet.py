@@ -20,14 +20,16 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from launch.probe import check_probe
 from learner.rewards.worker import RewardSetMismatch
 from rollout.worker import AdapterNotLoaded
 from shared.config import RewardSpec
-from shared.records import Group, RewardBatch, RewardScores, SamplingSpec
+from shared.records import Group, HotLoad, RewardBatch, RewardScores, SamplingSpec
 
 log = logging.getLogger(__name__)
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -38,13 +40,26 @@ class TooManyRestarts(RuntimeError):
     """Actors of one fleet died more often than its limit (`rollout.max_restarts`, `rewards.max_restarts`) allows."""
 
 
+@dataclass(frozen=True)
+class Published:
+    """One adapter version hot-loaded into every worker."""
+
+    sync_ms: float
+    """Wall milliseconds from the first load request to the last worker's answer (probe scoring included)."""
+    probe_max_diff: float | None
+    """Largest |engine - learner| probe token logprob over the workers; None when the version carried no probe."""
+
+
 class RolloutFleet:
     """The rollout workers of a run, with the adapter versions they must serve."""
 
-    def __init__(self, workers: list, max_restarts: int = 3, keep_versions: int = 1) -> None:
+    def __init__(
+        self, workers: list, max_restarts: int = 3, keep_versions: int = 1, probe_tolerance: float = 0.05
+    ) -> None:
         self.workers = workers
         self.max_restarts = max_restarts
         self.keep_versions = keep_versions
+        self.probe_tolerance = probe_tolerance
         self.restarts = 0
         self.version = 0  # newest adapter version every worker holds; 0 = the base model
         self._payloads: list = []  # ObjectRefs of the adapter versions in use, oldest first
@@ -70,23 +85,28 @@ class RolloutFleet:
                 pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
         return groups
 
-    def publish(self, payload_ref) -> float:
-        """Hot-load the adapter behind `payload_ref` into every worker; returns the wall milliseconds for all.
+    def publish(self, payload_ref) -> Published:
+        """Hot-load the adapter behind `payload_ref` into every worker and check its probe, if it carries one.
 
         Each worker keeps the newest `keep_versions` versions. A worker busy with a generation request loads
-        after it, so with asynchronous rollouts this time includes that wait.
+        after it, so with asynchronous rollouts `sync_ms` includes that wait. Raises StaleAdapterError if a worker's
+        engine disagrees with the learner on the probe tokens; the version then never becomes the default.
         """
-        version = ray.get(payload_ref).version
+        payload = ray.get(payload_ref)
         with self._lock:
             self._payloads = (self._payloads + [payload_ref])[-self.keep_versions :]
         t0 = time.perf_counter()
+        reports: list[HotLoad] = []
         for i, ref in enumerate([w.load_adapter.remote(payload_ref, self.keep_versions) for w in self.workers]):
             try:
-                ray.get(ref)
+                reports.append(ray.get(ref))
             except _DEAD as err:
                 self._recover(i, err)
-        self.version = version  # only now may a request name it: every worker holds it
-        return (time.perf_counter() - t0) * 1e3
+                reports.append(ray.get(self.workers[i].load_adapter.remote(payload_ref, self.keep_versions)))
+        sync_ms = (time.perf_counter() - t0) * 1e3
+        probe_diff = None if payload.probe is None else check_probe(payload.probe, reports, self.probe_tolerance)
+        self.version = payload.version  # only now may a request name it: every worker holds it
+        return Published(sync_ms, probe_diff)
 
     def _recover(self, i: int, err: Exception) -> None:
         with self._lock:

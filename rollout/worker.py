@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.records import AdapterPayload, Completion, Group, SamplingSpec
+from shared.records import AdapterPayload, Completion, Group, HotLoad, SamplingSpec
 
 
 class AdapterNotLoaded(KeyError):
@@ -60,12 +60,13 @@ class RolloutWorker:
         self.version = 0  # 0 = base model, no adapter
 
     # ----------------------------------------------------------------------------------------- adapters
-    def load_adapter(self, payload: AdapterPayload, keep_versions: int = 1) -> float:
+    def load_adapter(self, payload: AdapterPayload, keep_versions: int = 1) -> HotLoad:
         """Hot-load `payload`; keep the newest `keep_versions` versions loaded, unload older ones.
 
         Older versions are removed before the new one is added, so the engine never holds more than
         `keep_versions` (vLLM would otherwise evict one of its own choosing once `max_loras` is reached). Loading
-        a version already held changes nothing. Returns the wall time in milliseconds.
+        a version already held changes nothing. If the payload carries a probe, the engine then decodes its prompts
+        greedily under the version just loaded, in the same call, so nothing can run between the load and its check.
         """
         from vllm.lora.request import LoRARequest
 
@@ -84,7 +85,26 @@ class RolloutWorker:
             self._llm.llm_engine.add_lora(request)
             self._requests[payload.version] = request
         self.version = max(self._requests, default=0)
-        return (time.perf_counter() - start) * 1e3
+        load_ms = (time.perf_counter() - start) * 1e3
+        if payload.probe is None:
+            return HotLoad(payload.version, load_ms)
+        tokens, logprobs = self._greedy(
+            payload.probe.prompt_token_ids, len(payload.probe.token_ids[0]), payload.version
+        )
+        return HotLoad(payload.version, load_ms, tokens, logprobs)
+
+    def _greedy(self, prompt_token_ids, n_tokens: int, version: int):
+        """Greedy continuation of each prompt under adapter `version`, `n_tokens` long, with every token's logprob
+        (greedy sampling reports raw, temperature-1 logprobs)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=n_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+        lora = self._requests.get(version) if version else None
+        outputs = self._llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        groups = [_to_group(out, version) for out in outputs]
+        return tuple(g.completions[0].token_ids for g in groups), tuple(g.completions[0].logprobs for g in groups)
 
     def loaded_versions(self) -> list[int]:
         """Adapter versions the engine holds now."""

@@ -103,7 +103,8 @@ class RolloutConfig(_Section):
     max_restarts: int = Field(3, ge=0)
     """Restarts of dead rollout workers a run tolerates before it stops with a checkpoint."""
     probe_every: int = Field(1, ge=0)
-    """Check every N hot-loads that each engine's logprobs on fixed probe prompts match the learner's (0: never)."""
+    """Check every N hot-loads that each engine's greedy logprobs on two prompts of the batch just trained match the
+    learner's under the same version (launch/probe.py; 0: never)."""
     probe_tolerance: float = Field(0.05, gt=0.0)
     """Largest |engine - learner| token logprob the probe accepts (float32 on CPU agrees to ~1e-5; bf16 ~1e-2)."""
     max_staleness: int = Field(0, ge=0)

@@ -59,6 +59,30 @@ class AdapterPayload:
 
     version: int
     files: tuple[tuple[str, bytes], ...]
+    probe: ProbeSet | None = None
+    """Token sequences scored by the learner under exactly this version; an engine loading it scores them too."""
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """The served-adapter probe's expectation, pinned to one adapter version (launch/probe.py): the learner's greedy
+    continuation of each prompt under that version, with the (temperature-1) logprob of every token it chose."""
+
+    prompt_token_ids: tuple[tuple[int, ...], ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    logprobs: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class HotLoad:
+    """What a rollout worker reports after loading an adapter version."""
+
+    version: int
+    load_ms: float
+    """Wall time of the load itself (files written, adapter registered with the engine)."""
+    probe_token_ids: tuple[tuple[int, ...], ...] | None = None
+    """The engine's greedy continuation of each probe prompt under the loaded version (None: no probe sent)."""
+    probe_logprobs: tuple[tuple[float, ...], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from launch.actors import start_learner, start_rollout_workers
 from launch.fleet import RolloutFleet
-from launch.probe import probe_served_adapter
+from launch.probe import StaleAdapterError, probe_prompts
 from rollout.worker import AdapterNotLoaded
 from shared.config import load_config
 from shared.records import AdapterPayload, SamplingSpec, TrainBatch, TrainSample
@@ -57,7 +57,7 @@ def _peft_logprobs(model_dir: Path, adapter_files, prompt_ids, completion_ids) -
 
 
 def _train(ray, learner, workers, advantage_sign: float) -> None:
-    """One learner update on the workers' own samples."""
+    """One learner update on the workers' own samples; returns them."""
     groups = ray.get(workers[0].generate.remote(PROMPTS, SamplingSpec(n=4, max_tokens=6, seed=3)))
     samples = tuple(
         TrainSample(g.prompt_token_ids, c.token_ids, c.logprobs, advantage_sign * (1.0 if i % 2 else -1.0), 0)
@@ -65,6 +65,7 @@ def _train(ray, learner, workers, advantage_sign: float) -> None:
         for i, c in enumerate(g.completions)
     )
     ray.get(learner.train_step.remote(TrainBatch(samples, step=1)))
+    return groups
 
 
 def _update(ray, learner, workers, advantage_sign: float):
@@ -125,13 +126,14 @@ def test_both_workers_keep_the_last_k_plus_1_versions_and_serve_the_newest(fleet
     k = 2  # the fixture's engines have max_loras = 3 = k + 1
     rollout = RolloutFleet(workers, keep_versions=k + 1)
     for sign in (1.0, -1.0, 1.0, -1.0):
-        _train(ray, learner, workers, sign)
-        rollout.publish(learner.export_adapter.remote())
+        groups = _train(ray, learner, workers, sign)
+        # The probe: both engines score the learner's own completions under the version just loaded, in the load
+        # call, and agree with the learner's logprobs under that version, token by token.
+        published = rollout.publish(learner.export_adapter.remote(*probe_prompts(groups, max_model_len=64)))
+        assert published.probe_max_diff is not None and published.probe_max_diff < TOL
         newest = rollout.version
         for worker in workers:
             assert ray.get(worker.loaded_versions.remote()) == list(range(max(1, newest - k), newest + 1))
-        # Every worker's newest version is what the learner holds now (its logprobs, token by token).
-        assert probe_served_adapter(workers, learner, PROMPTS, 6, TOL) < TOL
         groups = rollout.generate(PROMPTS, GREEDY)  # dealt across both workers
         assert {c.adapter_version for g in groups for c in g.completions} == {newest}
     for worker in workers:  # a version still kept is served on request; an older one is refused loudly
@@ -165,3 +167,20 @@ def test_adapter_travels_as_payload_bytes_not_through_a_shared_path(fleet):
         assert s.completions[0].adapter_version == in_memory.version
         assert s.completions[0].token_ids == b.completions[0].token_ids
         assert max(abs(x - y) for x, y in zip(b.completions[0].logprobs, s.completions[0].logprobs, strict=True)) < TOL
+
+
+def test_probe_stops_a_version_the_engine_does_not_serve(fleet):
+    """A payload whose probe expectation is not what its files give (here: the expectation of the next version)
+    is refused, and the fleet's default version does not move."""
+    ray, workers, learner = fleet
+    rollout = RolloutFleet(workers, keep_versions=3, probe_tolerance=TOL)
+    groups = _train(ray, learner, workers, 1.0)
+    probe = probe_prompts(groups, max_model_len=64)
+    current = ray.get(learner.export_adapter.remote(*probe))
+    _train(ray, learner, workers, -1.0)
+    expected_later = ray.get(learner.export_adapter.remote(*probe)).probe
+    mismatched = AdapterPayload(current.version, current.files, expected_later)
+    before = rollout.version
+    with pytest.raises(StaleAdapterError, match="rollout worker 0 loaded adapter version .* greedy logprobs differ"):
+        rollout.publish(ray.put(mismatched))
+    assert rollout.version == before
