@@ -47,8 +47,9 @@ SIZE_OVERRIDES = {
     ],
 }
 """Config overrides per `--size` (before the user's own --set, which win)."""
-COMMON_OVERRIDES = ["eval.every=0", "eval.size=64", "eval.k=1", "eval.n_samples=1"]
-"""Only greedy held-out pass@1 is reported, so evaluation samples nothing else."""
+COMMON_OVERRIDES = ["eval.every=0", "eval.size=64", "eval.k=1", "eval.n_samples=1", "algo.log_kl=false"]
+"""Only greedy held-out pass@1 is reported, so evaluation samples nothing else. The KL is not measured when the loss
+does not use it (kl_coef 0), as TRL does at beta 0: the same work on both sides."""
 QUICK_OVERRIDES = ["rollout.prompts_per_step=4", "eval.size=8"]
 """`--quick` (CI): fewer prompts and a smaller held-out set; fewer steps and rounds come from QUICK_STEPS/ROUNDS."""
 QUICK_STEPS, QUICK_ROUNDS = 3, 3

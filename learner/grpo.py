@@ -266,7 +266,7 @@ class LossStats:
 def grpo_loss(
     logp_BT: torch.Tensor,
     old_logp_BT: torch.Tensor,
-    ref_logp_BT: torch.Tensor,
+    ref_logp_BT: torch.Tensor | None,
     sampling_logp_BT: torch.Tensor,
     advantages_B: torch.Tensor,
     mask_BT: torch.Tensor,
@@ -276,16 +276,15 @@ def grpo_loss(
     """Clipped GRPO surrogate + KL penalty - entropy bonus, aggregated over the mask.
 
     logp: learner now (has grad); old_logp: learner before this step's updates; ref_logp: the reference policy
-    (adapter off); sampling_logp: what the sampler reported for the same tokens. Per token:
+    (adapter off; None when the KL is not measured, which needs kl_coef 0 and gives a NaN kl stat); sampling_logp:
+    what the sampler reported for the same tokens. Per token:
     -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) with ratio = exp(logp - old_logp), times the
     detached truncated IS weight when is_cap is set, + kl_coef * KL, - entropy_coef * entropy.
     """
     s = settings
     mask_BT = mask_BT.bool()
     # Only the current policy is trained; the other log-probs are fixed targets even if they carry a graph.
-    old_logp_BT, ref_logp_BT, sampling_logp_BT = (
-        x.detach() for x in (old_logp_BT, ref_logp_BT, sampling_logp_BT)
-    )
+    old_logp_BT, sampling_logp_BT = old_logp_BT.detach(), sampling_logp_BT.detach()
     adv_BT = advantages_B.to(logp_BT.dtype)[:, None].expand_as(logp_BT)
     ratio_BT = torch.exp(logp_BT - old_logp_BT)
     clipped_BT = ratio_BT.clamp(1 - s.clip_low, 1 + s.clip_high)
@@ -296,7 +295,12 @@ def grpo_loss(
     else:
         is_w_BT = torch.ones_like(logp_BT)
 
-    kl_BT = kl_estimate(logp_BT, ref_logp_BT, s.kl_estimator)
+    if ref_logp_BT is None:
+        if s.kl_coef != 0.0:
+            raise ValueError("kl_coef > 0 needs the reference logprobs")
+        kl_BT = torch.full_like(logp_BT, math.nan)  # not measured: the kl stat is NaN
+    else:
+        kl_BT = kl_estimate(logp_BT, ref_logp_BT.detach(), s.kl_estimator)
     if s.kl_coef != 0.0:
         loss_BT = loss_BT + s.kl_coef * kl_BT
     if entropy_BT is not None and s.entropy_coef != 0.0:

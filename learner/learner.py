@@ -74,6 +74,7 @@ class Learner:
             entropy_coef=algo.entropy_coef,
         )
         self._mask_truncated = algo.mask_truncated
+        self._log_kl = algo.log_kl
         self.optimizer = self._new_optimizer()
         self.version = 0
 
@@ -89,8 +90,10 @@ class Learner:
         single_pass = self._train.epochs == 1 and n_mb == 1
         # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.
         old_logp = None if single_pass else self._logprobs_no_grad(samples)
-        with self._reference_policy():
-            ref_logp = self._logprobs_no_grad(samples)
+        ref_logp = None
+        if self._settings.kl_coef or self._log_kl:
+            with self._reference_policy():
+                ref_logp = self._logprobs_no_grad(samples)
         stats, grad_norms = [], []
         self.model.train()  # LoRA dropout (lora.dropout) acts only in the loss's forward; every other pass is eval
         try:
@@ -128,7 +131,7 @@ class Learner:
         # The entropy needs a graph only when it is in the loss (the bonus); otherwise it is just logged.
         entropy_BT = token_entropy(logits_BTV if self._settings.entropy_coef else logits_BTV.detach())
         old_BT = logp_BT.detach() if old_logp is None else _rows(old_logp, idx, logp_BT.shape[1])
-        ref_BT = _rows(ref_logp, idx, logp_BT.shape[1])
+        ref_BT = None if ref_logp is None else _rows(ref_logp, idx, logp_BT.shape[1])
         advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BT.dtype)
         return grpo_loss(logp_BT, old_BT, ref_BT, sampling_BT, advantages_B, mask_BT, self._settings, entropy_BT)
 
@@ -295,7 +298,7 @@ def _summarise(stats: list, grad_norms: list[float], skipped: int) -> TrainStats
 
     return TrainStats(
         loss=sum(loss for loss, _ in stats) / len(stats),
-        kl=mean("kl"),
+        kl=None if math.isnan(kl := mean("kl")) else kl,  # NaN: not measured (algo.log_kl off)
         entropy=mean("entropy"),
         clip_frac=mean("clip_frac"),
         clip_frac_low=mean("clip_frac_low"),

@@ -128,7 +128,11 @@ class AlgoConfig(_Section):
     clip_high: float = Field(0.2, ge=0.0)
     """Upper clip range: ratio is clipped at 1 + clip_high (clip-higher uses 0.28)."""
     kl_coef: float = Field(0.0, ge=0.0)
-    """Weight of KL(policy || reference) in the loss; 0 turns the term off (KL is still measured)."""
+    """Weight of KL(policy || reference) in the loss; 0 turns the term off (KL is still measured, see log_kl)."""
+    log_kl: bool = True
+    """Measure KL(policy || reference) every step even when kl_coef is 0 (the `kl` metric, the health signal of a long
+    run). It costs one no-grad forward pass of the batch under the reference; false skips it when nothing needs it
+    (kl_coef 0, no reference.reset_kl_above), as TRL and veRL do at beta 0, and logs kl as null."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """Schulman's estimator of KL(policy || reference) per token: k1 (log ratio), k2 (squared), k3 (always >= 0)."""
     is_cap: float | None = 2.0
@@ -280,6 +284,8 @@ class Config(_Section):
                 f"each engine keeps every adapter version a batch in flight may use; set "
                 f"rollout.max_loras={r.max_staleness + 1}"
             )
+        if self.reference.reset_kl_above is not None and not self.algo.log_kl and not self.algo.kl_coef:
+            raise ValueError("reference.reset_kl_above needs the KL measured: set algo.log_kl=true or algo.kl_coef > 0")
         if self.reference.reset_plateau_evals and not self.eval.every:
             raise ValueError("reference.reset_plateau_evals needs periodic evaluations: set eval.every > 0")
         return self

@@ -111,8 +111,8 @@ class TrainStats:
     """What one learner update measured. Means are over completion tokens unless noted."""
 
     loss: float
-    kl: float
-    """Mean k-estimate of KL(policy || reference) per token."""
+    kl: float | None
+    """Mean k-estimate of KL(policy || reference) per token; None when not measured (algo.log_kl off, kl_coef 0)."""
     entropy: float
     """Mean token entropy of the policy."""
     clip_frac: float

@@ -146,3 +146,14 @@ def test_passes_and_minibatches_reuse_old_logprobs(tiny_model, epochs, minibatch
     assert calls == [len(batch.samples)] * (1 if single else 2)
     # Later optimiser steps see ratios away from 1 only because old logprobs stayed fixed.
     assert (stats.clip_frac == 0.0) if single else (stats.clip_frac > 0.0)
+
+
+def test_kl_is_measured_unless_turned_off_and_the_update_is_the_same(tiny_model):
+    """algo.log_kl=false with kl_coef 0 skips the reference pass: kl is None and the adapter moves exactly as with
+    the KL measured (the KL is not in the loss)."""
+    measured, skipped = _learner(tiny_model), _learner(tiny_model, "algo.log_kl=false")
+    batch = _batch(tiny_model)
+    stats_on, stats_off = measured.train_step(batch), skipped.train_step(batch)
+    assert stats_on.kl is not None and stats_off.kl is None
+    on, off = _weights(measured.export_adapter()), _weights(skipped.export_adapter())
+    assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)

@@ -116,6 +116,9 @@ def test_checks_across_sections():
         load_config(overrides=["reference.reset_plateau_evals=2", "eval.every=0"])
     config = load_config(overrides=["algo.overlong_cache_len=8", "reference.reset_kl_above=0.5"])
     assert config.reference.reset_kl_above == 0.5
+    with pytest.raises(ConfigError, match="reference.reset_kl_above needs the KL measured"):
+        load_config(overrides=["reference.reset_kl_above=0.5", "algo.log_kl=false"])
+    assert load_config(overrides=["reference.reset_kl_above=0.5", "algo.log_kl=false", "algo.kl_coef=0.01"])
 
 
 def test_algorithm_fields_have_docstrings():

@@ -345,6 +345,16 @@ def test_stats_without_entropy_and_kl_logged_when_off():
     assert stats.mismatch_kl == 0.0
 
 
+def test_without_reference_the_loss_is_unchanged_and_kl_is_not_measured():
+    logp, old, ref, sampling, adv = _loss_inputs([[0.1, -0.2]], [[0.0, 0.0]], [1.5], ref=[[-1.0, 0.3]])
+    mask = torch.ones(1, 2)
+    with_ref, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings())
+    without, no_kl = grpo_loss(logp, old, None, sampling, adv, mask, LossSettings())
+    assert without.item() == with_ref.item() and math.isnan(no_kl.kl) and not math.isnan(stats.kl)
+    with pytest.raises(ValueError, match="kl_coef > 0 needs the reference"):
+        grpo_loss(logp, old, None, sampling, adv, mask, LossSettings(kl_coef=0.1))
+
+
 def test_loss_settings_validate():
     with pytest.raises(ValueError, match="kl_estimator"):
         LossSettings(kl_estimator="k9")
