@@ -123,7 +123,6 @@ def train(config: Config, resume: bool = False) -> RunResult:
     with StopSignals() as stop, batches, stop_if_learner_dies(actors.learner, run.path):
         for step in range(state.step + 1, config.run.steps + 1):
             record = _guarded_step(step, config, actors, curriculum, run, state, batches)
-            batches.step_done(step)
             state.step = step
             state.nonfinite_streak = state.nonfinite_streak + 1 if record["optimizer_steps"] == 0 else 0
             progress.update(record)
@@ -265,10 +264,13 @@ def run_step(
     payload = actors.learner.export_adapter.remote(*probe)
     train_s = time.perf_counter() - t1
     published = actors.fleet.publish(payload)
+    _track_prompts(step, collected, config, curriculum, run)
+    # The new version is served and this step's retirements are in the feed: the producer may start the batch of
+    # step+1+k now, while the rest of this step (files, the reference reset, metrics) is done.
+    batches.step_done(step)
     adapter = ray.get(payload)
     run.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
     reset_cause = _reset_reference_if_due(step, stats, adapter, config, actors, curriculum, run)
-    _track_prompts(step, collected, config, curriculum, run)
     record = _step_record(step, collected, stats, reset_cause, t0, train_s, published.sync_ms)
     record.update(wait_s=t1 - t0, staleness_mean=sum(staleness) / len(staleness), staleness_max=max(staleness))
     record["worker_restarts"] = actors.fleet.restarts
