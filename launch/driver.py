@@ -275,7 +275,7 @@ def run_step(
     record.update(wait_s=t1 - t0, staleness_mean=sum(staleness) / len(staleness), staleness_max=max(staleness))
     record["worker_restarts"] = actors.fleet.restarts
     record["reward_restarts"] = actors.rewarders.restarts
-    record["probe_max_diff"] = published.probe_max_diff
+    record.update(publish_ms=published.publish_ms, probe_max_diff=published.probe_max_diff)
     run.metrics.write(record)
     if config.log.rollouts:
         run.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)

@@ -45,7 +45,9 @@ class Published:
     """One adapter version hot-loaded into every worker."""
 
     sync_ms: float
-    """Wall milliseconds from the first load request to the last worker's answer (probe scoring included)."""
+    """The hot-load itself: the slowest worker's load time (files written, adapter registered with the engine)."""
+    publish_ms: float
+    """Wall time of the whole publish: a worker busy generating answers after that request, then loads and probes."""
     probe_max_diff: float | None
     """Largest |engine - learner| probe token logprob over the workers; None when the version carried no probe."""
 
@@ -89,7 +91,7 @@ class RolloutFleet:
         """Hot-load the adapter behind `payload_ref` into every worker and check its probe, if it carries one.
 
         Each worker keeps the newest `keep_versions` versions. A worker busy with a generation request loads
-        after it, so with asynchronous rollouts `sync_ms` includes that wait. Raises StaleAdapterError if a worker's
+        after it, so with asynchronous rollouts `publish_ms` includes that wait. Raises StaleAdapterError if a worker's
         engine disagrees with the learner on the probe tokens; the version then never becomes the default.
         """
         payload = ray.get(payload_ref)
@@ -103,10 +105,10 @@ class RolloutFleet:
             except _DEAD as err:
                 self._recover(i, err)
                 reports.append(ray.get(self.workers[i].load_adapter.remote(payload_ref, self.keep_versions)))
-        sync_ms = (time.perf_counter() - t0) * 1e3
+        publish_ms = (time.perf_counter() - t0) * 1e3
         probe_diff = None if payload.probe is None else check_probe(payload.probe, reports, self.probe_tolerance)
         self.version = payload.version  # only now may a request name it: every worker holds it
-        return Published(sync_ms, probe_diff)
+        return Published(max(r.load_ms for r in reports), publish_ms, probe_diff)
 
     def _recover(self, i: int, err: Exception) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ from shared.records import Group, HotLoad, ProbeSet
 
 PROBE_PROMPTS = 2
 """Prompts per probe: the first prompts of the batch just trained."""
-PROBE_TOKENS = 8
+PROBE_TOKENS = 4
 """Greedy tokens per probe prompt (fewer where the context is shorter)."""
 
 

@@ -191,7 +191,7 @@ class Learner:
         return [logp_BT[i][mask_BT[i]].tolist() for i in range(len(rows))]
 
     # ----------------------------------------------------------------------------------------- adapter
-    def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 8) -> AdapterPayload:
+    def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4) -> AdapterPayload:
         """The current adapter in peft format, as bytes (adapter_config.json + adapter_model.safetensors).
 
         With `probe_prompt_ids`, the payload also carries this adapter's greedy continuation of each prompt
