@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import ray
 
 from launch.fleet import RewardPool, RolloutFleet
+from launch.probe import PROBE_TOLERANCE
 from launch.resources import Demand, check_fits, run_demands
 from learner.learner import Learner
 from learner.rewards.context import RewardContext
@@ -43,7 +44,7 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
             workers,
             config.rollout.max_restarts,
             keep_versions=config.rollout.max_staleness + 1,
-            probe_tolerance=config.rollout.probe_tolerance,
+            probe_tolerance=config.rollout.probe_tolerance or PROBE_TOLERANCE[config.model.dtype],
         ),
         learner=start_learner(config, model_path),
         rewarders=RewardPool(

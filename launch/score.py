@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from launch import datafiles
 from learner.rewards.context import RewardContext
 from learner.rewards.registry import BUILTIN_COLUMNS, resolve_reward
 from learner.rewards.worker import RewardFailure, score_rows
@@ -45,44 +46,32 @@ def parse_reward_arg(text: str) -> list[RewardSpec]:
 
 
 def read_rows(path: Path, specs: list[RewardSpec]) -> tuple[list[int], list[dict[str, Any]]]:
-    """The file's rows and their line numbers, each checked for the columns the rewards read."""
-    if not path.is_file():
-        raise ScoreInputError(f"input file not found: {path}")
+    """The file's rows (JSONL or Parquet, read by launch/datafiles.py) and their line or row numbers, each checked
+    for the columns the rewards read."""
+    data = datafiles.read_rows(path)
+    where = "row" if path.suffix == ".parquet" else "line"
     needed = {column: spec.name for spec in specs for column in BUILTIN_COLUMNS.get(spec.name, ())}
-    line_numbers, rows = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ScoreInputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(row, dict):
-            raise ScoreInputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        _check_row(path, number, row, needed)
-        line_numbers.append(number)
-        rows.append(row)
-    if not rows:
+    for number, row in zip(data.numbers, data.rows, strict=True):
+        _check_row(path, where, number, row, needed)
+    if not data.rows:
         raise ScoreInputError(f"{path}: no rows to score")
-    return line_numbers, rows
+    return data.numbers, data.rows
 
 
-def _check_row(path: Path, number: int, row: dict[str, Any], needed: dict[str, str]) -> None:
-    have = ", ".join(row) or "nothing"
+def _check_row(path: Path, where: str, number: int, row: dict[str, Any], needed: dict[str, str]) -> None:
+    at, have = f"{path}, {where} {number}", ", ".join(row) or "nothing"
     for column in ("prompt", "completion"):
         if column not in row:
             raise ScoreInputError(
-                f"{path}:{number}: missing column {column!r} (every row needs prompt and completion); "
-                f"this line has: {have}"
+                f"{at}: missing column {column!r} (every row needs prompt and completion); this {where} "
+                f"has: {have}"
             )
         if not isinstance(row[column], str):
-            raise ScoreInputError(
-                f"{path}:{number}: column {column!r} must be a string, got {type(row[column]).__name__}"
-            )
+            raise ScoreInputError(f"{at}: column {column!r} must be a string, got {type(row[column]).__name__}")
     for column, reward in needed.items():
         if column not in row:
             raise ScoreInputError(
-                f"{path}:{number}: missing column {column!r}, needed by reward {reward!r}; this line has: {have} "
+                f"{at}: missing column {column!r}, needed by reward {reward!r}; this {where} has: {have} "
                 f"(use null where the reward does not apply)"
             )
 

@@ -25,6 +25,22 @@ def _write(path, lines: list) -> str:
     return str(path)
 
 
+def test_score_reads_parquet_and_numbers_its_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": "1+1=", "completion": "2", "answer": "2"}, {"prompt": "2+2=", "completion": "5", "answer": "4"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    proc = _score("--input", str(tmp_path / "in.parquet"), "--reward", "exact_match")
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert out == [{"line": 1, "exact_match": 1.0, "total": 1.0}, {"line": 2, "exact_match": 0.0, "total": 0.0}]
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "answer": "4"}]), tmp_path / "bad.parquet")
+    proc = _score("--input", str(tmp_path / "bad.parquet"), "--reward", "exact_match")
+    assert proc.returncode == 2 and "bad.parquet, row 1: missing column 'completion'" in proc.stderr
+
+
 def test_score_prints_components_and_total_per_row(tmp_path):
     rows = [
         {"prompt": "S:x\nT:", "completion": "vag vyge", "reference": "vag vyge", "answer": "vag vyge"},
@@ -48,13 +64,13 @@ def test_score_prints_components_and_total_per_row(tmp_path):
     ("lines", "reward", "message"),
     [
         ([{"prompt": "p", "completion": "x", "reference": "x"}, {"prompt": "p", "completion": "y"}], "chrf",
-         "in.jsonl:2: missing column 'reference', needed by reward 'chrf'; this line has: prompt, completion"),
-        (["", {"prompt": "p", "answer": "x"}], "exact_match", "in.jsonl:2: missing column 'completion'"),
+         "in.jsonl, line 2: missing column 'reference', needed by reward 'chrf'; this line has: prompt, completion"),
+        (["", {"prompt": "p", "answer": "x"}], "exact_match", "in.jsonl, line 2: missing column 'completion'"),
         ([{"prompt": "p", "completion": "x", "answer": "1"}, '{"prompt": "p",'], "exact_match",
-         "in.jsonl:2: not valid JSON"),
-        ([[1, 2]], "exact_match", "in.jsonl:1: expected a JSON object, got list"),
+         "in.jsonl, line 2: not valid JSON"),
+        ([[1, 2]], "exact_match", "in.jsonl, line 1: expected a JSON object, got list"),
         ([{"prompt": "p", "completion": 3, "answer": "3"}], "exact_match",
-         "in.jsonl:1: column 'completion' must be a string, got int"),
+         "in.jsonl, line 1: column 'completion' must be a string, got int"),
         ([{"prompt": "p", "completion": "x"}], "exact_mach", "unknown reward 'exact_mach'"),
         ([{"prompt": "p", "completion": "x"}], "chrf=high", "--reward 'chrf=high': the weight"),
         ([{"prompt": "p", "completion": "x", "source": "s"}], "cycle_consistency", "task.name=translate"),
