@@ -112,11 +112,12 @@ def train(config: Config, resume: bool = False) -> RunResult:
         PassRateHistory(config.task.retire_after),
         ResetTriggers(config.reference),
     )
-    state = _restore(run, actors, curriculum, config) if resume else DriverState()
     heldout = data.heldout
-    if state.first_eval is None:
-        state.first_eval = state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step=0))
-        curriculum.resets.observe_eval(state.first_eval["pass_at_1"])
+    with stop_if_learner_dies(actors.learner, run.path):  # a resume's load_state is a learner call too
+        state = _restore(run, actors, curriculum, config) if resume else DriverState()
+        if state.first_eval is None:
+            state.first_eval = state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step=0))
+            curriculum.resets.observe_eval(state.first_eval["pass_at_1"])
     progress = Progress(config.run.steps, EvalResult(**state.last_eval), config.log.progress_every, state.step)
     produce = partial(_produce, config=config, actors=actors, feed=curriculum.feed, rewards=rewards, run=run)
     batches = Prefetcher(produce, state.step + 1, config.run.steps, config.rollout.max_staleness)

@@ -1,10 +1,15 @@
 """Actors that die are restarted by Ray and the lost request is retried: a rollout worker gets its adapter back,
 a reward actor the reward set in force (not the one it was started with). A dead learner (never restarted: its
-state is gone) stops the run with a message naming the last checkpoint."""
+state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -104,3 +109,42 @@ def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_s
 
     assert f"the last checkpoint is of step 3; continue with: prolora train --resume {tmp_path}" in str(stop.value)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000003"]  # nothing written now
+
+
+def _kill_learner_process() -> bool:
+    """SIGKILL the process Ray runs the learner actor in (its title is ray::Learner...); whether one was found."""
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if title.startswith(b"ray::Learner"):
+            os.kill(int(proc.name), signal.SIGKILL)
+            return True
+    return False
+
+
+def test_learner_killed_while_a_resume_starts_stops_cleanly(tiny_model, tmp_path):
+    """The learner dies as soon as its process exists, so a resume's load_state (or, on a slow start, the first step)
+    meets a dead actor: exit 1 with the message naming the checkpoint, no traceback, nothing lost."""
+    run_dir = tmp_path / "run"
+    sets = [f"model.path={tiny_model}", "eval.size=8", "eval.n_samples=8", "rollout.prompts_per_step=4"]
+    train = [sys.executable, "-m", "launch.cli", "train", *[a for s in sets for a in ("--set", s)]]
+    first = subprocess.run([*train, "--steps", "1", "--run-dir", str(run_dir)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = (run_dir / "metrics.jsonl").read_text()
+
+    proc = subprocess.Popen(
+        [*train, "--steps", "3", "--resume", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline and not _kill_learner_process():
+            time.sleep(0.02)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert f"the last checkpoint is of step 1; continue with: prolora train --resume {run_dir}" in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
