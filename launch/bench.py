@@ -174,7 +174,8 @@ def _train_run(config: Config, staleness: int, steps: int) -> TrainFigures:
     timed = records[1:] or records
 
     def mean(key: str, rows: list[dict] = timed) -> float:
-        return sum(r[key] for r in rows) / len(rows)
+        values = [r[key] for r in rows if r[key] is not None]  # sync_ms is null for a batch with no new version
+        return sum(values) / len(values) if values else math.nan
 
     return TrainFigures(
         step_s=mean("step_s"),

@@ -47,7 +47,7 @@ from launch.collect import Collected, collect_batch
 from launch.data import PassRateHistory, PromptFeed, PromptSampler
 from launch.datafiles import TaskData, load_task_data, token_counter
 from launch.evaluate import EvalResult, evaluate
-from launch.fleet import TooManyRestarts
+from launch.fleet import Published, TooManyRestarts
 from launch.pipeline import Prefetcher, check_staleness
 from launch.probe import StaleAdapterError, probe_prompts
 from launch.progress import Progress
@@ -123,12 +123,14 @@ def train(config: Config, resume: bool = False) -> RunResult:
     batches = Prefetcher(produce, state.step + 1, config.run.steps, config.rollout.max_staleness)
     with StopSignals() as stop, batches, stop_if_learner_dies(actors.learner, run.path):
         for step in range(state.step + 1, config.run.steps + 1):
-            record = _guarded_step(step, config, actors, curriculum, run, state, batches)
+            with _stop_on_fleet_failure(run, actors, curriculum, state, config):
+                record = run_step(step, config, actors, curriculum, run, batches)
             state.step = step
             state.nonfinite_streak = state.nonfinite_streak + 1 if record["optimizer_steps"] == 0 else 0
             progress.update(record)
             if step == config.run.steps or _due(step, config.eval.every):
-                state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step))
+                with _stop_on_fleet_failure(run, actors, curriculum, state, config):
+                    state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step))
                 curriculum.resets.observe_eval(state.last_eval["pass_at_1"])
                 progress.eval(EvalResult(**state.last_eval), step)
             problem = _stop_reason(stop, state, config, run.path)
@@ -209,18 +211,14 @@ def _restore(run: RunDir, actors: Actors, curriculum: Curriculum, config: Config
     return state
 
 
-def _guarded_step(
-    step: int,
-    config: Config,
-    actors: Actors,
-    curriculum: Curriculum,
-    run: RunDir,
-    state: DriverState,
-    batches: Prefetcher[Collected],
-) -> dict:
-    """`run_step`, turning a fleet that cannot recover into a clean stop with a checkpoint of the last good step."""
+@contextmanager
+def _stop_on_fleet_failure(
+    run: RunDir, actors: Actors, curriculum: Curriculum, state: DriverState, config: Config
+) -> Iterator[None]:
+    """Turn a fleet that cannot recover (too many restarts, an engine not serving the adapter it loaded) into a clean
+    stop with a checkpoint of the last good step."""
     try:
-        return run_step(step, config, actors, curriculum, run, batches)
+        yield
     except (TooManyRestarts, StaleAdapterError) as err:
         # The checkpoint must pair driver and learner states of the same step: skip it if the learner moved on.
         if ray.get(actors.learner.current_version.remote()) == state.step:
@@ -241,21 +239,33 @@ def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Pa
     return None
 
 
+@dataclass(frozen=True)
+class Produced:
+    """A step's batch and the hot-load made just before it was generated (None: no new version was offered)."""
+
+    collected: Collected
+    published: Published | None
+
+
 def _produce(
     step: int, *, config: Config, actors: Actors, feed: PromptFeed, rewards: RewardSwap, run: RunDir
-) -> Collected:
-    """Make the batch of `step` with the newest published adapter (in the producer thread when asynchronous)."""
+) -> Produced:
+    """Load the newest offered adapter, then make the batch of `step` with it (in the producer thread when
+    asynchronous, so the hot-load never waits behind this thread's own generation)."""
+    published = actors.fleet.sync()
     rewards.poll(step, actors.rewarders, run.metrics)
     sampler = feed.begin(step)
-    return collect_batch(step, config, actors.fleet, actors.rewarders, sampler, version=actors.fleet.version)
+    collected = collect_batch(step, config, actors.fleet, actors.rewarders, sampler, version=actors.fleet.version)
+    return Produced(collected, published)
 
 
 def run_step(
-    step: int, config: Config, actors: Actors, curriculum: Curriculum, run: RunDir, batches: Prefetcher[Collected]
+    step: int, config: Config, actors: Actors, curriculum: Curriculum, run: RunDir, batches: Prefetcher[Produced]
 ) -> dict:
     """One GRPO step; returns the metrics record it wrote."""
     t0 = time.perf_counter()
-    collected = batches.get(step)
+    produced = batches.get(step)
+    collected, published = produced.collected, produced.published
     t1 = time.perf_counter()
     versions = [c.adapter_version for g in collected.groups for c in g.completions]
     staleness = check_staleness(step, versions, config.rollout.max_staleness)
@@ -264,19 +274,18 @@ def run_step(
     probe = probe_prompts(collected.groups, config.model.max_model_len) if probing else ()
     payload = actors.learner.export_adapter.remote(*probe)
     train_s = time.perf_counter() - t1
-    published = actors.fleet.publish(payload)
+    actors.fleet.offer(payload)  # loaded by the producer before the next batch it makes (or by an evaluation)
     _track_prompts(step, collected, config, curriculum, run)
-    # The new version is served and this step's retirements are in the feed: the producer may start the batch of
+    # The new version is offered and this step's retirements are in the feed: the producer may start the batch of
     # step+1+k now, while the rest of this step (files, the reference reset, metrics) is done.
     batches.step_done(step)
     adapter = ray.get(payload)
     run.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
     reset_cause = _reset_reference_if_due(step, stats, adapter, config, actors, curriculum, run)
-    record = _step_record(step, collected, stats, reset_cause, t0, train_s, published.sync_ms)
+    record = _step_record(step, collected, stats, reset_cause, t0, train_s, published)
     record.update(wait_s=t1 - t0, staleness_mean=sum(staleness) / len(staleness), staleness_max=max(staleness))
     record["worker_restarts"] = actors.fleet.restarts
     record["reward_restarts"] = actors.rewarders.restarts
-    record.update(publish_ms=published.publish_ms, probe_max_diff=published.probe_max_diff)
     run.metrics.write(record)
     if config.log.rollouts:
         run.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)
@@ -284,6 +293,7 @@ def run_step(
 
 
 def _evaluate(actors: Actors, task: Task, heldout: list[dict], config: Config, run: RunDir, step: int):
+    actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
     result = evaluate(actors.fleet, task, heldout, config, seed=config.run.seed)
     run.metrics.write({"eval": True, "step": step, **result.as_record()})
     return result
@@ -318,7 +328,7 @@ def _track_prompts(step: int, collected: Collected, config: Config, curriculum: 
     curriculum.feed.retire_after(step, [v.prompt for v in visits if v.retired])
 
 
-def _step_record(step, collected: Collected, stats: TrainStats, reset_cause, t0, train_s, sync_ms) -> dict:
+def _step_record(step, collected: Collected, stats: TrainStats, reset_cause, t0, train_s, published) -> dict:
     completions = [c for g in collected.groups for c in g.completions]
     valid = collected.rewards_PG[collected.valid_PG]
     penalty = (collected.shaped_PG - collected.rewards_PG)[collected.valid_PG]
@@ -328,7 +338,10 @@ def _step_record(step, collected: Collected, stats: TrainStats, reset_cause, t0,
         "reward_mean": valid.mean().item() if valid.numel() else float("nan"),
         "reward_std": valid.std(unbiased=False).item() if valid.numel() else float("nan"),
         "adapter_version": completions[0].adapter_version,
-        "sync_ms": sync_ms,
+        # The hot-load made just before this step's batch was generated (of its adapter_version); null when none.
+        "sync_ms": published and published.sync_ms,
+        "publish_ms": published and published.publish_ms,
+        "probe_max_diff": published and published.probe_max_diff,
         "gen_tokens": sum(len(c.token_ids) for c in completions),
         "gen_s": collected.gen_s,
         "train_s": train_s,

@@ -8,8 +8,10 @@ keeps what its actors must hold (the adapter payloads in use; the reward set in 
 actor and resubmits the lost request, so the step completes; `restarts` counts how often that happened, and past
 the configured limit `TooManyRestarts` stops the run (the driver writes a checkpoint first).
 
-With asynchronous rollouts (rollout.max_staleness = k) the rollout producer thread generates while the driver's
-main thread publishes, probes and evaluates, so the fleet is used from two threads: a lock guards its bookkeeping,
+The learner's new versions are offered (`offer`, no waiting) and loaded by whoever generates next (`sync`): the
+rollout producer before each batch, the driver before an evaluation. With asynchronous rollouts
+(rollout.max_staleness = k) the producer thread generates while the driver's main thread trains and evaluates, so
+the fleet is used from two threads: a lock guards its bookkeeping (and serialises loads),
 a new version becomes the default only once every worker holds it, and a worker death seen by both threads is
 recovered (and counted) once. Each worker keeps the k+1 newest versions, every one a batch in flight may name.
 """
@@ -65,6 +67,7 @@ class RolloutFleet:
         self.restarts = 0
         self.version = 0  # newest adapter version every worker holds; 0 = the base model
         self._payloads: list = []  # ObjectRefs of the adapter versions in use, oldest first
+        self._offered = None  # ObjectRef of the newest version offered and not loaded yet
         self._lock = threading.RLock()
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
@@ -86,6 +89,22 @@ class RolloutFleet:
                 self._recover(i, err)
                 pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
         return groups
+
+    def offer(self, payload_ref) -> None:
+        """Make the adapter behind `payload_ref` the next version to serve, without waiting: the next `sync()` loads
+        it. An offered version that a newer offer replaces before any sync is never loaded (no batch can name it)."""
+        with self._lock:
+            self._offered = payload_ref
+
+    def sync(self) -> Published | None:
+        """`publish` the newest offered version if it is not loaded yet; None when there is nothing new.
+
+        Called by whoever is about to generate (the rollout producer before each batch, the driver before an
+        evaluation), so a hot-load never waits behind a generation request from the same fleet's producer.
+        """
+        with self._lock:
+            offered, self._offered = self._offered, None
+            return None if offered is None else self.publish(offered)
 
     def publish(self, payload_ref) -> Published:
         """Hot-load the adapter behind `payload_ref` into every worker and check its probe, if it carries one.

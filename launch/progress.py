@@ -30,7 +30,7 @@ def step_summary(record: dict, pass_at_1: float) -> dict[str, str]:
         "reward": f"{record['reward_mean']:.3f}" if record.get("reward_mean") is not None else "nan",
         "pass@1": f"{pass_at_1:.3f}",
         "tok/s": f"{record['gen_tokens'] / max(record['gen_s'], 1e-9):.0f}",
-        "hotload_ms": f"{record['sync_ms']:.0f}",
+        "hotload_ms": "-" if record.get("sync_ms") is None else f"{record['sync_ms']:.0f}",
     }
 
 
