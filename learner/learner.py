@@ -180,8 +180,8 @@ class Learner:
     def completion_logprobs(
         self, prompt_token_ids: list[list[int]], completion_token_ids: list[list[int]], temperature: float = 1.0
     ) -> list[list[float]]:
-        """Logprob of every completion token under the current adapter (the served-adapter probe compares these
-        with the engine's)."""
+        """Logprob of every completion token under the current adapter: the learner's side of the engine/learner
+        agreement the importance-sampling correction relies on (tests compare it with the engine's logprobs)."""
         rows = [
             TrainSample(tuple(p), tuple(c), (0.0,) * len(c), 0.0, self.version)
             for p, c in zip(prompt_token_ids, completion_token_ids, strict=True)
