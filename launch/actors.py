@@ -111,6 +111,11 @@ def _ask(config: Config, role: str) -> dict[str, float]:
     return {"num_cpus": demand.cpus, "num_gpus": demand.gpus}
 
 
+def tensor_parallel_size(config: Config) -> int:
+    """GPUs each engine is sharded over: rollout.num_gpus when it is a whole number above 1, else 1."""
+    return int(config.rollout.num_gpus) if config.rollout.num_gpus > 1 else 1
+
+
 def start_rollout_workers(config: Config, model_path: str) -> list:
     cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
     options = {"runtime_env": {"env_vars": _engine_env(config)}}
@@ -123,6 +128,7 @@ def start_rollout_workers(config: Config, model_path: str) -> list:
             max_loras=config.rollout.max_loras,
             kv_cache_gib=config.rollout.kv_cache_gib,
             gpu_memory_utilization=config.rollout.gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size(config),
             seed=config.run.seed + i,
         )
         for i in range(config.rollout.num_workers)

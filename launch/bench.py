@@ -88,6 +88,7 @@ def _engine_env(config: Config) -> None:
 def _raw_engine(model_path: str, config: Config):
     from vllm import LLM
 
+    from launch.actors import tensor_parallel_size
     from rollout.worker import engine_args
 
     _engine_env(config)
@@ -100,6 +101,7 @@ def _raw_engine(model_path: str, config: Config):
             max_lora_rank=config.lora.rank,
             max_loras=r.max_loras,
             gpu_memory_utilization=r.gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size(config),
             seed=config.run.seed,
         )
     )

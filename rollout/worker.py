@@ -37,6 +37,7 @@ class RolloutWorker:
         max_loras: int = 2,
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
         seed: int = 0,
     ) -> None:
         # vLLM reads these when the engine is built; a launcher may already have set them for the actor.
@@ -52,6 +53,7 @@ class RolloutWorker:
                 max_lora_rank=max_lora_rank,
                 max_loras=max_loras,
                 gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
                 seed=seed,
             )
         )
@@ -167,10 +169,13 @@ def engine_args(
     max_loras: int,
     gpu_memory_utilization: float,
     seed: int,
+    tensor_parallel_size: int = 1,
 ) -> dict:
-    """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike)."""
+    """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike).
+    `tensor_parallel_size` > 1 shards the engine over that many GPUs, all of them held by the worker's actor."""
     return dict(
         model=model_path,
+        tensor_parallel_size=tensor_parallel_size,
         dtype=dtype,
         seed=seed,
         enable_lora=True,

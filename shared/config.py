@@ -99,7 +99,9 @@ class RolloutConfig(_Section):
     max_loras: int = Field(2, ge=1)
     """Adapter versions an engine keeps loaded at once."""
     num_gpus: float = Field(0.0, ge=0.0)
-    """GPUs per rollout worker actor (0 on CPU machines)."""
+    """GPUs per rollout worker actor (0 on CPU machines). Below 1: a share of one GPU (with
+    gpu_memory_utilization, the single-GPU case beside the learner); a whole number N > 1: the engine is sharded
+    over N GPUs with vLLM tensor parallelism."""
     max_restarts: int = Field(3, ge=0)
     """Restarts of dead rollout workers a run tolerates before it stops with a checkpoint."""
     probe_every: int = Field(1, ge=0)
@@ -284,6 +286,11 @@ class Config(_Section):
                 f"rollout.max_loras ({r.max_loras}) must be >= rollout.max_staleness + 1 ({r.max_staleness + 1}): "
                 f"each engine keeps every adapter version a batch in flight may use; set "
                 f"rollout.max_loras={r.max_staleness + 1}"
+            )
+        if r.num_gpus > 1 and not r.num_gpus.is_integer():
+            raise ValueError(
+                f"rollout.num_gpus ({r.num_gpus}) above 1 is the engine's tensor-parallel size and must be a whole "
+                f"number; below 1 it is a share of one GPU"
             )
         if self.reference.reset_kl_above is not None and not self.algo.log_kl and not self.algo.kl_coef:
             raise ValueError("reference.reset_kl_above needs the KL measured: set algo.log_kl=true or algo.kl_coef > 0")

@@ -46,3 +46,16 @@ def test_an_actor_larger_than_any_node():
     config = load_config(overrides=["train.num_gpus=2"])
     problems = unmet_demands(run_demands(config), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
     assert problems == ["GPU: one learner actor asks for 2 GPU (train.num_gpus) but the largest node has 1"]
+
+
+def test_gpus_per_rollout_worker_set_the_engines_tensor_parallel_size():
+    from launch.actors import tensor_parallel_size
+    from rollout.worker import engine_args
+
+    sizes = {gpus: tensor_parallel_size(load_config(overrides=[f"rollout.num_gpus={gpus}"])) for gpus in (0, 0.5, 1, 4)}
+    assert sizes == {0: 1, 0.5: 1, 1: 1, 4: 4}  # a share of one GPU (single-GPU case) or whole GPUs to shard over
+    args = engine_args("m", dtype="bfloat16", max_model_len=64, max_lora_rank=8, max_loras=2,
+                       gpu_memory_utilization=0.4, seed=0, tensor_parallel_size=4)
+    assert args["tensor_parallel_size"] == 4 and args["gpu_memory_utilization"] == 0.4
+    with pytest.raises(UserError, match=r"rollout.num_gpus \(2.5\) above 1 is the engine's tensor-parallel size"):
+        load_config(overrides=["rollout.num_gpus=2.5"])
