@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from launch.fleet import RewardPool
+from launch.fleet import RewardPool, TooManyRestarts
 from learner.rewards.context import RewardContext, check_context
 from learner.rewards.registry import resolve_reward
 from shared.config import Config, RewardsConfig, RewardSpec
@@ -123,6 +123,8 @@ class RewardSwap:
             return False
         try:
             rewarders.set_specs(new.functions)
+        except TooManyRestarts:  # actors that stay dead: the driver stops with a checkpoint of the last step
+            raise
         except Exception as err:  # e.g. user code importable here but not in the actor: keep every actor on one set
             rewarders.set_specs(self.specs)
             logger.warning("step %d: reward actors refused %s (%s); keeping rewards %s",

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from launch.fleet import TooManyRestarts
 from launch.reward_swap import REWARDS_FILE, RewardSetError, RewardSwap, check_reward_specs, read_rewards_file
 from launch.rundir import RunDir
 from learner.rewards import RewardContextError, UnknownRewardError
@@ -102,3 +103,33 @@ def test_a_resumed_run_records_the_set_in_force_when_the_checkpoint_predates_its
     metrics.close()
     swaps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("reward_swap")]
     assert swaps == [{"reward_swap": True, "step": 2, "rewards": [{"name": "repetition", "weight": 0.5}]}]
+
+
+class _Pool:
+    """Stands in for RewardPool: records each set it is asked to install and fails the first install."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.installs = error, []
+
+    def set_specs(self, specs) -> None:
+        self.installs.append([s.name for s in specs])
+        if len(self.installs) == 1:
+            raise self.error
+
+
+@pytest.mark.parametrize("dead", [False, True])
+def test_a_failed_install_keeps_the_set_in_force_unless_the_actors_stay_dead(tmp_path, dead):
+    swap = RewardSwap.open(tmp_path, load_config())
+    metrics = MetricsWriter(tmp_path / "metrics.jsonl")
+    (tmp_path / REWARDS_FILE).write_text("functions: [{name: repetition, weight: 0.5}]\n")
+    pool = _Pool(TooManyRestarts("reward actors died 4 times") if dead else RuntimeError("no module named mine"))
+    if dead:  # the driver turns this into a stop with a checkpoint; a second install would only fail again
+        with pytest.raises(TooManyRestarts):
+            swap.poll(2, pool, metrics)
+        assert pool.installs == [["repetition"]]
+    else:  # user code the actors cannot import: every actor goes back to the set in force
+        assert not swap.poll(2, pool, metrics)
+        assert pool.installs == [["repetition"], [s.name for s in load_config().rewards.functions]]
+    assert swap.specs == load_config().rewards.functions
+    metrics.close()
+    assert not [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("reward_swap")]
