@@ -61,6 +61,7 @@ from launch.runstate import (
     StopSignals,
     identity,
     learner_died_message,
+    next_nonfinite_streak,
 )
 from learner.grpo import zero_std_fraction
 from learner.reference import ResetCause, ResetTriggers
@@ -126,7 +127,9 @@ def train(config: Config, resume: bool = False) -> RunResult:
             with _stop_on_fleet_failure(run, actors, curriculum, state, config):
                 record = run_step(step, config, actors, curriculum, run, batches)
             state.step = step
-            state.nonfinite_streak = state.nonfinite_streak + 1 if record["optimizer_steps"] == 0 else 0
+            state.nonfinite_streak = next_nonfinite_streak(
+                state.nonfinite_streak, record["optimizer_steps"], record["skipped_nonfinite"]
+            )
             progress.update(record)
             if step == config.run.steps or _due(step, config.eval.every):
                 with _stop_on_fleet_failure(run, actors, curriculum, state, config):

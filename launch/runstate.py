@@ -41,6 +41,14 @@ def learner_died_message(run_dir: Path, last_checkpoint: int | None, cause: Exce
     )
 
 
+def next_nonfinite_streak(streak: int, optimizer_steps: int, skipped_nonfinite: int) -> int:
+    """`DriverState.nonfinite_streak` after a step: reset by any update made, one longer when every update was
+    skipped as non-finite, unchanged by a step that had nothing to train on."""
+    if optimizer_steps:
+        return 0
+    return streak + 1 if skipped_nonfinite else streak
+
+
 @dataclass
 class DriverState:
     step: int = 0

@@ -84,8 +84,16 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------ update
     def train_step(self, batch: TrainBatch) -> TrainStats:
-        """One GRPO update on a rollout batch: `epochs` passes of `minibatches` optimiser steps each."""
+        """One GRPO update on a rollout batch: `epochs` passes of `minibatches` optimiser steps each.
+
+        A batch with no samples (every completion was left out: its reward failed under
+        `rewards.failure_policy=skip_sample`, or it had no tokens) makes no update, and its stats say so
+        (`optimizer_steps` 0, no `skipped_nonfinite`); the version still advances, so versions keep counting steps.
+        """
         samples = batch.samples
+        if not samples:
+            self.version += 1
+            return _summarise([], [], skipped=0)
         n_mb = min(self._train.minibatches, len(samples))
         single_pass = self._train.epochs == 1 and n_mb == 1
         # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.

@@ -1,6 +1,7 @@
 """Actors that die are restarted by Ray and the lost request is retried: a rollout worker gets its adapter back,
 a reward actor the reward set in force (not the one it was started with). A dead learner (never restarted: its
-state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting."""
+state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting; actors
+that die more often than their limit allows stop it with a checkpoint of the last finished step."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from launch.actors import start_learner, start_reward_actors, start_rollout_workers
 from launch.checkpoint import save_checkpoint
@@ -22,6 +23,7 @@ from launch.fleet import RewardPool, RolloutFleet, TooManyRestarts
 from launch.runstate import LearnerDied
 from shared.config import RewardSpec, load_config
 from shared.records import Completion, Group, RewardBatch, SamplingSpec, TrainBatch, TrainSample
+from tests.live_run import records, wait_for_step
 
 PROMPTS = ["12+34=", "500+500=", "7+8="]
 
@@ -98,11 +100,22 @@ def test_killed_reward_actor_is_restarted_with_the_swapped_set_and_its_shard_res
         ray.kill(actor)
 
 
+def _wait_until_dead(actor) -> None:
+    for _ in range(240):
+        try:
+            ray.get(actor.current_version.remote())
+        except RayActorError:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_session, tmp_path):
     config = load_config()
     learner = start_learner(config, str(tiny_model))
     save_checkpoint(tmp_path, 3, ray.get(learner.state.remote()), {"step": 3}, {})
     ray.kill(learner)  # no restart: the learner's state is gone
+    _wait_until_dead(learner)  # ray.kill returns before the actor is gone; a call made now could still run
 
     with pytest.raises(LearnerDied) as stop, stop_if_learner_dies(learner, tmp_path):
         ray.get(learner.train_step.remote(TrainBatch((), step=4)))
@@ -111,14 +124,30 @@ def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_s
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000003"]  # nothing written now
 
 
-def _kill_learner_process() -> bool:
-    """SIGKILL the process Ray runs the learner actor in (its title is ray::Learner...); whether one was found."""
+def _parent(pid: str) -> str | None:
+    try:
+        return (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return None
+
+
+def _descends_from(pid: str, ancestor: int) -> bool:
+    while pid not in (None, "0", "1"):
+        if pid == str(ancestor):
+            return True
+        pid = _parent(pid)
+    return False
+
+
+def _kill_actor_process(title: bytes, run: subprocess.Popen) -> bool:
+    """SIGKILL a process of `run`'s own Ray (its driver starts the raylet, which forks the workers) whose title
+    starts with `title` (Ray names actor processes ray::<Class>); whether one was found."""
     for proc in Path("/proc").iterdir():
         try:
-            title = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
         except OSError:
             continue
-        if title.startswith(b"ray::Learner"):
+        if cmdline.startswith(title) and _descends_from(proc.name, run.pid):
             os.kill(int(proc.name), signal.SIGKILL)
             return True
     return False
@@ -139,7 +168,7 @@ def test_learner_killed_while_a_resume_starts_stops_cleanly(tiny_model, tmp_path
     )
     try:
         deadline = time.monotonic() + 600
-        while proc.poll() is None and time.monotonic() < deadline and not _kill_learner_process():
+        while proc.poll() is None and time.monotonic() < deadline and not _kill_actor_process(b"ray::Learner", proc):
             time.sleep(0.02)
         _, stderr = proc.communicate(timeout=600)
     finally:
@@ -148,3 +177,29 @@ def test_learner_killed_while_a_resume_starts_stops_cleanly(tiny_model, tmp_path
     assert f"the last checkpoint is of step 1; continue with: prolora train --resume {run_dir}" in stderr
     assert "Traceback" not in stderr, stderr[-3000:]
     assert (run_dir / "metrics.jsonl").read_text() == metrics
+
+
+def test_reward_actors_that_stay_dead_stop_the_run_with_a_checkpoint(tiny_model, tmp_path):
+    """Past rewards.max_restarts a dead reward actor stops the run: exit 1, the message says why and how to resume,
+    and a checkpoint of the last finished step is written (the scheduled ones are 20 steps apart)."""
+    run_dir = tmp_path / "run"
+    sets = [f"model.path={tiny_model}", "eval.size=8", "eval.n_samples=8", "rollout.prompts_per_step=4",
+            "rewards.max_restarts=0", "run.checkpoint_every=20"]
+    train = [sys.executable, "-m", "launch.cli", "train", "--steps", "19", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(
+        [*train, *[a for s in sets for a in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_step(run_dir / "metrics.jsonl", 2, proc)
+        assert _kill_actor_process(b"ray::RewardWorker", proc)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "reward actors died 1 times (limit rewards.max_restarts=0)" in stderr
+    assert f"last checkpoint kept; continue with: prolora train --resume {run_dir}" in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = [r["step"] for r in records(run_dir / "metrics.jsonl") if "reward_mean" in r][-1]
+    assert 2 <= last < 19
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step_{last:06d}"]

@@ -3,7 +3,8 @@
 ProRL reference resets: right after a reset the KL to the reference is zero for the current adapter; later the
 reference stays where it was (checked against transformers + peft loading the exported adapters independently);
 the optimizer state is fresh only when asked. Also: truncated completions masked out of the loss move nothing,
-the entropy bonus raises the entropy, and several passes and minibatches reuse old logprobs computed once.
+the entropy bonus raises the entropy, a batch with no samples moves nothing, and several passes and minibatches
+reuse old logprobs computed once.
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def test_masked_truncated_completions_move_nothing(tiny_model):
     unmasked.train_step(_batch(tiny_model, truncated=True))
     after = _weights(unmasked.export_adapter())
     assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_batch_with_nothing_to_train_on_moves_nothing_and_counts_a_version(tiny_model):
+    learner = _learner(tiny_model)
+    before = _weights(learner.export_adapter())
+    stats = learner.train_step(TrainBatch((), step=1))  # e.g. every reward failed under failure_policy=skip_sample
+    assert (stats.optimizer_steps, stats.skipped_nonfinite, learner.version) == (0, 0, 1)
+    after = _weights(learner.export_adapter())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert learner.train_step(_batch(tiny_model)).optimizer_steps == 1
 
 
 def test_entropy_bonus_raises_entropy(tiny_model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.runstate import DriverState, LearnerDied, RunStopped, learner_died_message
+from launch.runstate import DriverState, LearnerDied, RunStopped, learner_died_message, next_nonfinite_streak
 
 
 def test_learner_death_names_the_last_checkpoint_and_the_resume_command():
@@ -27,3 +27,11 @@ def test_restart_counts_survive_a_checkpoint_and_old_checkpoints_still_load():
     assert DriverState.from_json(state.to_json()).reward_restarts == 2
     old = {k: v for k, v in state.to_json().items() if k != "reward_restarts"}  # written before reward failover
     assert DriverState.from_json(old).reward_restarts == 0
+
+
+def test_nonfinite_streak_counts_only_steps_whose_every_update_was_non_finite():
+    streak = 0
+    for optimizer_steps, skipped in [(0, 1), (0, 2), (0, 0), (0, 1)]:  # an empty batch (0, 0) neither counts nor resets
+        streak = next_nonfinite_streak(streak, optimizer_steps, skipped)
+    assert streak == 3
+    assert next_nonfinite_streak(streak, 1, 1) == 0  # one update made resets it
