@@ -26,13 +26,19 @@ def records(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
 
 
+def newest_step(metrics: Path) -> int:
+    """The newest step whose record metrics.jsonl holds (0 before the first)."""
+    steps = [r["step"] for r in records(metrics) if "reward_mean" in r]
+    return steps[-1] if steps else 0
+
+
 def wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout_s: float = 600) -> int:
     """Block until metrics.jsonl has a step record >= `step`; returns the newest step."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        steps = [r["step"] for r in records(metrics) if "reward_mean" in r]
-        if steps and steps[-1] >= step:
-            return steps[-1]
+        newest = newest_step(metrics)
+        if newest >= step:
+            return newest
         assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-3000:]}"
         time.sleep(0.05)
     raise TimeoutError(f"no step {step} within {timeout_s}s")

@@ -28,6 +28,19 @@ from tests.live_run import records, wait_for_step
 PROMPTS = ["12+34=", "500+500=", "7+8="]
 
 
+def _wait_until_killed(answers_as_before) -> None:
+    """ray.kill returns before the actor's process is gone, and a call made meanwhile still runs there: wait until
+    the old process no longer answers (the call fails, or a restarted process answers differently)."""
+    for _ in range(240):
+        try:
+            if not answers_as_before():
+                return
+        except (RayActorError, ActorUnavailableError):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the killed actor still answers as before")
+
+
 def test_killed_worker_is_restarted_reloaded_and_request_retried(tiny_model, ray_session):
     config = load_config(overrides=["rollout.max_restarts=2", "train.lr=0.05"])
     workers = start_rollout_workers(config, str(tiny_model))
@@ -44,6 +57,7 @@ def test_killed_worker_is_restarted_reloaded_and_request_retried(tiny_model, ray
     assert fleet.version == 1
 
     ray.kill(workers[0], no_restart=False)  # the engine process dies between two requests of a step
+    _wait_until_killed(lambda: ray.get(workers[0].loaded_versions.remote()) == [1])
     groups = fleet.generate(PROMPTS, SamplingSpec(n=2, max_tokens=6, seed=2))
 
     assert fleet.restarts == 1
@@ -100,22 +114,12 @@ def test_killed_reward_actor_is_restarted_with_the_swapped_set_and_its_shard_res
         ray.kill(actor)
 
 
-def _wait_until_dead(actor) -> None:
-    for _ in range(240):
-        try:
-            ray.get(actor.current_version.remote())
-        except RayActorError:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the killed actor still answers")
-
-
 def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_session, tmp_path):
     config = load_config()
     learner = start_learner(config, str(tiny_model))
     save_checkpoint(tmp_path, 3, ray.get(learner.state.remote()), {"step": 3}, {})
     ray.kill(learner)  # no restart: the learner's state is gone
-    _wait_until_dead(learner)  # ray.kill returns before the actor is gone; a call made now could still run
+    _wait_until_killed(lambda: ray.get(learner.current_version.remote()) == 0)
 
     with pytest.raises(LearnerDied) as stop, stop_if_learner_dies(learner, tmp_path):
         ray.get(learner.train_step.remote(TrainBatch((), step=4)))
