@@ -49,6 +49,15 @@ class NumberedRows:
     rows: list[dict[str, Any]]
     numbers: list[int]
 
+    @property
+    def unit(self) -> str:
+        """What a number counts: 'line' (JSONL) or 'row' (Parquet)."""
+        return "row" if self.path.suffix == ".parquet" else "line"
+
+    def at(self, number: int) -> str:
+        """Where row `number` is, as messages name it: 'FILE, line N' or 'FILE, row N'."""
+        return f"{self.path}, {self.unit} {number}"
+
 
 @dataclass(frozen=True)
 class TaskData:
@@ -96,7 +105,6 @@ def read_rows(path: Path) -> NumberedRows:
 def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The rows with every column present (None where a row lacks an optional one); a UserError names the first
     row with a missing (or, for `non_null` columns, null) or mistyped column, or an empty prompt."""
-    where = "line" if data.path.suffix != ".parquet" else "row"
     needed = list(dict.fromkeys(("prompt", *required, *non_null)))
     if not data.rows:
         raise DataFileError(f"{data.path}: no rows")
@@ -105,7 +113,7 @@ def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[s
     if reserved:
         raise DataFileError(f"{data.path}: column name {reserved[0]!r} is reserved ({', '.join(RESERVED_COLUMNS)})")
     for number, row in zip(data.numbers, data.rows, strict=True):
-        at = f"{data.path}, {where} {number}"
+        at = data.at(number)
         missing = [column for column in needed if column not in row]
         if missing:
             raise DataFileError(f"{at}: missing column {missing[0]!r} (every row needs {', '.join(needed)})")
@@ -136,9 +144,8 @@ def drop_overlong(
         if n <= budget:
             kept.append(row)
         elif policy == "error":
-            where = "line" if data.path.suffix != ".parquet" else "row"
             raise DataFileError(
-                f"{data.path}, {where} {number}: the prompt has {n} tokens; with rollout.max_new_tokens it must fit "
+                f"{data.at(number)}: the prompt has {n} tokens; with rollout.max_new_tokens it must fit "
                 f"model.max_model_len, so at most {budget} (shorten it, raise model.max_model_len, or set "
                 f"task.overlong_prompts=skip)"
             )

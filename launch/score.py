@@ -49,17 +49,16 @@ def read_rows(path: Path, specs: list[RewardSpec]) -> tuple[list[int], list[dict
     """The file's rows (JSONL or Parquet, read by launch/datafiles.py) and their line or row numbers, each checked
     for the columns the rewards read."""
     data = datafiles.read_rows(path)
-    where = "row" if path.suffix == ".parquet" else "line"
     needed = {column: spec.name for spec in specs for column in BUILTIN_COLUMNS.get(spec.name, ())}
     for number, row in zip(data.numbers, data.rows, strict=True):
-        _check_row(path, where, number, row, needed)
+        _check_row(data.at(number), data.unit, row, needed)
     if not data.rows:
         raise ScoreInputError(f"{path}: no rows to score")
     return data.numbers, data.rows
 
 
-def _check_row(path: Path, where: str, number: int, row: dict[str, Any], needed: dict[str, str]) -> None:
-    at, have = f"{path}, {where} {number}", ", ".join(row) or "nothing"
+def _check_row(at: str, where: str, row: dict[str, Any], needed: dict[str, str]) -> None:
+    have = ", ".join(row) or "nothing"
     for column in ("prompt", "completion"):
         if column not in row:
             raise ScoreInputError(
