@@ -147,7 +147,11 @@ def _sft_batches(tokenizer: PreTrainedTokenizerFast, rows: Rows) -> tuple[torch.
 
 
 def _warm_start(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_name: str, rows: Rows, val_rows: Rows,
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    task_name: str,
+    rows: Rows,
+    val_rows: Rows,
     steps: int,
 ) -> None:
     """AdamW, warmup then constant learning rate, then a linear decay to zero over SFT_DECAY[task] steps.
@@ -178,18 +182,26 @@ def _warm_start(
         step += 1
         if step % SFT_EVAL_EVERY == 0 and step <= decay_start:
             accuracy = greedy_accuracy(model, tokenizer, task_name, val_rows)
-            print(f"[basemodel] sft step {step} loss {loss.item():.3f} val greedy accuracy {accuracy:.1%} "
-                  f"({time.perf_counter() - start:.0f}s)", flush=True)
+            print(
+                f"[basemodel] sft step {step} loss {loss.item():.3f} val greedy accuracy {accuracy:.1%} "
+                f"({time.perf_counter() - start:.0f}s)",
+                flush=True,
+            )
             if accuracy >= target:
                 decay_start = step
-    print(f"[basemodel] sft done after {step} steps, loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)",
-          flush=True)
+    print(
+        f"[basemodel] sft done after {step} steps, loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)",
+        flush=True,
+    )
     model.eval()
 
 
 @torch.no_grad()
 def greedy_accuracy(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_name: str, rows: Rows,
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    task_name: str,
+    rows: Rows,
     max_new_tokens: int | None = None,
 ) -> float:
     """Share of rows whose greedy completion is correct, with the same formatting the rollouts use.
@@ -199,7 +211,10 @@ def greedy_accuracy(
     task = get_task(task_name)
     enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
     out_NT = model.generate(
-        **enc, max_new_tokens=max_new_tokens or task.max_new_tokens, do_sample=False, pad_token_id=PAD_ID,
+        **enc,
+        max_new_tokens=max_new_tokens or task.max_new_tokens,
+        do_sample=False,
+        pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
     )
     texts = tokenizer.batch_decode(out_NT[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
@@ -233,8 +248,11 @@ def _build(
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(model_config(size))
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[basemodel] building the {task_name} base model: {n_params / 1e6:.2f}M params, "
-          f"at most {steps} warm-start steps", flush=True)
+    print(
+        f"[basemodel] building the {task_name} base model: {n_params / 1e6:.2f}M params, "
+        f"at most {steps} warm-start steps",
+        flush=True,
+    )
     # The warm start draws its rows from a seed stream of its own, not the one RL runs use.
     rows = task.warmup_rows(min(max(steps, 1) * SFT_BATCH, 50_000), 1_000_000 + seed)
     val_rows = task.train_rows(200, 2_000_000 + seed)
@@ -247,10 +265,21 @@ def _build(
 def _settings_hash(task_name: str, sft_steps: int, seed: int, size: str = "default") -> str:
     """Short hash of everything the build depends on; a few warm-start rows stand in for the task's data recipe."""
     settings = {
-        "version": BUILD_VERSION, "task": task_name, "sft_steps": sft_steps, "seed": seed, "sizes": SIZES[size],
-        "charset": CHARSET, "batch": SFT_BATCH, "lr": SFT_LR, "warmup": SFT_WARMUP, "init": SFT_INIT_STD,
-        "target": SFT_TARGET_ACCURACY[task_name], "decay": SFT_DECAY[task_name], "eval_every": SFT_EVAL_EVERY,
-        "threads": BUILD_THREADS, "data": get_task(task_name).warmup_rows(20, 1_000_000 + seed),
+        "version": BUILD_VERSION,
+        "task": task_name,
+        "sft_steps": sft_steps,
+        "seed": seed,
+        "sizes": SIZES[size],
+        "charset": CHARSET,
+        "batch": SFT_BATCH,
+        "lr": SFT_LR,
+        "warmup": SFT_WARMUP,
+        "init": SFT_INIT_STD,
+        "target": SFT_TARGET_ACCURACY[task_name],
+        "decay": SFT_DECAY[task_name],
+        "eval_every": SFT_EVAL_EVERY,
+        "threads": BUILD_THREADS,
+        "data": get_task(task_name).warmup_rows(20, 1_000_000 + seed),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 

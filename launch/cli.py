@@ -54,11 +54,16 @@ def resolve_config(config: str | None) -> Path | None:
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "config", nargs="?",
+        "config",
+        nargs="?",
         help=f"experiment file (YAML or TOML) or a preset name ({', '.join(presets())}); default: the built-in run",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field by its dotted name, e.g. --set train.lr=1e-3 (repeatable)",
     )
 
@@ -68,8 +73,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="shorthand for --set run.steps=N")
     parser.add_argument("--seed", type=int, help="shorthand for --set run.seed=S")
     parser.add_argument("--run-dir", help="shorthand for --set run.run_dir=DIR")
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue RUN_DIR from its last good checkpoint (its config.yaml unless CONFIG is given)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last good checkpoint (its config.yaml unless CONFIG is given)",
+    )
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
@@ -91,8 +99,8 @@ def _train_config_path(args: argparse.Namespace) -> Path | None:
 def _train(args: argparse.Namespace) -> int:
     config = load_config(_train_config_path(args), _train_overrides(args))
 
+    from launch.checkpoint import RunStopped
     from launch.driver import train
-    from launch.runstate import RunStopped
 
     try:
         result = train(config, resume=bool(args.resume))
@@ -100,9 +108,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"prolora: {stop}", file=sys.stderr)
         return stop.exit_code
     first, last = result.first_eval, result.last_eval
-    print(f"held-out pass@1: {first.pass_at_1:.3f} -> {last.pass_at_1:.3f} "
-          f"({100 * (last.pass_at_1 - first.pass_at_1):+.1f} points); "
-          f"pass@{last.k}: {first.pass_at_k:.3f} -> {last.pass_at_k:.3f}")
+    print(
+        f"held-out pass@1: {first.pass_at_1:.3f} -> {last.pass_at_1:.3f} "
+        f"({100 * (last.pass_at_1 - first.pass_at_1):+.1f} points); "
+        f"pass@{last.k}: {first.pass_at_k:.3f} -> {last.pass_at_k:.3f}"
+    )
     for name, value in last.task_metrics.items():
         before = first.task_metrics[name]
         print(f"held-out {name}: {before:.2f} -> {value:.2f} ({value - before:+.2f})")
@@ -112,8 +122,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser)
-    parser.add_argument("--size", choices=["default", "large"], default="default",
-                        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions")
+    parser.add_argument(
+        "--size",
+        choices=["default", "large"],
+        default="default",
+        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run for CI (4 prompts, 3 steps, 3 rounds)")
     parser.add_argument("--rounds", type=int, help="timed generation rounds per engine (default 5; quick 3)")
     parser.add_argument("--steps", type=int, help="training steps of each training row (default 10; quick 3)")
@@ -121,7 +135,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from launch.bench import QUICK_ROUNDS, QUICK_STEPS, bench_overrides, run_bench
+    from launch.tools.bench import QUICK_ROUNDS, QUICK_STEPS, bench_overrides, run_bench
 
     config_file = resolve_config(args.config)
     task = load_config(config_file, args.overrides).task.name
@@ -139,8 +153,11 @@ def _address_arg(parser: argparse.ArgumentParser) -> None:
 def _submit_args(parser: argparse.ArgumentParser) -> None:
     _train_args(parser)
     _address_arg(parser)
-    parser.add_argument("--no-resource-check", action="store_true",
-                        help="submit even if the cluster lacks the resources now (autoscaling clusters)")
+    parser.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="submit even if the cluster lacks the resources now (autoscaling clusters)",
+    )
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -152,16 +169,19 @@ def _submit(args: argparse.Namespace) -> int:
 
     from launch.cluster import resolve_address, submit
 
-    job_id = submit(config, config_file, overrides, args.address, resume=args.resume,
-                    check_resources=not args.no_resource_check)
+    job_id = submit(
+        config, config_file, overrides, args.address, resume=args.resume, check_resources=not args.no_resource_check
+    )
     address = resolve_address(args.address)
     print(f"submitted job {job_id} to {address}")
     print(f"  follow it:  prolora logs {job_id} --follow --address {address}")
     print(f"  status:     prolora jobs --address {address}")
     print(f"  stop it:    prolora stop {job_id} --address {address}")
     if not (config.run.run_dir and Path(config.run.run_dir).is_absolute()):
-        print("  note: the run directory will be inside the job's working directory on the node that runs it (the "
-              "log's last line names it), which Ray may clean up; pass --run-dir /absolute/path to keep it")
+        print(
+            "  note: the run directory will be inside the job's working directory on the node that runs it (the "
+            "log's last line names it), which Ray may clean up; pass --run-dir /absolute/path to keep it"
+        )
     return 0
 
 
@@ -210,7 +230,7 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from launch.report import write_report
+    from launch.tools.report import write_report
 
     page = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(f"report: {page}")
@@ -223,20 +243,33 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, help="samples per prompt (>= the largest k; default: the largest k)")
     parser.add_argument("--split", default="heldout", choices=["heldout", "train"], help="which prompts")
     parser.add_argument("--prompts", type=int, help="number of prompts (default: eval.size of the config)")
-    parser.add_argument("--adapters", default="final",
-                        help="for a run directory: comma-separated adapters/<name> to compare, or 'all' "
-                             "(every saved step and final); default final")
-    parser.add_argument("--out", help="where to write the JSON table (default: RUN_DIR/eval_<split>.json, or "
-                                      "eval_<split>.json beside an adapter)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the run's config, e.g. --set eval.temperature=0.7 (repeatable)")
+    parser.add_argument(
+        "--adapters",
+        default="final",
+        help="for a run directory: comma-separated adapters/<name> to compare, or 'all' "
+        "(every saved step and final); default final",
+    )
+    parser.add_argument(
+        "--out",
+        help="where to write the JSON table (default: RUN_DIR/eval_<split>.json, or "
+        "eval_<split>.json beside an adapter)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the run's config, e.g. --set eval.temperature=0.7 (repeatable)",
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from launch.passk import EvalRequest, run_eval
+    from launch.tools.passk import EvalRequest, run_eval
 
-    request = EvalRequest.from_args(args.target, args.k, args.n, args.split, args.prompts, args.adapters,
-                                    args.out, args.overrides)
+    request = EvalRequest.from_args(
+        args.target, args.k, args.n, args.split, args.prompts, args.adapters, args.out, args.overrides
+    )
     run_eval(request)
     return 0
 
@@ -245,13 +278,14 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser)
     parser.add_argument("--input", required=True, help="JSONL file: prompt, completion and the columns rewards read")
     parser.add_argument(
-        "--reward", help="rewards to apply, NAME[=WEIGHT][,NAME[=WEIGHT]...] (built-in or module:function); "
+        "--reward",
+        help="rewards to apply, NAME[=WEIGHT][,NAME[=WEIGHT]...] (built-in or module:function); "
         "default: the config's rewards.functions",
     )
 
 
 def _score(args: argparse.Namespace) -> int:
-    from launch.score import parse_reward_arg, score_file
+    from launch.tools.score import parse_reward_arg, score_file
 
     config = load_config(resolve_config(args.config), args.overrides)
     specs = parse_reward_arg(args.reward) if args.reward is not None else list(config.rewards.functions)

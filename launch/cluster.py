@@ -28,14 +28,24 @@ from pathlib import Path
 
 import requests
 
-from launch.actors import SKIP_RESOURCE_CHECK_ENV
-from launch.resources import check_fits
+from launch.actors import SKIP_RESOURCE_CHECK_ENV, check_fits
 from shared.config import Config
 from shared.errors import UserError
 
 WORKING_DIR_EXCLUDES = [
-    "runs/", ".venv/", "venv/", ".git/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", ".cache/",
-    "*.egg-info/", "build/", "wandb/", "*.parquet", "*.safetensors",
+    "runs/",
+    ".venv/",
+    "venv/",
+    ".git/",
+    "__pycache__/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".cache/",
+    "*.egg-info/",
+    "build/",
+    "wandb/",
+    "*.parquet",
+    "*.safetensors",
 ]
 """Left out of the uploaded working directory: outputs, environments and caches (Ray caps uploads at 100 MiB)."""
 JOB_ENV = {
@@ -108,15 +118,16 @@ def repository_root() -> Path:
     return root
 
 
-def train_command(config_path: str | Path | None, overrides: list[str], root: Path,
-                  resume: str | None = None) -> str:
+def train_command(config_path: str | Path | None, overrides: list[str], root: Path, resume: str | None = None) -> str:
     """The job's entrypoint: `prolora train` with the same file (relative to the repository) and overrides."""
     args = ["python", "-m", "launch.cli", "train"]
     if config_path:
         path = Path(config_path).resolve()
         if not path.is_relative_to(root):
-            raise UserError(f"config file {config_path} is outside the repository {root}, which is what the job "
-                            "uploads; move it into the repository (e.g. configs/)")
+            raise UserError(
+                f"config file {config_path} is outside the repository {root}, which is what the job "
+                "uploads; move it into the repository (e.g. configs/)"
+            )
         args.append(str(path.relative_to(root)))
     for assignment in overrides:
         args += ["--set", assignment]
@@ -125,8 +136,14 @@ def train_command(config_path: str | Path | None, overrides: list[str], root: Pa
     return " ".join(shlex.quote(a) for a in args)
 
 
-def submit(config: Config, config_path: str | Path | None, overrides: list[str], address: str | None,
-           resume: str | None = None, check_resources: bool = True) -> str:
+def submit(
+    config: Config,
+    config_path: str | Path | None,
+    overrides: list[str],
+    address: str | None,
+    resume: str | None = None,
+    check_resources: bool = True,
+) -> str:
     """Submit a training run as a Ray job; returns the job's submission id."""
     root = repository_root()
     entrypoint = train_command(config_path, overrides, root, resume)

@@ -4,7 +4,7 @@ One round samples prompts, generates a group per prompt on the rollout workers a
 reward actors. The DAPO soft overlong penalty, when on, is added to the reward before advantages. Without dynamic
 sampling one round is the batch. With it (DAPO), groups whose rewards are all equal carry no gradient and are
 dropped, and further rounds refill the batch (at most `algo.max_refill_rounds` of them; see
-`learner.grpo.select_groups` for a batch still short after that).
+`learner.advantages.select_groups` for a batch still short after that).
 
 Every generated group is kept in the result, trained or not, so the rollouts file and the pass-rate history see
 everything the policy did; groups left out of the batch have advantage 0.
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from launch.data import PromptSampler
-from launch.fleet import RewardPool, RolloutFleet, merge_scores
-from learner.grpo import group_advantages, group_has_signal, overlong_penalty, refill_size, select_groups
+from launch.prompts import PromptSampler
+from learner.advantages import group_advantages, group_has_signal, overlong_penalty, refill_size, select_groups
+from learner.rewards.pool import RewardPool, merge_scores
+from rollout.fleet import RolloutFleet
 from shared.config import Config
 from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
 
@@ -99,7 +100,11 @@ def _sampling(config: Config, step: int, round_: int) -> SamplingSpec:
     # Rounds of one step need seeds of their own; round 0 keeps the seed a run without refills uses.
     seed = config.run.seed + step + 1_000_003 * round_
     return SamplingSpec(
-        n=r.group_size, max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=seed,
+        n=r.group_size,
+        max_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        seed=seed,
         min_tokens=r.min_new_tokens,
     )
 

@@ -5,7 +5,7 @@ shape rewards, drop groups without signal under dynamic sampling, compute advant
 the learner, hot-load the new adapter into every rollout worker, maybe reset the KL reference (ProRL), record
 per-prompt pass rates, log. The loop itself stays on one screen; everything it calls lives in small functions
 below or in other modules. Before each batch is made the reward set may change: `RewardSwap`
-(launch/reward_swap.py) installs an edited `rewards.yaml`.
+(learner/rewards/swap.py) installs an edited `rewards.yaml`.
 
 Steps are numbered from 1. Step s trains on top of adapter version s-1 (version 0 is the base model with no
 adapter) and produces version s. Held-out evaluation runs before step 1 (recorded as step 0), every `eval.every`
@@ -19,7 +19,7 @@ background producer makes the batches of steps s+1..s+k while step s trains (lau
 version published when each batch starts, so a batch may come from any version in [s-1-k, s-1];
 `staleness_mean`/`staleness_max` in metrics.jsonl say how old it was, and a batch outside the bound is refused.
 What that delays, by up to k steps: a prompt retired after step t is skipped from batch t+k+1 on
-(launch/data.py:PromptFeed); a reward swap is polled by the producer before it makes a batch, so the swap record's
+(launch/prompts.py:PromptFeed); a reward swap is polled by the producer before it makes a batch, so the swap record's
 step is the first step scored by the new set, though that batch may be scored up to k steps before it is trained.
 A ProRL reference reset is not delayed: the reference enters only through the KL term, computed at training time.
 A checkpoint after step s pairs the learner's state after s with the data order from before batch s+1, so batches
@@ -42,31 +42,35 @@ import ray
 from ray.exceptions import RayActorError
 
 from launch.actors import Actors, start_actors, start_ray
-from launch.checkpoint import CheckpointError, check_identity, load_latest_checkpoint, save_checkpoint
-from launch.collect import Collected, collect_batch
-from launch.data import PassRateHistory, PromptFeed, PromptSampler
-from launch.datafiles import TaskData, load_task_data, token_counter
-from launch.evaluate import EvalResult, evaluate
-from launch.fleet import Published, TooManyRestarts
-from launch.pipeline import Prefetcher, check_staleness
-from launch.probe import StaleAdapterError, probe_prompts
-from launch.progress import Progress
-from launch.reward_swap import RewardSwap, check_reward_specs
-from launch.rundir import RunDir, resolve_model_path
-from launch.runstate import (
+from launch.checkpoint import (
+    CheckpointError,
     DriverState,
     Interrupted,
     LearnerDied,
     RunStopped,
     StopSignals,
+    check_identity,
     identity,
     learner_died_message,
+    load_latest_checkpoint,
     next_nonfinite_streak,
+    save_checkpoint,
 )
-from learner.grpo import zero_std_fraction
+from launch.collect import Collected, collect_batch
+from launch.datafiles import TaskData, load_task_data, token_counter
+from launch.evaluate import EvalResult, evaluate
+from launch.pipeline import Prefetcher, check_staleness
+from launch.progress import Progress
+from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
+from launch.rundir import RunDir, resolve_model_path
+from learner.advantages import zero_std_fraction
 from learner.reference import ResetCause, ResetTriggers
+from learner.rewards.swap import RewardSwap, check_reward_specs
+from rollout.fleet import Published
+from rollout.probe import StaleAdapterError, probe_prompts
 from shared.config import Config
 from shared.records import AdapterPayload, TrainStats
+from shared.restarts import TooManyRestarts
 from shared.tasks import Task, get_task
 
 

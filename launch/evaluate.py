@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from launch.fleet import RolloutFleet
-from learner.grpo import pass_at_k
+from rollout.fleet import RolloutFleet
 from shared.config import Config
+from shared.metrics import pass_at_k
 from shared.records import SamplingSpec
-from shared.tasks import Task
+from shared.tasks import Task, correct_counts
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class EvalResult:
 
     def as_record(self) -> dict:
         return {
-            "pass@1": self.pass_at_1, f"pass@{self.k}": self.pass_at_k, "n_prompts": self.n_prompts,
+            "pass@1": self.pass_at_1,
+            f"pass@{self.k}": self.pass_at_k,
+            "n_prompts": self.n_prompts,
             **self.task_metrics,
         }
 
@@ -47,11 +49,8 @@ def evaluate(fleet: RolloutFleet, task: Task, rows: list[dict], config: Config, 
         prompts,
         SamplingSpec(n=config.eval.n_samples, max_tokens=max_tokens, temperature=config.eval.temperature, seed=seed),
     )
-    pass1 = sum(task.is_correct(g.completions[0].text, r["answer"]) for g, r in zip(greedy, rows, strict=True))
-    passk = 0.0
-    for group, row in zip(sampled, rows, strict=True):
-        correct = sum(task.is_correct(c.text, row["answer"]) for c in group.completions)
-        passk += pass_at_k(len(group.completions), correct, config.eval.k)
+    pass1 = sum(correct_counts(task, greedy, rows))
+    passk = sum(pass_at_k(config.eval.n_samples, c, config.eval.k) for c in correct_counts(task, sampled, rows))
     texts = [g.completions[0].text for g in greedy]
     task_metrics = task.heldout_metrics(texts, rows) if task.heldout_metrics else {}
     return EvalResult(pass1 / len(rows), passk / len(rows), config.eval.k, len(rows), task_metrics)

@@ -13,4 +13,4 @@ for preset in prorl grpo; do
     "$PY" -m launch.cli train "$preset" --steps "$STEPS" --seed 0 --run-dir "runs/longrun-$preset" \
         --set eval.every=50 --set log.save_adapter_every=100 2>&1 | tee "runs/longrun-$preset.log"
 done
-"$PY" -m launch.summarize runs/longrun-prorl runs/longrun-grpo --window 100 | tee runs/longrun-summary.txt
+"$PY" -m launch.tools.summarize runs/longrun-prorl runs/longrun-grpo --window 100 | tee runs/longrun-summary.txt

@@ -35,8 +35,9 @@ def step_summary(record: dict, pass_at_1: float) -> dict[str, str]:
 
 
 class Progress:
-    def __init__(self, total_steps: int, first_eval, log_every: int = 10, start: int = 0,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total_steps: int, first_eval, log_every: int = 10, start: int = 0, stream: TextIO | None = None
+    ) -> None:
         """`start` is the last step already done (a resumed run); `first_eval` the evaluation it starts from."""
         self._stream = stream or sys.stderr
         self._total = total_steps
@@ -47,7 +48,8 @@ class Progress:
         self._tty = self._stream.isatty()
         self._bar = (
             tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, file=self._stream)
-            if self._tty else None
+            if self._tty
+            else None
         )
         self._line(f"[eval] step {start}: {first_eval.summary()}")
 
@@ -61,8 +63,9 @@ class Progress:
             elapsed = time.monotonic() - self._start
             eta = elapsed / (step - self._first_step) * (self._total - step)
             fields = "  ".join(f"{k} {v}" for k, v in summary.items())
-            self._line(f"[step {step}/{self._total}] {fields}  elapsed {format_duration(elapsed)}  "
-                       f"eta {format_duration(eta)}")
+            self._line(
+                f"[step {step}/{self._total}] {fields}  elapsed {format_duration(elapsed)}  eta {format_duration(eta)}"
+            )
 
     def eval(self, result, step: int) -> None:
         self._pass1 = result.pass_at_1

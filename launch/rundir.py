@@ -2,7 +2,7 @@
 
 Layout (later tools read these names):
     config.yaml       the resolved config
-    rewards.yaml      the reward set in force; edit it to change rewards while the run goes on (launch/reward_swap.py)
+    rewards.yaml      the reward set in force; edit it to change rewards while the run goes on (learner/rewards/swap.py)
     data.json         row numbers of task.train_file / heldout_file prompts skipped as too long (only when some were)
     metrics.jsonl     one JSON object per step, eval records with "eval": true, and reward-swap records with
                       "reward_swap": true
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from launch.data import PromptVisit
+from launch.prompts import PromptVisit
 from launch.sinks import open_sinks
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
@@ -100,9 +100,7 @@ class RunDir:
         target = self.adapters / name
         tmp = self.adapters / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for file_name, data in payload.files:
-            (tmp / file_name).write_bytes(data)
+        payload.write(tmp)
         (tmp / "VERSION").write_text(f"{payload.version}\n")
         if keep_copy:
             shutil.copytree(tmp, self.adapters / f"step_{payload.version:06d}", dirs_exist_ok=True)
@@ -110,9 +108,7 @@ class RunDir:
         tmp.rename(target)
         return target
 
-    def write_rollouts(
-        self, step: int, groups: list[Group], scores: RewardScores, advantages_PG: torch.Tensor
-    ) -> Path:
+    def write_rollouts(self, step: int, groups: list[Group], scores: RewardScores, advantages_PG: torch.Tensor) -> Path:
         flat = [(g, c) for g in groups for c in g.completions]
         columns = {
             "step": [step] * len(flat),

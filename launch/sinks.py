@@ -78,8 +78,10 @@ def open_sinks(config: Config, run_dir: Path) -> list[MetricsSink]:
         if _installed("tensorboard") or _installed("tensorboardX"):
             sinks.append(TensorBoardSink(run_dir / "tensorboard"))
         else:
-            _note("log.tensorboard is on but neither tensorboard nor tensorboardX is installed; "
-                  "skipping (pip install 'prolora[tensorboard]')")
+            _note(
+                "log.tensorboard is on but neither tensorboard nor tensorboardX is installed; "
+                "skipping (pip install 'prolora[tensorboard]')"
+            )
     if config.log.wandb:
         if _installed("wandb"):
             sinks.append(WandbSink(config, run_dir))

@@ -24,11 +24,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
-from learner.grpo import LossSettings, grpo_loss, token_entropy, token_logprobs
+from learner.loss import grpo_loss, token_entropy, token_logprobs
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.records import AdapterPayload, ProbeSet, TrainBatch, TrainSample, TrainStats
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 POLICY, REFERENCE = "default", "reference"
 """peft adapter names: the trained adapter and the reference snapshot."""
 
@@ -63,18 +62,8 @@ class Learner:
         self.model = get_peft_model(base, peft_config)
         self._train = train
         self._temperature = temperature
-        self._settings = LossSettings(
-            clip_low=algo.clip_low,
-            clip_high=algo.clip_high,
-            kl_coef=algo.kl_coef,
-            kl_estimator=algo.kl_estimator,
-            loss_agg=algo.loss_agg,
-            max_len=max_new_tokens,
-            is_cap=algo.is_cap,
-            entropy_coef=algo.entropy_coef,
-        )
-        self._mask_truncated = algo.mask_truncated
-        self._log_kl = algo.log_kl
+        self._algo = algo
+        self._max_new_tokens = max_new_tokens
         self.optimizer = self._new_optimizer()
         self.version = 0
 
@@ -99,7 +88,7 @@ class Learner:
         # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.
         old_logp = None if single_pass else self._logprobs_no_grad(samples)
         ref_logp = None
-        if self._settings.kl_coef or self._log_kl:
+        if self._algo.kl_coef or self._algo.log_kl:
             with self._reference_policy():
                 ref_logp = self._logprobs_no_grad(samples)
         stats, grad_norms = [], []
@@ -132,16 +121,18 @@ class Learner:
 
     def _loss(self, rows: list[TrainSample], old_logp, ref_logp, idx: torch.Tensor):
         tokens_BL, mask_BT, sampling_BT = _pack(rows)
-        if self._mask_truncated:
+        if self._algo.mask_truncated:
             mask_BT &= ~torch.tensor([r.truncated for r in rows])[:, None]  # DAPO overlong filtering
         logits_BTV = self._logits(tokens_BL) / self._temperature
         logp_BT = token_logprobs(logits_BTV, tokens_BL[:, 1:].clamp(min=0))
         # The entropy needs a graph only when it is in the loss (the bonus); otherwise it is just logged.
-        entropy_BT = token_entropy(logits_BTV if self._settings.entropy_coef else logits_BTV.detach())
+        entropy_BT = token_entropy(logits_BTV if self._algo.entropy_coef else logits_BTV.detach())
         old_BT = logp_BT.detach() if old_logp is None else _rows(old_logp, idx, logp_BT.shape[1])
         ref_BT = None if ref_logp is None else _rows(ref_logp, idx, logp_BT.shape[1])
         advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BT.dtype)
-        return grpo_loss(logp_BT, old_BT, ref_BT, sampling_BT, advantages_B, mask_BT, self._settings, entropy_BT)
+        return grpo_loss(
+            logp_BT, old_BT, ref_BT, sampling_BT, advantages_B, mask_BT, self._algo, self._max_new_tokens, entropy_BT
+        )
 
     # --------------------------------------------------------------------------------------- reference
     def reset_reference(self, reset_optimizer: bool = False) -> None:
@@ -208,7 +199,7 @@ class Learner:
         """
         with tempfile.TemporaryDirectory(prefix="prolora-export-") as tmp:
             self.model.save_pretrained(tmp, selected_adapters=[POLICY])
-            files = tuple((name, (Path(tmp) / name).read_bytes()) for name in ADAPTER_FILES)
+            files = AdapterPayload.read(Path(tmp), self.version).files
         probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
         return AdapterPayload(version=self.version, files=files, probe=probe)
 

@@ -80,9 +80,7 @@ class RolloutWorker:
             del self._requests[old]
         if payload.version in kept and payload.version not in self._requests:
             path = self._adapter_root / f"v{payload.version}"
-            path.mkdir(parents=True, exist_ok=True)
-            for name, data in payload.files:
-                (path / name).write_bytes(data)
+            payload.write(path)
             request = LoRARequest(f"v{payload.version}", payload.version, str(path))
             self._llm.llm_engine.add_lora(request)
             self._requests[payload.version] = request

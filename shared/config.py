@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.errors import UserError
 
+Baseline = Literal["group_mean", "rloo"]
+"""Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
+LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+"""How token losses become one number: DAPO, GRPO, Dr. GRPO (learner/loss.py `aggregate`)."""
+KLEstimator = Literal["k1", "k2", "k3"]
+"""Schulman's estimators of KL(policy || reference) per token."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -106,7 +113,7 @@ class RolloutConfig(_Section):
     """Restarts of dead rollout workers a run tolerates before it stops with a checkpoint."""
     probe_every: int = Field(1, ge=0)
     """Check every N hot-loads that each engine's greedy logprobs on two prompts of the batch just trained match the
-    learner's under the same version (launch/probe.py; 0: never)."""
+    learner's under the same version (rollout/probe.py; 0: never)."""
     probe_tolerance: float | None = Field(None, gt=0.0)
     """Largest |engine - learner| token logprob the probe accepts; None: 0.05 for float32 weights (engine and learner
     agree to ~1e-5 on CPU) and 0.3 for bfloat16 (0.07 measured on the 25M-parameter bench model)."""
@@ -118,13 +125,13 @@ class RolloutConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    advantage: Literal["group_mean", "rloo"] = "group_mean"
+    advantage: Baseline = "group_mean"
     """Baseline: the group mean, or the leave-one-out mean (RLOO)."""
     scale_by_std: bool = True
     """Divide advantages by the group std (GRPO); Dr. GRPO turns this off."""
     batch_norm: bool = False
     """Then renormalise the advantages of the whole training batch to zero mean and unit std."""
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    loss_agg: LossAgg = "seq_mean_token_mean"
     """How per-token losses become one number (DAPO token_mean, GRPO seq-mean-token-mean, Dr. GRPO sum/const)."""
     clip_low: float = Field(0.2, ge=0.0)
     """Lower clip range: ratio is clipped at 1 - clip_low."""
@@ -136,7 +143,7 @@ class AlgoConfig(_Section):
     """Measure KL(policy || reference) every step even when kl_coef is 0 (the `kl` metric, the health signal of a long
     run). It costs one no-grad forward pass of the batch under the reference; false skips it when nothing needs it
     (kl_coef 0, no reference.reset_kl_above), as TRL and veRL do at beta 0, and logs kl as null."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: KLEstimator = "k3"
     """Schulman's estimator of KL(policy || reference) per token: k1 (log ratio), k2 (squared), k3 (always >= 0)."""
     is_cap: float | None = 2.0
     """Truncated importance sampling cap C on p_learner_old / p_sampler; None turns the correction off."""

@@ -8,6 +8,12 @@ cannot be changed after it is made.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import UserError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""A peft LoRA adapter directory: what `save_pretrained` writes and peft and vLLM both load."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,29 @@ class AdapterPayload:
     probe: ProbeSet | None = None
     """Token sequences scored by the learner under exactly this version; an engine loading it scores them too."""
 
+    @classmethod
+    def read(cls, path: Path, version: int, probe: ProbeSet | None = None) -> AdapterPayload:
+        """The adapter directory at `path` as a payload with version id `version`."""
+        missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+        if missing:
+            raise UserError(f"{path} is not a peft adapter directory (missing {', '.join(missing)})")
+        return cls(version, tuple((f, (path / f).read_bytes()) for f in ADAPTER_FILES), probe)
+
+    def write(self, path: Path) -> None:
+        """Write the adapter files into directory `path` (created if needed)."""
+        path.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files:
+            (path / name).write_bytes(data)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """Whether `path` holds a peft adapter (its config file at least)."""
+    return (path / ADAPTER_FILES[0]).is_file()
+
 
 @dataclass(frozen=True)
 class ProbeSet:
-    """The served-adapter probe's expectation, pinned to one adapter version (launch/probe.py): the learner's greedy
+    """The served-adapter probe's expectation, pinned to one adapter version (rollout/probe.py): the learner's greedy
     continuation of each prompt under that version, with the (temperature-1) logprob of every token it chose."""
 
     prompt_token_ids: tuple[tuple[int, ...], ...]

@@ -98,10 +98,7 @@ def _sentence_scores(
 ) -> list[float | None]:
     # A fresh metric per batch: sacrebleu metrics are cheap, and sharing none keeps threads independent.
     refs = _references(columns, reward)
-    return [
-        None if r is None else metric.sentence_score(c, r).score
-        for c, r in zip(completions, refs, strict=True)
-    ]
+    return [None if r is None else metric.sentence_score(c, r).score for c, r in zip(completions, refs, strict=True)]
 
 
 def chrf(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:

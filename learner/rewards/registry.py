@@ -7,13 +7,14 @@ from the Python path of the process that scores (the reward actor's, under Ray).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from learner.rewards import builtin
 from learner.rewards.cycle import cycle_consistency
 from learner.rewards.protocol import RewardFn
 from learner.rewards.reward_model import reward_model
+from shared.config import RewardSpec
 from shared.errors import UserError
 
 BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
@@ -52,6 +53,20 @@ apply"). In a run, `completion_token_count` and `max_tokens` are filled in by th
 
 class UnknownRewardError(UserError, ValueError):
     """A reward name that is neither a built-in nor an importable `module:function`."""
+
+
+class RewardSetError(UserError, ValueError):
+    """A reward set (from the config or rewards.yaml) that this run cannot use."""
+
+
+def check_reward_names(specs: Sequence[RewardSpec]) -> None:
+    """A reward set names at least one reward, each once (its name is its metric and rollout column)."""
+    names = [spec.name for spec in specs]
+    if not names:
+        raise RewardSetError("the reward set is empty; rewards.functions needs at least one reward")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RewardSetError(f"each reward may appear once in rewards.functions; repeated: {', '.join(repeated)}")
 
 
 def resolve_reward(name: str) -> RewardFn:

@@ -31,7 +31,7 @@ from typing import Any
 
 from learner.rewards.context import CONTEXT_PARAMETER, RewardContext, check_context, wants_context
 from learner.rewards.protocol import RewardFn, RewardValues
-from learner.rewards.registry import resolve_reward
+from learner.rewards.registry import check_reward_names, resolve_reward
 from shared.config import RewardSpec
 from shared.records import RewardBatch, RewardScores
 
@@ -75,12 +75,7 @@ class RewardWorker:
 
     def set_specs(self, specs: Sequence[RewardSpec]) -> None:
         """Replace the reward set (between steps); every name is resolved before anything changes."""
-        names = [spec.name for spec in specs]
-        if not names:
-            raise ValueError("RewardWorker needs at least one reward")
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"each reward may appear once; repeated: {', '.join(repeated)}")
+        check_reward_names(specs)
         functions = {spec.name: resolve_reward(spec.name) for spec in specs}
         for name, fn in functions.items():
             check_context(name, fn, self._context)
@@ -118,16 +113,12 @@ class RewardWorker:
         total = (None,) * n if skipped else _weighted_totals(self._specs, components, n)
         return RewardScores(total=total, components=components, failures=failures)
 
-    async def _run_all(
-        self, batch: RewardBatch, columns: dict[str, list]
-    ) -> dict[str, RewardValues | Exception]:
+    async def _run_all(self, batch: RewardBatch, columns: dict[str, list]) -> dict[str, RewardValues | Exception]:
         names = [spec.name for spec in self._specs]
         outcomes = await asyncio.gather(*(self._run_one(name, batch, columns) for name in names))
         return dict(zip(names, outcomes, strict=True))
 
-    async def _run_one(
-        self, name: str, batch: RewardBatch, columns: dict[str, list]
-    ) -> RewardValues | Exception:
+    async def _run_one(self, name: str, batch: RewardBatch, columns: dict[str, list]) -> RewardValues | Exception:
         fn = self._functions[name]
         # Fresh lists per reward: rewards run concurrently and user code may mutate its arguments.
         kwargs = {
@@ -141,9 +132,7 @@ class RewardWorker:
             if _is_async(fn):
                 raw = await asyncio.wait_for(fn(**kwargs), self._timeout_s)
             else:
-                raw = await asyncio.wait_for(
-                    asyncio.wrap_future(_call_in_thread(fn, kwargs)), self._timeout_s
-                )
+                raw = await asyncio.wait_for(asyncio.wrap_future(_call_in_thread(fn, kwargs)), self._timeout_s)
             return _checked_values(name, raw, len(batch.completions))
         except asyncio.TimeoutError:
             return TimeoutError(f"reward {name!r} did not return within timeout_s={self._timeout_s}")
@@ -200,9 +189,7 @@ def _call_in_thread(fn: RewardFn, kwargs: dict[str, Any]) -> concurrent.futures.
 
 def _checked_values(name: str, raw: Any, n: int) -> RewardValues:
     if not isinstance(raw, (list, tuple)):
-        raise RewardReturnError(
-            f"reward {name!r} returned a {type(raw).__name__}; expected a list of {n} values"
-        )
+        raise RewardReturnError(f"reward {name!r} returned a {type(raw).__name__}; expected a list of {n} values")
     if len(raw) != n:
         raise RewardReturnError(f"reward {name!r} returned {len(raw)} values for {n} completions")
     values: RewardValues = []
@@ -240,9 +227,7 @@ def score_rows(
     for i, row in enumerate(rows):
         missing = {"prompt", "completion"} - row.keys()
         if missing:
-            raise ValueError(
-                f"row {i} lacks {', '.join(sorted(missing))}; each row needs prompt and completion"
-            )
+            raise ValueError(f"row {i} lacks {', '.join(sorted(missing))}; each row needs prompt and completion")
     keys = dict.fromkeys(key for row in rows for key in row if key not in ("prompt", "completion"))
     batch = RewardBatch(
         prompts=tuple(row["prompt"] for row in rows),

@@ -8,10 +8,11 @@ reach the reward functions as columns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shared.errors import UserError
+from shared.records import Group
 from shared.tasks import arithmetic, translation
 
 Rows = list[dict[str, str]]
@@ -66,3 +67,8 @@ def get_task(name: str) -> Task:
     if name not in _TASKS:
         raise UserError(f"unknown task {name!r}; built-in tasks: {sorted(_TASKS)}")
     return _TASKS[name]
+
+
+def correct_counts(task: Task, groups: Sequence[Group], rows: Rows) -> list[int]:
+    """Per prompt, how many of its group's completions `task.is_correct` accepts against the row's `answer`."""
+    return [sum(task.is_correct(c.text, r["answer"]) for c in g.completions) for g, r in zip(groups, rows, strict=True)]

@@ -19,7 +19,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from launch.reward_swap import REWARDS_FILE
+from learner.rewards.swap import REWARDS_FILE
 from tests.live_run import SWAPPED_SET, assert_swapped_at, newest_step, wait_for_step, write_rewards
 
 STEPS = 5

@@ -17,12 +17,13 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from launch.actors import start_learner, start_reward_actors, start_rollout_workers
-from launch.checkpoint import save_checkpoint
+from launch.checkpoint import LearnerDied, save_checkpoint
 from launch.driver import stop_if_learner_dies
-from launch.fleet import RewardPool, RolloutFleet, TooManyRestarts
-from launch.runstate import LearnerDied
+from learner.rewards.pool import RewardPool
+from rollout.fleet import RolloutFleet
 from shared.config import RewardSpec, load_config
 from shared.records import Completion, Group, RewardBatch, SamplingSpec, TrainBatch, TrainSample
+from shared.restarts import TooManyRestarts
 from tests.live_run import records, wait_for_step
 
 PROMPTS = ["12+34=", "500+500=", "7+8="]
@@ -187,8 +188,14 @@ def test_reward_actors_that_stay_dead_stop_the_run_with_a_checkpoint(tiny_model,
     """Past rewards.max_restarts a dead reward actor stops the run: exit 1, the message says why and how to resume,
     and a checkpoint of the last finished step is written (the scheduled ones are 20 steps apart)."""
     run_dir = tmp_path / "run"
-    sets = [f"model.path={tiny_model}", "eval.size=8", "eval.n_samples=8", "rollout.prompts_per_step=4",
-            "rewards.max_restarts=0", "run.checkpoint_every=20"]
+    sets = [
+        f"model.path={tiny_model}",
+        "eval.size=8",
+        "eval.n_samples=8",
+        "rollout.prompts_per_step=4",
+        "rewards.max_restarts=0",
+        "run.checkpoint_every=20",
+    ]
     train = [sys.executable, "-m", "launch.cli", "train", "--steps", "19", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(
         [*train, *[a for s in sets for a in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from launch.actors import start_learner, start_rollout_workers
-from launch.fleet import RolloutFleet
-from launch.probe import StaleAdapterError, probe_prompts
+from rollout.fleet import RolloutFleet
+from rollout.probe import StaleAdapterError, probe_prompts
 from rollout.worker import AdapterNotLoaded
 from shared.config import load_config
 from shared.records import AdapterPayload, SamplingSpec, TrainBatch, TrainSample

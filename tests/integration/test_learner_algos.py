@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load
 from transformers import AutoTokenizer
 
-from learner.grpo import kl_estimate
 from learner.learner import Learner
+from learner.loss import kl_estimate
 from shared.config import load_config
 from shared.records import AdapterPayload, TrainBatch, TrainSample
 

@@ -19,18 +19,39 @@ import pytest
 PRESETS = ["grpo", "dr_grpo", "dapo", "prorl"]
 PROMPTS, GROUP = 2, 4
 METRICS = {
-    "kl", "entropy", "clip_frac_low", "clip_frac_high", "zero_std_frac", "is_ratio_mean", "is_ratio_max",
-    "mismatch_kl", "ref_reset", "ref_reset_cause", "sample_rounds", "train_groups", "dropped_frac",
-    "overlong_penalty_mean", "truncated_frac",
+    "kl",
+    "entropy",
+    "clip_frac_low",
+    "clip_frac_high",
+    "zero_std_frac",
+    "is_ratio_mean",
+    "is_ratio_max",
+    "mismatch_kl",
+    "ref_reset",
+    "ref_reset_cause",
+    "sample_rounds",
+    "train_groups",
+    "dropped_frac",
+    "overlong_penalty_mean",
+    "truncated_frac",
 }
 EXTRA = {"prorl": ["reference.reset_every=1"]}
 
 
 def _train(preset: str, model, run_dir) -> subprocess.CompletedProcess:
     overrides = [
-        f"model.path={model}", "eval.size=4", "eval.k=2", "eval.n_samples=2", f"rollout.prompts_per_step={PROMPTS}",
-        f"rollout.group_size={GROUP}", "rollout.max_new_tokens=5", "task.train_size=64", "log.save_adapter_every=0",
-        "train.lr=0.02", "algo.max_refill_rounds=1", "rewards.functions=[{name: exact_match}, {name: overlong}]",
+        f"model.path={model}",
+        "eval.size=4",
+        "eval.k=2",
+        "eval.n_samples=2",
+        f"rollout.prompts_per_step={PROMPTS}",
+        f"rollout.group_size={GROUP}",
+        "rollout.max_new_tokens=5",
+        "task.train_size=64",
+        "log.save_adapter_every=0",
+        "train.lr=0.02",
+        "algo.max_refill_rounds=1",
+        "rewards.functions=[{name: exact_match}, {name: overlong}]",
         *EXTRA.get(preset, []),
     ]
     args = ["train", preset, "--steps", "2", "--run-dir", str(run_dir)]

@@ -12,17 +12,28 @@ import pytest
 
 
 def _prolora(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "r"
     proc = _prolora(
-        "train", "--steps", "3", "--run-dir", str(run_dir), "--set", f"model.path={tiny_model}",
-        "--set", "eval.size=8", "--set", "eval.every=2", "--set", "rollout.prompts_per_step=4",
-        "--set", "log.tensorboard=true",
+        "train",
+        "--steps",
+        "3",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        "eval.size=8",
+        "--set",
+        "eval.every=2",
+        "--set",
+        "rollout.prompts_per_step=4",
+        "--set",
+        "log.tensorboard=true",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Not a terminal: plain progress lines with the figures and an ETA.
@@ -37,13 +48,20 @@ def test_report_from_a_real_run(run_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = run_dir / "report"
     assert {p.stem for p in report.glob("*.png")} == {
-        "reward", "heldout", "kl", "entropy", "response_length", "throughput", "hotload"}
+        "reward",
+        "heldout",
+        "kl",
+        "entropy",
+        "response_length",
+        "throughput",
+        "hotload",
+    }
     page = (report / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 7 and "model:" in page
 
 
 def _pass_at_k(n: int, c: int, k: int) -> float:
-    """Independent of learner.grpo: the estimator straight from its binomial definition."""
+    """Independent of shared.metrics: the estimator straight from its binomial definition."""
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 

@@ -22,10 +22,29 @@ STEPS = 4
 
 def _args(tiny_model, run_dir, *extra):
     return [
-        sys.executable, "-m", "launch.cli", "train", "--steps", str(STEPS), "--run-dir", str(run_dir),
-        "--set", f"model.path={tiny_model}", "--set", "eval.size=8", "--set", "eval.every=0",
-        "--set", "rollout.prompts_per_step=4", "--set", "rollout.group_size=4", "--set", "run.checkpoint_every=2",
-        "--set", "train.lr=0.02", *extra,
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "train",
+        "--steps",
+        str(STEPS),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        "eval.size=8",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "rollout.prompts_per_step=4",
+        "--set",
+        "rollout.group_size=4",
+        "--set",
+        "run.checkpoint_every=2",
+        "--set",
+        "train.lr=0.02",
+        *extra,
     ]
 
 
@@ -43,8 +62,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     subprocess.run(_args(tiny_model, straight), check=True, capture_output=True, timeout=900)
 
-    proc = subprocess.Popen(_args(tiny_model, resumed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _args(tiny_model, resumed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     manifest = resumed / "checkpoints" / "step_000002" / "manifest.json"
     deadline = time.time() + 600
     while not manifest.exists() and proc.poll() is None and time.time() < deadline:
@@ -55,7 +75,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-m", "launch.cli", "train", "--resume", str(resumed)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed" in done.stdout
@@ -76,7 +98,9 @@ def test_resume_refuses_changed_lora_shape(tiny_model, tmp_path):
     subprocess.run(args, check=True, capture_output=True, timeout=900)
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "train", "--resume", str(run_dir), "--set", "lora.rank=4"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 2
     assert "lora.rank: 8 -> 4" in proc.stderr and "Traceback" not in proc.stderr

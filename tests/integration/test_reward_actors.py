@@ -63,8 +63,13 @@ def test_reward_model_actor_matches_a_direct_forward(reward_model_dir, ray_sessi
 
 @pytest.fixture(scope="module")
 def translate_fleet(tiny_translate_model, ray_session):
-    overrides = ["task.name=translate", "rollout.num_workers=2", "model.max_model_len=128", "rollout.max_new_tokens=32",
-                 "rewards.timeout_s=300"]
+    overrides = [
+        "task.name=translate",
+        "rollout.num_workers=2",
+        "model.max_model_len=128",
+        "rollout.max_new_tokens=32",
+        "rewards.timeout_s=300",
+    ]
     config = load_config(overrides=overrides)
     workers = start_rollout_workers(config, str(tiny_translate_model))
     ray_session.get([w.tokenizer_eos_id.remote() for w in workers])  # engines started: timeouts measure scoring only
@@ -76,8 +81,14 @@ def translate_fleet(tiny_translate_model, ray_session):
 def test_cycle_consistency_scores_the_models_own_back_translation(translate_fleet, ray_session):
     config, workers = translate_fleet
     rows = get_task("translate").heldout_rows(6, 0)
-    completions = [rows[0]["reference"], " " + rows[1]["reference"], "", "vag vag vag", rows[4]["reference"][::-1],
-                   rows[5]["reference"]]
+    completions = [
+        rows[0]["reference"],
+        " " + rows[1]["reference"],
+        "",
+        "vag vag vag",
+        rows[4]["reference"][::-1],
+        rows[5]["reference"],
+    ]
     sources = [r["source"] for r in rows[:5]] + [None]
     (rewarder,) = start_reward_actors(config, [RewardSpec(name="cycle_consistency")], reward_context(config, workers))
     batch = RewardBatch(tuple(r["prompt"] for r in rows), tuple(completions), {"source": tuple(sources)})

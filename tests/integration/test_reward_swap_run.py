@@ -16,8 +16,8 @@ import sys
 import yaml
 
 from launch.actors import start_reward_actors
-from launch.fleet import RewardPool
-from launch.reward_swap import REWARDS_FILE, RewardSwap
+from learner.rewards.pool import RewardPool
+from learner.rewards.swap import REWARDS_FILE, RewardSwap
 from shared.config import RewardSpec, load_config
 from shared.metrics import MetricsWriter, read_metrics
 from shared.records import RewardBatch
@@ -38,7 +38,7 @@ def test_poll_installs_valid_sets_on_every_actor_and_keeps_the_old_set_otherwise
         return [set(ray_session.get(a.score.remote(batch)).components) for a in actors]
 
     assert not swap.poll(1, pool, metrics)  # unchanged file
-    with caplog.at_level(logging.WARNING, logger="launch.reward_swap"):
+    with caplog.at_level(logging.WARNING, logger="learner.rewards.swap"):
         write_rewards(swap.path, [{"name": "exact_match"}, {"name": "nope"}])
         assert not swap.poll(2, pool, metrics)
         assert "unknown reward 'nope'" in caplog.text and "keeping rewards exact_match x1" in caplog.text
@@ -59,10 +59,31 @@ def test_reward_swap_during_a_real_run_takes_effect_at_the_recorded_step(tiny_mo
     run_dir = tmp_path / "run"
     steps = 14  # the swap lands by step 6 (see the waits below); the rest is margin
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", "train", "--steps", str(steps), "--run-dir", str(run_dir),
-         "--set", f"model.path={tiny_model}", "--set", "eval.size=8", "--set", "eval.n_samples=8",
-         "--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=4", "--set", "log.save_adapter_every=0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "train",
+            "--steps",
+            str(steps),
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            f"model.path={tiny_model}",
+            "--set",
+            "eval.size=8",
+            "--set",
+            "eval.n_samples=8",
+            "--set",
+            "rollout.prompts_per_step=2",
+            "--set",
+            "rollout.group_size=4",
+            "--set",
+            "log.save_adapter_every=0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         metrics = run_dir / "metrics.jsonl"

@@ -47,8 +47,9 @@ def _client_env(token: str | None, home: Path | None = None) -> dict[str, str]:
 
 
 def _prolora(env: dict[str, str], *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +61,32 @@ def ray_head():
     env.update(RAY_AUTH_MODE="token", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     env.pop("PYTHONPATH", None)  # the job must import the uploaded working directory, not this checkout
     head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
-         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-         "--num-cpus=4", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={env_agent}",
+            f"--node-manager-port={node_mgr}",
+            f"--object-manager-port={obj_mgr}",
+            "--num-cpus=4",
+            "--num-gpus=0",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -75,8 +95,12 @@ def ray_head():
             assert head.poll() is None, f"ray start exited: {head.stdout.read()[-3000:]}"
             try:
                 # The job API answers only once the job module is up, not merely the HTTP server.
-                if requests.get(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"},
-                                timeout=5).status_code == 200:
+                if (
+                    requests.get(
+                        f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5
+                    ).status_code
+                    == 200
+                ):
                     break
             except requests.RequestException:
                 pass
@@ -101,9 +125,22 @@ def test_submit_runs_the_default_config_as_a_job(ray_head, tiny_model, tmp_path)
     env = _client_env(token)
     run_dir = tmp_path / "job-run"
     proc = _prolora(
-        env, "submit", "--address", address, "--steps", "2", "--run-dir", str(run_dir),
-        "--set", f"model.path={tiny_model}", "--set", "eval.size=8", "--set", "eval.n_samples=8",
-        "--set", "rollout.prompts_per_step=4",
+        env,
+        "submit",
+        "--address",
+        address,
+        "--steps",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        "eval.size=8",
+        "--set",
+        "eval.n_samples=8",
+        "--set",
+        "rollout.prompts_per_step=4",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_id = proc.stdout.split("submitted job ")[1].split()[0]
@@ -149,8 +186,18 @@ def test_wrong_token_is_a_clear_error(ray_head, tmp_path):
 
 def test_a_run_the_cluster_cannot_hold_is_refused(ray_head, tiny_model, tmp_path):
     address, token = ray_head
-    proc = _prolora(_client_env(token), "submit", "--address", address, "--set", f"model.path={tiny_model}",
-                    "--set", "rollout.num_gpus=1", "--set", "rollout.num_workers=2")
+    proc = _prolora(
+        _client_env(token),
+        "submit",
+        "--address",
+        address,
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        "rollout.num_gpus=1",
+        "--set",
+        "rollout.num_workers=2",
+    )
     assert proc.returncode == 2, proc.stdout
     assert "GPU: the run needs 2" in proc.stderr and "rollout.num_gpus" in proc.stderr
     assert "the cluster has 0" in proc.stderr
@@ -160,8 +207,22 @@ def test_a_run_the_cluster_cannot_hold_is_refused(ray_head, tiny_model, tmp_path
 def test_stop_a_running_job(ray_head, tiny_model, tmp_path):
     address, token = ray_head
     env = _client_env(token)
-    proc = _prolora(env, "submit", "--address", address, "--steps", "500", "--run-dir", str(tmp_path / "long"),
-                    "--set", f"model.path={tiny_model}", "--set", "eval.size=4", "--set", "eval.n_samples=8")
+    proc = _prolora(
+        env,
+        "submit",
+        "--address",
+        address,
+        "--steps",
+        "500",
+        "--run-dir",
+        str(tmp_path / "long"),
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        "eval.size=4",
+        "--set",
+        "eval.n_samples=8",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_id = proc.stdout.split("submitted job ")[1].split()[0]
     stopped = _prolora(env, "stop", job_id, "--address", address)

@@ -11,28 +11,58 @@ import pyarrow.parquet as pq
 import pytest
 
 STEP_KEYS = {
-    "step", "reward_mean", "reward_std", "adapter_version", "sync_ms", "gen_tokens", "gen_s", "train_s", "step_s",
-    "kl", "entropy", "clip_frac", "response_len_mean", "worker_restarts", "reward_restarts", "publish_ms",
+    "step",
+    "reward_mean",
+    "reward_std",
+    "adapter_version",
+    "sync_ms",
+    "gen_tokens",
+    "gen_s",
+    "train_s",
+    "step_s",
+    "kl",
+    "entropy",
+    "clip_frac",
+    "response_len_mean",
+    "worker_restarts",
+    "reward_restarts",
+    "publish_ms",
     "probe_max_diff",
 }
 ROLLOUT_COLUMNS = {
-    "step", "prompt", "completion", "completion_token_ids", "sampling_logprobs", "reward", "reward/exact_match",
-    "advantage", "adapter_version",
+    "step",
+    "prompt",
+    "completion",
+    "completion_token_ids",
+    "sampling_logprobs",
+    "reward",
+    "reward/exact_match",
+    "advantage",
+    "adapter_version",
 }
 
 
 def _prolora(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def short_run(tiny_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "r"
     proc = _prolora(
-        "train", "--steps", "3", "--run-dir", str(run_dir), "--set", f"model.path={tiny_model}",
-        "--set", "eval.size=16", "--set", "rollout.prompts_per_step=4", "--set", "log.save_adapter_every=2",
+        "train",
+        "--steps",
+        "3",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        "eval.size=16",
+        "--set",
+        "rollout.prompts_per_step=4",
+        "--set",
+        "log.save_adapter_every=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
@@ -106,13 +136,30 @@ def test_a_run_on_rows_from_files(tiny_model, tmp_path):
     train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.parquet"
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "source": "mine"} for a in (12, 34, 56) for b in (7, 81)]
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pq.write_table(pa.Table.from_pylist([{"prompt": "5+5=", "answer": "10"}, {"prompt": "1+2=", "answer": "3"}]),
-                   heldout)
+    pq.write_table(
+        pa.Table.from_pylist([{"prompt": "5+5=", "answer": "10"}, {"prompt": "1+2=", "answer": "3"}]), heldout
+    )
     run_dir = tmp_path / "r"
     proc = _prolora(
-        "train", "--steps", "1", "--run-dir", str(run_dir), "--set", f"model.path={tiny_model}",
-        "--set", f"task.train_file={train}", "--set", f"task.heldout_file={heldout}", "--set", "eval.k=2",
-        "--set", "eval.n_samples=2", "--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=2",
+        "train",
+        "--steps",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"model.path={tiny_model}",
+        "--set",
+        f"task.train_file={train}",
+        "--set",
+        f"task.heldout_file={heldout}",
+        "--set",
+        "eval.k=2",
+        "--set",
+        "eval.n_samples=2",
+        "--set",
+        "rollout.prompts_per_step=2",
+        "--set",
+        "rollout.group_size=2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -9,8 +9,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from launch.basemodel import model_config
-from launch.bench import TARGETS, bench_overrides, format_table
 from launch.rundir import resolve_model_path
+from launch.tools.bench import TARGETS, bench_overrides, format_table
 from shared.config import load_config
 from shared.errors import UserError
 from shared.tasks import get_task

@@ -13,11 +13,27 @@ from shared.errors import UserError
 def test_entrypoint_is_train_with_the_same_file_and_overrides():
     root = repository_root()
     command = train_command(str(root / "configs" / "my run.yaml"), ["train.lr=1e-3", "run.name=a b"], root)
-    assert shlex.split(command) == ["python", "-m", "launch.cli", "train", "configs/my run.yaml",
-                                    "--set", "train.lr=1e-3", "--set", "run.name=a b"]
+    assert shlex.split(command) == [
+        "python",
+        "-m",
+        "launch.cli",
+        "train",
+        "configs/my run.yaml",
+        "--set",
+        "train.lr=1e-3",
+        "--set",
+        "run.name=a b",
+    ]
     assert shlex.split(train_command(None, [], root)) == ["python", "-m", "launch.cli", "train"]
     assert shlex.split(train_command(root / "launch" / "configs" / "prorl.yaml", [], root, resume="/runs/a")) == [
-        "python", "-m", "launch.cli", "train", "launch/configs/prorl.yaml", "--resume", "/runs/a"]
+        "python",
+        "-m",
+        "launch.cli",
+        "train",
+        "launch/configs/prorl.yaml",
+        "--resume",
+        "/runs/a",
+    ]
 
 
 def test_a_config_outside_the_repository_is_refused(tmp_path):

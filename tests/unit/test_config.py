@@ -101,9 +101,7 @@ def test_config_argument_prefers_an_existing_file(tmp_path, monkeypatch):
 
 
 def test_unknown_preset_lists_the_presets():
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "train", "prorll"], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "train", "prorll"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "'prorll' is neither a file nor a preset" in proc.stderr
     assert "dapo, dr_grpo, grpo, prorl" in proc.stderr and "Traceback" not in proc.stderr

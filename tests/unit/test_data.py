@@ -1,10 +1,10 @@
-"""Prompt order, retirement and the per-prompt pass-rate history (launch/data.py)."""
+"""Prompt order, retirement and the per-prompt pass-rate history (launch/prompts.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from launch.data import PassRateHistory, PromptFeed, PromptSampler, solved_streak
+from launch.prompts import PassRateHistory, PromptFeed, PromptSampler, solved_streak
 from shared.errors import UserError
 
 ROWS = [{"prompt": f"p{i}", "answer": str(i)} for i in range(5)]

@@ -1,4 +1,4 @@
-"""Checks every function of learner/grpo.py against an independent computation.
+"""Checks every function of learner/loss.py against an independent computation.
 
 References are written separately here, with numpy loops or values worked out by hand on tiny tensors, so
 a shared mistake between the vectorised code and its test is unlikely. Gradient signs are checked where the
@@ -13,22 +13,27 @@ import numpy as np
 import pytest
 import torch
 
-from learner.grpo import (
-    LossSettings,
-    aggregate,
+from learner.advantages import (
     group_advantages,
     group_has_signal,
-    grpo_loss,
-    kl_estimate,
     overlong_penalty,
-    pass_at_k,
     refill_size,
     select_groups,
+    zero_std_fraction,
+)
+from learner.loss import (
+    aggregate,
+    grpo_loss,
+    kl_estimate,
     token_entropy,
     token_logprobs,
     truncated_is_weights,
-    zero_std_fraction,
 )
+from shared.config import AlgoConfig
+from shared.metrics import pass_at_k
+
+MAX_LEN = 16
+"""Generation length limit passed to grpo_loss (only seq_mean_token_sum_norm reads it)."""
 
 REWARDS_PG = np.array(
     [
@@ -90,9 +95,7 @@ def test_advantages_match_numpy(baseline, scale_by_std, batch_norm, masked):
 
 def test_advantages_by_hand():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    np.testing.assert_allclose(
-        group_advantages(rewards, scale_by_std=False).numpy(), [[0.5, -0.5, -0.5, 0.5]]
-    )
+    np.testing.assert_allclose(group_advantages(rewards, scale_by_std=False).numpy(), [[0.5, -0.5, -0.5, 0.5]])
     # RLOO: 1 - mean(0, 0, 1) = 2/3 and 0 - mean(0, 1, 1) = -2/3.
     np.testing.assert_allclose(
         group_advantages(rewards, baseline="rloo", scale_by_std=False).numpy(),
@@ -237,12 +240,12 @@ def test_clip_higher_gradient_sign():
     # One token, A = +1, ratio 1.25: inside DAPO's 1.28 bound it is still pushed up, outside 1.2 it is frozen.
     logp, old, ref, sampling, adv = _loss_inputs([[math.log(1.25)]], [[0.0]], [1.0])
     mask = torch.ones(1, 1)
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings(clip_high=0.28))
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(clip_high=0.28), MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad.item() == pytest.approx(-1.25)  # d(-ratio * A)/dlogp; descent raises logp
     assert stats.clip_frac_high == 0.0
 
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings(clip_high=0.2))
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(clip_high=0.2), MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad.item() == 0.0
     assert loss.item() == pytest.approx(-1.2)
@@ -263,7 +266,7 @@ def test_clip_fractions_by_hand():
     adv = [1.0, -1.0, -1.0, 1.0, -1.0, 1.0]
     mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1], [1, 1], [0, 1]])
     inputs = _loss_inputs(np.log(ratio_BT).tolist(), np.zeros_like(ratio_BT).tolist(), adv)
-    _, stats = grpo_loss(*inputs, mask, LossSettings())
+    _, stats = grpo_loss(*inputs, mask, AlgoConfig(), MAX_LEN)
     n_tokens = 10
     assert stats.clip_frac_high == pytest.approx(1 / n_tokens)
     assert stats.clip_frac_low == pytest.approx(1 / n_tokens)
@@ -272,7 +275,7 @@ def test_clip_fractions_by_hand():
 
 def test_negative_advantage_clipped_low_has_no_gradient():
     logp, old, ref, sampling, adv = _loss_inputs([[math.log(0.75), math.log(0.9)]], [[0.0, 0.0]], [-1.0])
-    loss, _ = grpo_loss(logp, old, ref, sampling, adv, torch.ones(1, 2), LossSettings(loss_agg="token_mean"))
+    loss, _ = grpo_loss(logp, old, ref, sampling, adv, torch.ones(1, 2), AlgoConfig(loss_agg="token_mean"), MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad[0, 0].item() == 0.0
     assert grad[0, 1].item() == pytest.approx(0.9 / 2)  # pushed down: positive gradient
@@ -283,7 +286,7 @@ def test_is_weight_scales_surrogate_and_caps():
     logp, old, ref, _, adv = _loss_inputs([[0.0, 0.0]], [[0.0, 0.0]], [1.0])
     sampling = torch.tensor([[-0.5, -2.0]], dtype=torch.float64)
     mask = torch.ones(1, 2)
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings(is_cap=2.0))
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(is_cap=2.0), MAX_LEN)
     assert loss.item() == pytest.approx(-(math.exp(0.5) + 2.0) / 2)
     assert stats.is_ratio_mean == pytest.approx((math.exp(0.5) + 2.0) / 2)
     assert stats.is_ratio_max == pytest.approx(2.0)
@@ -291,7 +294,7 @@ def test_is_weight_scales_surrogate_and_caps():
     want_mismatch = np.mean([math.exp(x) - 1 - x for x in (0.5, 2.0)])
     assert stats.mismatch_kl == pytest.approx(want_mismatch)
 
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings(is_cap=None))
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(is_cap=None), MAX_LEN)
     assert loss.item() == pytest.approx(-1.0)
     assert stats.is_ratio_mean == 1.0 and stats.is_ratio_max == 1.0
 
@@ -299,11 +302,11 @@ def test_is_weight_scales_surrogate_and_caps():
 def test_k3_kl_gradient_zero_at_reference():
     logp, old, ref, sampling, adv = _loss_inputs([[-1.0, -2.0]], [[-1.0, -2.0]], [0.0], ref=[[-1.0, -2.0]])
     mask = torch.ones(1, 2)
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings(kl_coef=0.5))
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(kl_coef=0.5), MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.all(grad == 0) and stats.kl == 0.0
     # k1 is linear in logp, so its gradient never vanishes.
-    loss, _ = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings(kl_coef=0.5, kl_estimator="k1"))
+    loss, _ = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(kl_coef=0.5, kl_estimator="k1"), MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     np.testing.assert_allclose(grad.numpy(), [[0.25, 0.25]])
 
@@ -311,7 +314,7 @@ def test_k3_kl_gradient_zero_at_reference():
 def test_k3_kl_gradient_pulls_toward_reference():
     # logp above ref: gradient positive (descent lowers logp); d k3/dlogp = 1 - exp(ref - logp).
     logp, old, ref, sampling, adv = _loss_inputs([[-1.0]], [[-1.0]], [0.0], ref=[[-2.0]])
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, torch.ones(1, 1), LossSettings(kl_coef=1.0))
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, torch.ones(1, 1), AlgoConfig(kl_coef=1.0), MAX_LEN)
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad.item() == pytest.approx(1 - math.exp(-1.0))
     assert stats.kl == pytest.approx(math.exp(-1.0) - 1 + 1.0)
@@ -325,8 +328,8 @@ def test_full_loss_value_by_hand():
     )
     entropy = torch.tensor([[1.0, 9.0], [3.0, 9.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 0], [1, 0]])
-    s = LossSettings(kl_coef=0.1, entropy_coef=0.01, loss_agg="token_mean", is_cap=None)
-    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, s, entropy_BT=entropy)
+    s = AlgoConfig(kl_coef=0.1, entropy_coef=0.01, loss_agg="token_mean", is_cap=None)
+    loss, stats = grpo_loss(logp, old, ref, sampling, adv, mask, s, MAX_LEN, entropy_BT=entropy)
 
     k3 = [math.exp(-0.1) - 1 + 0.1, math.exp(0.5) - 1 - 0.5]
     tok0 = -math.exp(0.1) * 2 + 0.1 * k3[0] - 0.01 * 1.0
@@ -339,7 +342,7 @@ def test_full_loss_value_by_hand():
 
 def test_stats_without_entropy_and_kl_logged_when_off():
     logp, old, ref, sampling, adv = _loss_inputs([[0.0]], [[0.0]], [1.0], ref=[[-1.0]])
-    _, stats = grpo_loss(logp, old, ref, sampling, adv, torch.ones(1, 1), LossSettings(kl_coef=0.0))
+    _, stats = grpo_loss(logp, old, ref, sampling, adv, torch.ones(1, 1), AlgoConfig(kl_coef=0.0), MAX_LEN)
     assert stats.entropy == 0.0
     assert stats.kl == pytest.approx(math.exp(-1.0) - 1 + 1.0)
     assert stats.mismatch_kl == 0.0
@@ -348,18 +351,18 @@ def test_stats_without_entropy_and_kl_logged_when_off():
 def test_without_reference_the_loss_is_unchanged_and_kl_is_not_measured():
     logp, old, ref, sampling, adv = _loss_inputs([[0.1, -0.2]], [[0.0, 0.0]], [1.5], ref=[[-1.0, 0.3]])
     mask = torch.ones(1, 2)
-    with_ref, stats = grpo_loss(logp, old, ref, sampling, adv, mask, LossSettings())
-    without, no_kl = grpo_loss(logp, old, None, sampling, adv, mask, LossSettings())
+    with_ref, stats = grpo_loss(logp, old, ref, sampling, adv, mask, AlgoConfig(), MAX_LEN)
+    without, no_kl = grpo_loss(logp, old, None, sampling, adv, mask, AlgoConfig(), MAX_LEN)
     assert without.item() == with_ref.item() and math.isnan(no_kl.kl) and not math.isnan(stats.kl)
     with pytest.raises(ValueError, match="kl_coef > 0 needs the reference"):
-        grpo_loss(logp, old, None, sampling, adv, mask, LossSettings(kl_coef=0.1))
+        grpo_loss(logp, old, None, sampling, adv, mask, AlgoConfig(kl_coef=0.1), MAX_LEN)
 
 
 def test_loss_settings_validate():
     with pytest.raises(ValueError, match="kl_estimator"):
-        LossSettings(kl_estimator="k9")
+        AlgoConfig(kl_estimator="k9")
     with pytest.raises(ValueError, match="max_len"):
-        LossSettings(loss_agg="seq_mean_token_sum_norm")
+        aggregate(torch.ones(1, 2), torch.ones(1, 2), "seq_mean_token_sum_norm")
 
 
 def test_pass_at_k():
@@ -380,8 +383,10 @@ def test_entropy_bonus_gradient_matches_closed_form():
     logits.requires_grad_(True)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     zeros = torch.zeros(2, 3, dtype=torch.float64)
-    s = LossSettings(entropy_coef=0.3, loss_agg="token_mean", is_cap=None)
-    loss, stats = grpo_loss(zeros, zeros, zeros, zeros, torch.zeros(2), mask, s, entropy_BT=token_entropy(logits))
+    s = AlgoConfig(entropy_coef=0.3, loss_agg="token_mean", is_cap=None)
+    loss, stats = grpo_loss(
+        zeros, zeros, zeros, zeros, torch.zeros(2), mask, s, MAX_LEN, entropy_BT=token_entropy(logits)
+    )
     (grad,) = torch.autograd.grad(loss, logits)
 
     z = logits.detach().numpy()

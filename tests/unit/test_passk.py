@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from launch.passk import adapter_payload, find_adapters, format_table, parse_ks, pass_at_k_table
+from launch.tools.passk import find_adapters, format_table, parse_ks, pass_at_k_table
 from shared.errors import UserError
+from shared.records import AdapterPayload
 
 
 def test_table_matches_hand_computed_pass_at_k():
@@ -71,18 +72,26 @@ def test_an_adapter_directory_uses_its_run_config(tmp_path):
 
 
 def test_adapter_payload_reads_the_two_peft_files(tmp_path):
-    payload = adapter_payload(_adapter(tmp_path / "a", b"weights"), version=3)
+    payload = AdapterPayload.read(_adapter(tmp_path / "a", b"weights"), version=3)
     assert payload.version == 3
     assert dict(payload.files) == {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights"}
     (tmp_path / "a" / "adapter_model.safetensors").unlink()
     with pytest.raises(UserError, match="missing adapter_model.safetensors"):
-        adapter_payload(tmp_path / "a", 1)
+        AdapterPayload.read(tmp_path / "a", 1)
 
 
 def test_format_table():
-    document = {"split": "heldout", "n": 4, "n_prompts": 3, "k": [1, 4], "temperature": 1.0,
-                "rows": [{"model": "base", "pass_at_k": {"1": 0.25, "4": 0.5}},
-                         {"model": "final", "pass_at_k": {"1": 0.5, "4": 0.75}}]}
+    document = {
+        "split": "heldout",
+        "n": 4,
+        "n_prompts": 3,
+        "k": [1, 4],
+        "temperature": 1.0,
+        "rows": [
+            {"model": "base", "pass_at_k": {"1": 0.25, "4": 0.5}},
+            {"model": "final", "pass_at_k": {"1": 0.5, "4": 0.75}},
+        ],
+    }
     lines = format_table(document).splitlines()
     assert lines[1].split() == ["model", "pass@1", "pass@4"]
     assert lines[2].split() == ["base", "0.250", "0.500"]

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from launch.report import write_plots, write_report
+from launch.tools.report import write_plots, write_report
 from shared.errors import UserError
 
 ALL_PANELS = {"reward", "heldout", "kl", "entropy", "response_length", "throughput", "hotload"}
@@ -21,9 +21,17 @@ def _records(steps: int, resets: tuple[int, ...] | None) -> list[dict]:
     records = [{"eval": True, "step": 0, "pass@1": 0.2, "pass@8": 0.5, "n_prompts": 8}]
     for s in range(1, steps + 1):
         record = {
-            "step": s, "reward_mean": 0.35 + 0.005 * s, "reward/exact_match": 0.3 + 0.005 * s,
-            "reward/format": 0.9 if s % 2 else None, "kl": 0.001 * s, "entropy": 1.5 - 0.01 * s,
-            "response_len_mean": 4.5, "gen_tokens": 640, "gen_s": 0.3, "step_s": 0.9, "sync_ms": 20 + math.sin(s),
+            "step": s,
+            "reward_mean": 0.35 + 0.005 * s,
+            "reward/exact_match": 0.3 + 0.005 * s,
+            "reward/format": 0.9 if s % 2 else None,
+            "kl": 0.001 * s,
+            "entropy": 1.5 - 0.01 * s,
+            "response_len_mean": 4.5,
+            "gen_tokens": 640,
+            "gen_s": 0.3,
+            "step_s": 0.9,
+            "sync_ms": 20 + math.sin(s),
         }
         if resets is not None:
             record["ref_reset"] = s in resets
@@ -42,17 +50,24 @@ def _run_dir(tmp_path, records):
 @pytest.mark.parametrize("resets", [None, (30, 60)], ids=["no ref_reset field", "two resets"])
 def test_report_writes_every_panel_and_a_self_contained_page(tmp_path, resets):
     run_dir = _run_dir(tmp_path, _records(80, resets))
-    (run_dir / "eval_heldout.json").write_text(json.dumps({
-        "split": "heldout", "n": 8, "n_prompts": 8, "k": [1, 8],
-        "rows": [{"model": "base", "pass_at_k": {"1": 0.2, "8": 0.5}}],
-    }))
+    (run_dir / "eval_heldout.json").write_text(
+        json.dumps(
+            {
+                "split": "heldout",
+                "n": 8,
+                "n_prompts": 8,
+                "k": [1, 8],
+                "rows": [{"model": "base", "pass_at_k": {"1": 0.2, "8": 0.5}}],
+            }
+        )
+    )
     page = write_report(run_dir)
     assert page == run_dir / "report" / "report.html"
     pngs = {p.stem for p in (run_dir / "report").glob("*.png")}
     assert pngs == ALL_PANELS
     text = page.read_text()
     assert text.count('src="data:image/png;base64,') == len(ALL_PANELS)
-    assert "src=\"http" not in text and "<link" not in text  # nothing outside the page
+    assert 'src="http' not in text and "<link" not in text  # nothing outside the page
     embedded = text.split('src="data:image/png;base64,')[1].split('"')[0]
     assert base64.b64decode(embedded).startswith(b"\x89PNG")
     assert "arith &lt;test&gt;" in text  # the config, escaped
@@ -65,6 +80,7 @@ def test_resets_are_drawn_on_every_plot(tmp_path, monkeypatch):
 
     drawn = []
     original = matplotlib.axes.Axes.axvline
+
     def spy(self, x, **kwargs):
         drawn.append(x)
         return original(self, x, **kwargs)
@@ -85,7 +101,7 @@ def test_not_a_run_directory(tmp_path):
 
 
 def test_a_lone_reward_equal_to_the_total_is_drawn_once():
-    from launch.report import PANELS
+    from launch.tools.report import PANELS
 
     steps = [{"step": s, "reward_mean": 0.1 * s, "reward/exact_match": 0.1 * s} for s in (1, 2, 3)]
     reward_panel = next(p for p in PANELS if p.name == "reward")

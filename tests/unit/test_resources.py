@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch.resources import check_fits, run_demands, unmet_demands
+from launch.actors import check_fits, run_demands, unmet_demands
 from shared.config import load_config
 from shared.errors import UserError
 
@@ -12,8 +12,9 @@ CPU_NODE = {"CPU": 4.0, "memory": 1e10}
 
 
 def test_demands_follow_the_config():
-    config = load_config(overrides=["rollout.num_workers=3", "rollout.num_gpus=0.5", "train.num_gpus=1",
-                                    "rewards.num_actors=2"])
+    config = load_config(
+        overrides=["rollout.num_workers=3", "rollout.num_gpus=0.5", "train.num_gpus=1", "rewards.num_actors=2"]
+    )
     demands = run_demands(config)
     assert [d.role for d in demands] == ["rollout"] * 3 + ["learner"] + ["reward"] * 2
     assert sum(d.cpus for d in demands) == 6
@@ -27,8 +28,9 @@ def test_the_default_run_fits_a_small_cpu_cluster():
 def test_gpu_asks_on_a_cpu_cluster_name_the_settings():
     config = load_config(overrides=["rollout.num_workers=2", "rollout.num_gpus=1"])
     problems = unmet_demands(run_demands(config), [CPU_NODE])
-    assert any(p.startswith("GPU: the run needs 2 (2 rollout x 1 (rollout.num_workers, rollout.num_gpus))")
-               for p in problems), problems
+    assert any(
+        p.startswith("GPU: the run needs 2 (2 rollout x 1 (rollout.num_workers, rollout.num_gpus))") for p in problems
+    ), problems
     with pytest.raises(UserError, match="cannot hold this run") as err:
         check_fits(config, [CPU_NODE], "http://head:8265")
     assert "{CPU 4, GPU 0}" in str(err.value)
@@ -37,8 +39,10 @@ def test_gpu_asks_on_a_cpu_cluster_name_the_settings():
 def test_too_few_cpus():
     config = load_config(overrides=["rollout.num_workers=4", "rewards.num_actors=2"])
     problems = unmet_demands(run_demands(config), [{"CPU": 2.0}, {"CPU": 2.0}])
-    assert problems == ["CPU: the run needs 7 (4 rollout x 1 (rollout.num_workers, rollout.num_gpus), 1 learner x 1 "
-                        "(train.num_gpus), 2 reward x 1 (rewards.num_actors)) but the cluster has 4"]
+    assert problems == [
+        "CPU: the run needs 7 (4 rollout x 1 (rollout.num_workers, rollout.num_gpus), 1 learner x 1 "
+        "(train.num_gpus), 2 reward x 1 (rewards.num_actors)) but the cluster has 4"
+    ]
 
 
 def test_an_actor_larger_than_any_node():
@@ -54,8 +58,16 @@ def test_gpus_per_rollout_worker_set_the_engines_tensor_parallel_size():
 
     sizes = {gpus: tensor_parallel_size(load_config(overrides=[f"rollout.num_gpus={gpus}"])) for gpus in (0, 0.5, 1, 4)}
     assert sizes == {0: 1, 0.5: 1, 1: 1, 4: 4}  # a share of one GPU (single-GPU case) or whole GPUs to shard over
-    args = engine_args("m", dtype="bfloat16", max_model_len=64, max_lora_rank=8, max_loras=2,
-                       gpu_memory_utilization=0.4, seed=0, tensor_parallel_size=4)
+    args = engine_args(
+        "m",
+        dtype="bfloat16",
+        max_model_len=64,
+        max_lora_rank=8,
+        max_loras=2,
+        gpu_memory_utilization=0.4,
+        seed=0,
+        tensor_parallel_size=4,
+    )
     assert args["tensor_parallel_size"] == 4 and args["gpu_memory_utilization"] == 0.4
     with pytest.raises(UserError, match=r"rollout.num_gpus \(2.5\) above 1 is the engine's tensor-parallel size"):
         load_config(overrides=["rollout.num_gpus=2.5"])

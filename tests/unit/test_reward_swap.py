@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from launch.fleet import TooManyRestarts
-from launch.reward_swap import REWARDS_FILE, RewardSetError, RewardSwap, check_reward_specs, read_rewards_file
 from launch.rundir import RunDir
 from learner.rewards import RewardContextError, UnknownRewardError
+from learner.rewards.swap import REWARDS_FILE, RewardSetError, RewardSwap, check_reward_specs, read_rewards_file
 from shared.config import RewardSpec, load_config
 from shared.metrics import MetricsWriter, read_metrics
 from shared.records import Completion, Group, RewardScores
+from shared.restarts import TooManyRestarts
 
 
 def test_open_writes_the_config_rewards_and_a_resumed_run_reads_the_set_in_force(tmp_path):

@@ -90,9 +90,7 @@ def _batch(completions: list[str], **columns: list) -> RewardBatch:
     )
 
 
-def _worker(
-    names_weights: dict[str, float], policy: str = "fail_run", timeout_s: float = 5.0
-) -> RewardWorker:
+def _worker(names_weights: dict[str, float], policy: str = "fail_run", timeout_s: float = 5.0) -> RewardWorker:
     specs = [RewardSpec(name=name, weight=weight) for name, weight in names_weights.items()]
     return RewardWorker(specs, failure_policy=policy, timeout_s=timeout_s)
 
@@ -224,9 +222,7 @@ def test_unknown_name_fails_at_worker_start():
 
 
 def test_trl_style_sync_and_async_user_rewards_run_unchanged(user_module):
-    worker = _worker(
-        {f"{user_module}:trl_length": 0.5, f"{user_module}:async_match": 2.0, "exact_match": 1.0}
-    )
+    worker = _worker({f"{user_module}:trl_length": 0.5, f"{user_module}:async_match": 2.0, "exact_match": 1.0})
     scores = worker.score(_batch(["42", "7"], answer=["42", "8"]))
     assert scores.components == {
         f"{user_module}:trl_length": (2.0, 1.0),
@@ -244,9 +240,7 @@ def test_total_is_zero_where_no_reward_applies(user_module):
     assert scores.total == (0.0, 1.0)
 
 
-@pytest.mark.parametrize(
-    "bad", ["raising", "hanging", "async_hanging", "wrong_length", "not_a_number", "nan"]
-)
+@pytest.mark.parametrize("bad", ["raising", "hanging", "async_hanging", "wrong_length", "not_a_number", "nan"])
 @pytest.mark.parametrize(("policy", "fill"), [("zero", 0.0), ("skip_sample", None)])
 def test_failure_policies_zero_and_skip_sample(user_module, bad, policy, fill):
     name = f"{user_module}:{bad}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.runstate import DriverState, LearnerDied, RunStopped, learner_died_message, next_nonfinite_streak
+from launch.checkpoint import DriverState, LearnerDied, RunStopped, learner_died_message, next_nonfinite_streak
 
 
 def test_learner_death_names_the_last_checkpoint_and_the_resume_command():

@@ -63,14 +63,23 @@ def test_score_prints_components_and_total_per_row(tmp_path):
 @pytest.mark.parametrize(
     ("lines", "reward", "message"),
     [
-        ([{"prompt": "p", "completion": "x", "reference": "x"}, {"prompt": "p", "completion": "y"}], "chrf",
-         "in.jsonl, line 2: missing column 'reference', needed by reward 'chrf'; this line has: prompt, completion"),
+        (
+            [{"prompt": "p", "completion": "x", "reference": "x"}, {"prompt": "p", "completion": "y"}],
+            "chrf",
+            "in.jsonl, line 2: missing column 'reference', needed by reward 'chrf'; this line has: prompt, completion",
+        ),
         (["", {"prompt": "p", "answer": "x"}], "exact_match", "in.jsonl, line 2: missing column 'completion'"),
-        ([{"prompt": "p", "completion": "x", "answer": "1"}, '{"prompt": "p",'], "exact_match",
-         "in.jsonl, line 2: not valid JSON"),
+        (
+            [{"prompt": "p", "completion": "x", "answer": "1"}, '{"prompt": "p",'],
+            "exact_match",
+            "in.jsonl, line 2: not valid JSON",
+        ),
         ([[1, 2]], "exact_match", "in.jsonl, line 1: expected a JSON object, got list"),
-        ([{"prompt": "p", "completion": 3, "answer": "3"}], "exact_match",
-         "in.jsonl, line 1: column 'completion' must be a string, got int"),
+        (
+            [{"prompt": "p", "completion": 3, "answer": "3"}],
+            "exact_match",
+            "in.jsonl, line 1: column 'completion' must be a string, got int",
+        ),
         ([{"prompt": "p", "completion": "x"}], "exact_mach", "unknown reward 'exact_mach'"),
         ([{"prompt": "p", "completion": "x"}], "chrf=high", "--reward 'chrf=high': the weight"),
         ([{"prompt": "p", "completion": "x", "source": "s"}], "cycle_consistency", "task.name=translate"),
@@ -85,8 +94,12 @@ def test_bad_input_is_a_clear_error_naming_line_and_column(tmp_path, lines, rewa
 
 def test_failing_user_reward_follows_the_configured_policy(tmp_path):
     (tmp_path / "my_rewards.py").write_text("def boom(prompts, completions, **kw):\n    raise RuntimeError('bad')\n")
-    args = ("--input", _write(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "a b c a b c"}]),
-            "--reward", "my_rewards:boom,repetition=2")
+    args = (
+        "--input",
+        _write(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "a b c a b c"}]),
+        "--reward",
+        "my_rewards:boom,repetition=2",
+    )
     proc = _score(*args, pythonpath=str(tmp_path))
     assert proc.returncode == 2 and "reward 'my_rewards:boom' failed: RuntimeError: bad" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -94,7 +107,9 @@ def test_failing_user_reward_follows_the_configured_policy(tmp_path):
     proc = _score(*args, "--set", "rewards.failure_policy=zero", pythonpath=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {
-        "line": 1, "my_rewards:boom": 0.0, "repetition": pytest.approx(3 / 4 - 1),
+        "line": 1,
+        "my_rewards:boom": 0.0,
+        "repetition": pytest.approx(3 / 4 - 1),
         "total": pytest.approx(2 * (3 / 4 - 1)),
     }
     assert "RuntimeError: bad" in proc.stderr  # the traceback is logged once

@@ -12,7 +12,9 @@ from shared.metrics import MetricsWriter, read_metrics
 
 def test_scalars_split_train_and_eval():
     assert sinks.scalars({"step": 3, "reward_mean": 0.5, "ref_reset": True, "note": "x", "kl": None}) == (
-        3, {"train/reward_mean": 0.5, "train/ref_reset": 1.0})
+        3,
+        {"train/reward_mean": 0.5, "train/ref_reset": 1.0},
+    )
     assert sinks.scalars({"eval": True, "step": 4, "pass@1": 0.25}) == (4, {"eval/pass@1": 0.25})
 
 

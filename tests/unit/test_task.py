@@ -66,8 +66,13 @@ def test_tokenizer_is_character_level_and_adds_bos_only() -> None:
 
 def test_quick_build_loads_with_transformers(tmp_path) -> None:
     out = build_base_model(tmp_path / "model", "arith", sft_steps=2, seed=0)
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == EOS_ID
     loaded = AutoTokenizer.from_pretrained(out)

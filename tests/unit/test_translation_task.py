@@ -49,7 +49,10 @@ def test_target_follows_the_word_order_rules():
     target = translation.target_sentence(sentence, lex)
     assert source.split() == [lex.source_adjectives[5], lex.source_nouns[2], lex.source_verbs[3], lex.source_nouns[7]]
     assert target.split() == [
-        lex.target_nouns[2], lex.target_adjectives[5], lex.target_nouns[7] + "n", lex.target_verbs[3]
+        lex.target_nouns[2],
+        lex.target_adjectives[5],
+        lex.target_nouns[7] + "n",
+        lex.target_verbs[3],
     ]
     words = [*lex.source_nouns, *lex.source_verbs, *lex.source_adjectives]
     words += [*lex.target_nouns, *lex.target_verbs, *lex.target_adjectives]

@@ -1,12 +1,8 @@
-"""Talking to actor fleets: the rollout workers (spread prompts, hot-load adapters, survive a dead worker) and
-the reward actors (split a batch of completions across them, survive a dead actor).
+"""The rollout workers, driven from the driver: spread prompts, hot-load adapters, survive a dead worker.
 
-Both kinds are started with Ray's `max_restarts`: when an actor's process dies (killed, or its engine crashes) Ray
-starts it again with the same constructor arguments. That rebuilds a rollout worker's engine but not its adapters,
-and a reward actor with the reward set of the run's start, not the one in force after a reward swap. So each fleet
-keeps what its actors must hold (the adapter payloads in use; the reward set in force), re-sends it to a restarted
-actor and resubmits the lost request, so the step completes; `restarts` counts how often that happened, and past
-the configured limit `TooManyRestarts` stops the run (the driver writes a checkpoint first).
+A worker restarted by Ray (shared/restarts.py) has its engine rebuilt but not its adapters, so the fleet keeps the
+adapter payloads in use, re-sends them to a restarted worker and resubmits the lost request; `restarts` counts how
+often that happened, and past `rollout.max_restarts` `TooManyRestarts` stops the run.
 
 The learner's new versions are offered (`offer`, no waiting) and loaded by whoever generates next (`sync`): the
 rollout producer before each batch, the driver before an evaluation. With asynchronous rollouts
@@ -21,25 +17,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError
 
-from launch.probe import check_probe
-from learner.rewards.worker import RewardSetMismatch
+from rollout.probe import check_probe
 from rollout.worker import AdapterNotLoaded
-from shared.config import RewardSpec
-from shared.records import Group, HotLoad, RewardBatch, RewardScores, SamplingSpec
+from shared.records import Group, HotLoad, SamplingSpec
+from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, TooManyRestarts, call_when_back
 
 log = logging.getLogger(__name__)
-_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
-RESTART_TIMEOUT_S = 600
-
-
-class TooManyRestarts(RuntimeError):
-    """Actors of one fleet died more often than its limit (`rollout.max_restarts`, `rewards.max_restarts`) allows."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +73,7 @@ class RolloutFleet:
             i, ref = pending.popitem()
             try:
                 groups[i::n] = ray.get(ref)
-            except (*_DEAD, AdapterNotLoaded) as err:
+            except (*DEAD_ACTOR_ERRORS, AdapterNotLoaded) as err:
                 self._recover(i, err)
                 pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
         return groups
@@ -121,7 +109,7 @@ class RolloutFleet:
         for i, ref in enumerate([w.load_adapter.remote(payload_ref, self.keep_versions) for w in self.workers]):
             try:
                 reports.append(ray.get(ref))
-            except _DEAD as err:
+            except DEAD_ACTOR_ERRORS as err:
                 self._recover(i, err)
                 reports.append(ray.get(self.workers[i].load_adapter.remote(payload_ref, self.keep_versions)))
         publish_ms = (time.perf_counter() - t0) * 1e3
@@ -139,7 +127,7 @@ class RolloutFleet:
         """Whether worker i answers and holds every version in use (it was already recovered)."""
         try:
             loaded = set(ray.get(self.workers[i].loaded_versions.remote(), timeout=RESTART_TIMEOUT_S))
-        except (*_DEAD, GetTimeoutError):
+        except (*DEAD_ACTOR_ERRORS, GetTimeoutError):
             return False
         return bool(self._payloads) and {ray.get(p).version for p in self._payloads} <= loaded
 
@@ -152,94 +140,4 @@ class RolloutFleet:
             ) from err
         log.warning("rollout worker %d died (%s); reloading its adapters and retrying", i, type(err).__name__)
         for payload in self._payloads:
-            _call_when_back(self.workers[i].load_adapter, (payload, self.keep_versions), f"rollout worker {i}", err)
-
-
-def _call_when_back(method, args: tuple, what: str, err: Exception):
-    """ray.get(method.remote(*args)) on an actor Ray is restarting: calls fail with ActorUnavailableError until
-    it is back."""
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
-    while True:
-        try:
-            return ray.get(method.remote(*args))
-        except ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise TooManyRestarts(f"{what} did not come back in {RESTART_TIMEOUT_S} s") from err
-            time.sleep(0.5)
-
-
-class RewardPool:
-    """The reward actors of a run and the reward set in force on them (see the module docstring for restarts)."""
-
-    def __init__(self, actors: list, specs: Sequence[RewardSpec], max_restarts: int = 3) -> None:
-        self.actors = actors
-        self.specs = list(specs)
-        self.max_restarts = max_restarts
-        self.restarts = 0
-
-    def set_specs(self, specs: Sequence[RewardSpec]) -> None:
-        """Install a reward set on every actor; an actor's refusal (a RayTaskError) propagates, and the caller
-        puts the previous set back with another `set_specs`."""
-        self.specs = list(specs)
-        for i, ref in enumerate([a.set_specs.remote(self.specs) for a in self.actors]):
-            try:
-                ray.get(ref)
-            except _DEAD as err:
-                self._recover(i, err)  # the restarted actor gets self.specs there
-
-    def score(self, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
-        """Score every completion, one shard per actor; a shard whose actor died is scored again after the
-        restart. Each call names the set in force, so a call Ray queued for an actor that then restarted with the
-        run's first set fails loudly (RewardSetMismatch) rather than scoring with the wrong rewards."""
-        shards = _split_batch(reward_batch(rows, groups, max_tokens), len(self.actors))
-        results: list[RewardScores] = [None] * len(shards)  # type: ignore[list-item]
-        pending = {i: self.actors[i].score.remote(shard, self.specs) for i, shard in enumerate(shards)}
-        while pending:
-            i, ref = pending.popitem()
-            try:
-                results[i] = ray.get(ref)
-            except (*_DEAD, RewardSetMismatch) as err:
-                self._recover(i, err)
-                pending[i] = self.actors[i].score.remote(shards[i], self.specs)
-        return merge_scores(results)
-
-    def _recover(self, i: int, err: Exception) -> None:
-        self.restarts += 1
-        if self.restarts > self.max_restarts:
-            raise TooManyRestarts(
-                f"reward actors died {self.restarts} times (limit rewards.max_restarts={self.max_restarts}); "
-                f"last error: {err}"
-            ) from err
-        log.warning("reward actor %d died (%s); re-sending the reward set in force and retrying", i, type(err).__name__)
-        _call_when_back(self.actors[i].set_specs, (self.specs,), f"reward actor {i}", err)
-
-
-def reward_batch(rows: list[dict], groups: list[Group], max_tokens: int) -> RewardBatch:
-    """One RewardBatch of every completion; each data set column is repeated per completion, plus
-    `completion_token_count` and `max_tokens` for length-aware rewards."""
-    flat_rows = [row for row, g in zip(rows, groups, strict=True) for _ in g.completions]
-    flat = [(g.prompt, c) for g in groups for c in g.completions]
-    columns = {k: tuple(r[k] for r in flat_rows) for k in rows[0] if k != "prompt"}
-    columns["completion_token_count"] = tuple(len(c.token_ids) for _, c in flat)
-    columns["max_tokens"] = (max_tokens,) * len(flat)
-    return RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
-
-
-def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
-    n = len(batch.completions)
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [
-        RewardBatch(batch.prompts[a:b], batch.completions[a:b], {k: v[a:b] for k, v in batch.columns.items()})
-        for a, b in zip(bounds, bounds[1:], strict=False)
-        if b > a
-    ]
-
-
-def merge_scores(parts: list[RewardScores]) -> RewardScores:
-    """Concatenate the scores of consecutive batches (reward-actor shards, or generation rounds)."""
-    names = list(parts[0].components)
-    return RewardScores(
-        total=tuple(t for p in parts for t in p.total),
-        components={n: tuple(v for p in parts for v in p.components[n]) for n in names},
-        failures={n: sum(p.failures.get(n, 0) for p in parts) for n in names},
-    )
+            call_when_back(self.workers[i].load_adapter, (payload, self.keep_versions), f"rollout worker {i}", err)

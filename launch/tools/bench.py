@@ -8,7 +8,7 @@ Every row uses the same model, prompts, seeds, group size, completion length, Lo
    the same tokens (`outputs_match`);
 3. prolora training, synchronous (`rollout.max_staleness` 0) through `launch.driver.train`;
 4. the same with `rollout.max_staleness` 1 (asynchronous rollouts; the same call, only the config differs);
-5. TRL's GRPOTrainer with HF generation (launch/bench_trl.py).
+5. TRL's GRPOTrainer with HF generation (launch/tools/bench_trl.py).
 Step times leave out each run's first step (one-off warm-up). `--size large` switches to a ~25M-parameter model
 (randomly initialised) with completions forced to 128 tokens (`rollout.min_new_tokens`), so generation is the bulk
 of the work; its rewards and pass@1 are ~0 by construction. Nothing here asserts a target: it measures.
@@ -34,7 +34,7 @@ from shared.records import SamplingSpec
 from shared.tasks import get_task
 
 if TYPE_CHECKING:
-    from launch.bench_trl import TrlFigures
+    from launch.tools.bench_trl import TrlFigures
 
 SIZE_OVERRIDES = {
     "default": [],
@@ -127,7 +127,7 @@ def _throughput(config: Config, model_path: str, prompts: list[str], sampling: S
     import ray
 
     from launch.actors import start_ray, start_rollout_workers
-    from launch.fleet import RolloutFleet
+    from rollout.fleet import RolloutFleet
 
     llm = _raw_engine(model_path, config)
     start_ray(config)
@@ -246,8 +246,8 @@ def _figures(gen: dict, sync: TrainFigures, async_: TrainFigures, trl: TrlFigure
 
 def run_bench(config: Config, out: Path, *, size: str, steps: int, rounds: int) -> dict:
     """Measure the five rows, print the table and write the JSON to `out`."""
-    from launch.bench_trl import run_trl
     from launch.rundir import resolve_model_path
+    from launch.tools.bench_trl import run_trl
 
     load_before = os.getloadavg()[0]
     model_path = resolve_model_path(config.model.path)

@@ -26,12 +26,13 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from launch.fleet import RewardPool, TooManyRestarts
 from learner.rewards.context import RewardContext, check_context
-from learner.rewards.registry import resolve_reward
+from learner.rewards.pool import RewardPool
+from learner.rewards.registry import RewardSetError, check_reward_names, resolve_reward
 from shared.config import Config, RewardsConfig, RewardSpec
 from shared.errors import UserError
 from shared.metrics import MetricsWriter, read_metrics
+from shared.restarts import TooManyRestarts
 from shared.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -39,18 +40,9 @@ logger = logging.getLogger(__name__)
 REWARDS_FILE = "rewards.yaml"
 
 
-class RewardSetError(UserError):
-    """A reward set (from the config or rewards.yaml) that this run cannot use."""
-
-
 def check_reward_specs(specs: Sequence[RewardSpec], config: Config) -> None:
     """Raise a UserError unless every reward resolves and the run can give it the context it needs."""
-    if not specs:
-        raise RewardSetError("the reward set is empty; rewards.functions needs at least one reward")
-    names = [spec.name for spec in specs]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise RewardSetError(f"each reward may appear once in rewards.functions; repeated: {', '.join(repeated)}")
+    check_reward_names(specs)
     # What the run's RewardContext will hold (the handles do not exist yet; truthy placeholders stand in).
     available = RewardContext(
         rollout_workers=("rollout workers",),
@@ -127,8 +119,13 @@ class RewardSwap:
             raise
         except Exception as err:  # e.g. user code importable here but not in the actor: keep every actor on one set
             rewarders.set_specs(self.specs)
-            logger.warning("step %d: reward actors refused %s (%s); keeping rewards %s",
-                           step, _describe(new.functions), err, _describe(self.specs))
+            logger.warning(
+                "step %d: reward actors refused %s (%s); keeping rewards %s",
+                step,
+                _describe(new.functions),
+                err,
+                _describe(self.specs),
+            )
             return False
         self._rewards = self._rewards.model_copy(update={"functions": list(new.functions)})
         self._record(step, metrics)
@@ -161,5 +158,10 @@ def _describe(specs: Sequence[RewardSpec]) -> str:
 def _warn_ignored_keys(step: int, current: RewardsConfig, new: RewardsConfig) -> None:
     changed = [k for k in RewardsConfig.model_fields if k != "functions" and getattr(current, k) != getattr(new, k)]
     if changed:
-        logger.warning("step %d: %s: only 'functions' can change while running; ignoring changes to %s "
-                       "(they come from the run's config)", step, REWARDS_FILE, ", ".join(changed))
+        logger.warning(
+            "step %d: %s: only 'functions' can change while running; ignoring changes to %s "
+            "(they come from the run's config)",
+            step,
+            REWARDS_FILE,
+            ", ".join(changed),
+        )

@@ -1,6 +1,6 @@
 """Summarise finished runs for side-by-side reading: run health per window of steps, evaluations, resets, prompts.
 
-    python -m launch.summarize RUN_DIR [RUN_DIR ...] [--window 100]
+    python -m launch.tools.summarize RUN_DIR [RUN_DIR ...] [--window 100]
 
 For each run: the mean of reward, entropy, KL, zero-std fraction, clip fractions and dropped fraction over each
 window of steps, with the reference resets that fell in it; every held-out evaluation; and, from
@@ -69,7 +69,7 @@ def summarize(run_dir: Path, window: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.summarize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m launch.tools.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--window", type=int, default=100, help="steps per row of the health table")
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ This is ProRL's test of what RL did: if pass@1 rises while pass@k at large k sta
 distribution onto problems the base model could already solve; if pass@k at large k rises too, it expanded what
 the model solves. Every model is scored on the same prompts with the same n samples per prompt, seeds and
 prompt formatting as the training rollouts (rollout workers, BOS included), and pass@k is the unbiased estimator
-1 - C(n-c, k) / C(n, k) averaged over prompts (learner.grpo.pass_at_k).
+1 - C(n-c, k) / C(n, k) averaged over prompts (shared.metrics.pass_at_k).
 
 Counting and estimating are separate: `count_correct` samples and counts correct completions per prompt, and
 `pass_at_k_table` turns those counts into the table, so the table can be checked by hand from known counts.
@@ -18,14 +18,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.fleet import RolloutFleet
-from learner.grpo import pass_at_k
+from rollout.fleet import RolloutFleet
 from shared.config import Config, load_config
 from shared.errors import UserError
-from shared.records import AdapterPayload, SamplingSpec
-from shared.tasks import Task, get_task
+from shared.metrics import pass_at_k
+from shared.records import AdapterPayload, SamplingSpec, is_adapter_dir
+from shared.tasks import Task, correct_counts, get_task
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 """What a peft adapter directory must hold to be hot-loaded (the learner exports the same two files)."""
 
 
@@ -43,16 +42,32 @@ class EvalRequest:
     out: Path
 
     @classmethod
-    def from_args(cls, target: str, k: str, n: int | None, split: str, prompts: int | None, adapters: str,
-                  out: str | None, overrides: list[str]) -> EvalRequest:
+    def from_args(
+        cls,
+        target: str,
+        k: str,
+        n: int | None,
+        split: str,
+        prompts: int | None,
+        adapters: str,
+        out: str | None,
+        overrides: list[str],
+    ) -> EvalRequest:
         ks = parse_ks(k)
         n = max(ks) if n is None else n
         if n < max(ks):
             raise UserError(f"--n {n} is smaller than the largest k ({max(ks)}); pass@k needs n >= k samples")
         config_path, found, out_dir = find_adapters(Path(target), adapters)
         config = load_config(config_path, overrides)
-        return cls(config, tuple(found), ks, n, split, prompts or config.eval.size,
-                   Path(out) if out else out_dir / f"eval_{split}.json")
+        return cls(
+            config,
+            tuple(found),
+            ks,
+            n,
+            split,
+            prompts or config.eval.size,
+            Path(out) if out else out_dir / f"eval_{split}.json",
+        )
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -67,7 +82,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 def find_adapters(target: Path, names: str) -> tuple[Path | None, list[tuple[str, Path]], Path]:
     """(run config file or None, [(label, adapter dir)], default output directory) for a run or adapter dir."""
-    if (target / "adapter_config.json").is_file():
+    if is_adapter_dir(target):
         run_dir = target.parent.parent  # <run>/adapters/<name>
         config = run_dir / "config.yaml"
         return (config if config.is_file() else None), [(target.name, target)], target.parent
@@ -80,19 +95,11 @@ def find_adapters(target: Path, names: str) -> tuple[Path | None, list[tuple[str
         chosen = [n.strip() for n in names.split(",") if n.strip()]
     if chosen == ["final"] and not (adapters / "final").is_dir() and (adapters / "latest").is_dir():
         chosen = ["latest"]  # a run still going (or stopped early) has no final adapter yet
-    missing = [n for n in chosen if not (adapters / n / "adapter_config.json").is_file()]
+    missing = [n for n in chosen if not is_adapter_dir(adapters / n)]
     if missing:
         have = sorted(p.name for p in adapters.iterdir()) if adapters.is_dir() else []
         raise UserError(f"no adapter {', '.join(missing)} under {adapters}; there are: {have}")
     return target / "config.yaml", [(n, adapters / n) for n in chosen], target
-
-
-def adapter_payload(path: Path, version: int) -> AdapterPayload:
-    """An adapter directory on disk as the payload rollout workers hot-load, under version id `version`."""
-    missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
-    if missing:
-        raise UserError(f"{path} is not a peft adapter directory (missing {', '.join(missing)})")
-    return AdapterPayload(version=version, files=tuple((f, (path / f).read_bytes()) for f in ADAPTER_FILES))
 
 
 def pass_at_k_table(counts: dict[str, list[int]], n: int, ks: tuple[int, ...]) -> dict[str, dict[int, float]]:
@@ -106,7 +113,7 @@ def pass_at_k_table(counts: dict[str, list[int]], n: int, ks: tuple[int, ...]) -
 def count_correct(fleet: RolloutFleet, task: Task, rows: list[dict], sampling: SamplingSpec, version: int) -> list[int]:
     """Correct completions per prompt out of sampling.n, generated with adapter `version` (0 = base model)."""
     groups = fleet.generate([r["prompt"] for r in rows], sampling, version)
-    return [sum(task.is_correct(c.text, r["answer"]) for c in g.completions) for g, r in zip(groups, rows, strict=True)]
+    return correct_counts(task, groups, rows)
 
 
 def run_eval(request: EvalRequest) -> dict:
@@ -126,12 +133,12 @@ def run_eval(request: EvalRequest) -> dict:
     else:
         builtin = task.heldout_rows if request.split == "heldout" else task.train_rows
         rows = builtin(request.n_prompts, config.run.seed)
-    sampling = SamplingSpec(n=request.n, max_tokens=config.rollout.max_new_tokens,
-                            temperature=config.eval.temperature, seed=config.run.seed)
-    payloads = [adapter_payload(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
+    sampling = SamplingSpec(
+        n=request.n, max_tokens=config.rollout.max_new_tokens, temperature=config.eval.temperature, seed=config.run.seed
+    )
+    payloads = [AdapterPayload.read(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
     start_ray(config)
-    fleet = RolloutFleet(start_rollout_workers(config, model_path),
-                         config.rollout.max_restarts)
+    fleet = RolloutFleet(start_rollout_workers(config, model_path), config.rollout.max_restarts)
     counts = {"base": count_correct(fleet, task, rows, sampling, version=0)}
     for (label, _), payload in zip(request.adapters, payloads, strict=True):
         fleet.publish(ray.put(payload))  # one adapter at a time: the fleet keeps only the newest loaded
@@ -148,12 +155,21 @@ def _document(request: EvalRequest, counts: dict[str, list[int]]) -> dict:
     table = pass_at_k_table(counts, request.n, request.ks)
     paths = {"base": None} | {label: str(path.resolve()) for label, path in request.adapters}
     return {
-        "split": request.split, "task": request.config.task.name, "model": request.config.model.path,
-        "n": request.n, "n_prompts": request.n_prompts, "k": list(request.ks),
-        "temperature": request.config.eval.temperature, "max_tokens": request.config.rollout.max_new_tokens,
+        "split": request.split,
+        "task": request.config.task.name,
+        "model": request.config.model.path,
+        "n": request.n,
+        "n_prompts": request.n_prompts,
+        "k": list(request.ks),
+        "temperature": request.config.eval.temperature,
+        "max_tokens": request.config.rollout.max_new_tokens,
         "rows": [
-            {"model": model, "adapter": paths[model], "pass_at_k": {str(k): v for k, v in table[model].items()},
-             "correct_counts": counts[model]}
+            {
+                "model": model,
+                "adapter": paths[model],
+                "pass_at_k": {str(k): v for k, v in table[model].items()},
+                "correct_counts": counts[model],
+            }
             for model in counts
         ],
     }

@@ -81,11 +81,19 @@ PANELS = [
     Panel("heldout", "Held-out pass@k", "pass@k", _heldout, fraction=True),
     Panel("kl", "KL(policy || reference)", "mean per-token KL", lambda s, _: _key(s, "kl")),
     Panel("entropy", "Policy entropy", "mean per-token entropy (nats)", lambda s, _: _key(s, "entropy")),
-    Panel("response_length", "Response length", "mean tokens per completion",
-          lambda s, _: _key(s, "response_len_mean", "mean length")),
+    Panel(
+        "response_length",
+        "Response length",
+        "mean tokens per completion",
+        lambda s, _: _key(s, "response_len_mean", "mean length"),
+    ),
     Panel("throughput", "Throughput", "generated tokens / s", _throughput),
-    Panel("hotload", "Adapter hot-load latency", "ms to load into every worker",
-          lambda s, _: _key(s, "sync_ms", "hot-load")),
+    Panel(
+        "hotload",
+        "Adapter hot-load latency",
+        "ms to load into every worker",
+        lambda s, _: _key(s, "sync_ms", "hot-load"),
+    ),
 ]
 
 
@@ -151,12 +159,17 @@ def _summary_rows(records: list[dict]) -> list[tuple[str, str]]:
     evals = [r for r in records if r.get("eval")]
     rows = [("steps", str(len(steps)))]
     if steps:
-        rows.append(("reward (first -> last step)", f"{_fmt(steps[0].get('reward_mean'))} -> "
-                                                     f"{_fmt(steps[-1].get('reward_mean'))}"))
+        rows.append(
+            (
+                "reward (first -> last step)",
+                f"{_fmt(steps[0].get('reward_mean'))} -> {_fmt(steps[-1].get('reward_mean'))}",
+            )
+        )
         rows.append(("reference resets", str(sum(bool(r.get("ref_reset")) for r in steps))))
     for key in sorted({k for r in evals for k in r if k.startswith("pass@")}):
-        rows.append((f"held-out {key} (first -> last eval)", f"{_fmt(evals[0].get(key))} -> "
-                                                              f"{_fmt(evals[-1].get(key))}"))
+        rows.append(
+            (f"held-out {key} (first -> last eval)", f"{_fmt(evals[0].get(key))} -> {_fmt(evals[-1].get(key))}")
+        )
     return rows
 
 
@@ -172,11 +185,14 @@ def _eval_tables(run_dir: Path) -> str:
         head = "".join(f"<th>pass@{k}</th>" for k in ks)
         body = "".join(
             f"<tr><td>{html.escape(row['model'])}</td>"
-            + "".join(f"<td>{row['pass_at_k'][str(k)]:.3f}</td>" for k in ks) + "</tr>"
+            + "".join(f"<td>{row['pass_at_k'][str(k)]:.3f}</td>" for k in ks)
+            + "</tr>"
             for row in table["rows"]
         )
-        parts.append(f"<h3>{html.escape(path.name)} ({table['split']}, n={table['n']}, "
-                     f"{table['n_prompts']} prompts)</h3><table><tr><th>model</th>{head}</tr>{body}</table>")
+        parts.append(
+            f"<h3>{html.escape(path.name)} ({table['split']}, n={table['n']}, "
+            f"{table['n_prompts']} prompts)</h3><table><tr><th>model</th>{head}</tr>{body}</table>"
+        )
     return "\n".join(parts)
 
 
@@ -199,7 +215,7 @@ pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style></head><body>
 <h1>prolora report: {html.escape(run_dir.name)}</h1>
 <p>{html.escape(str(run_dir))}</p>
 <table>{summary}</table>
-{('<h2>pass@k evaluations</h2>' + evals) if evals else ''}
+{("<h2>pass@k evaluations</h2>" + evals) if evals else ""}
 {images}
 <h2>Config</h2><pre>{html.escape(config)}</pre>
 </body></html>

@@ -62,8 +62,7 @@ def _check_row(at: str, where: str, row: dict[str, Any], needed: dict[str, str])
     for column in ("prompt", "completion"):
         if column not in row:
             raise ScoreInputError(
-                f"{at}: missing column {column!r} (every row needs prompt and completion); this {where} "
-                f"has: {have}"
+                f"{at}: missing column {column!r} (every row needs prompt and completion); this {where} has: {have}"
             )
         if not isinstance(row[column], str):
             raise ScoreInputError(f"{at}: column {column!r} must be a string, got {type(row[column]).__name__}")
@@ -77,14 +76,17 @@ def _check_row(at: str, where: str, row: dict[str, Any], needed: dict[str, str])
 
 def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO = sys.stdout) -> int:
     """Score every row of `path` with `specs` and write one JSON line per row to `out`; returns the row count."""
-    from launch.reward_swap import check_reward_specs
+    from learner.rewards.swap import check_reward_specs
 
     check_reward_specs(specs, config)
     line_numbers, rows = read_rows(path, specs)
     context = _start_context(config, specs)
     try:
         scored = score_rows(
-            specs, rows, failure_policy=config.rewards.failure_policy, timeout_s=config.rewards.timeout_s,
+            specs,
+            rows,
+            failure_policy=config.rewards.failure_policy,
+            timeout_s=config.rewards.timeout_s,
             context=context,
         )
     except RewardFailure as err:

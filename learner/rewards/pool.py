@@ -1,0 +1,97 @@
+"""The reward actors of a run, driven from the driver: split a batch of completions across them, survive a dead one.
+
+A reward actor restarted by Ray comes back with the reward set of the run's start, not the one in force after a
+reward swap (learner/rewards/swap.py), so the pool keeps the set in force, re-sends it to a restarted actor and
+resubmits the lost shard (shared/restarts.py); `restarts` counts how often that happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import ray
+
+from learner.rewards.worker import RewardSetMismatch
+from shared.config import RewardSpec
+from shared.records import Group, RewardBatch, RewardScores
+from shared.restarts import DEAD_ACTOR_ERRORS, TooManyRestarts, call_when_back
+
+log = logging.getLogger(__name__)
+
+
+class RewardPool:
+    """The reward actors of a run and the reward set in force on them (see the module docstring for restarts)."""
+
+    def __init__(self, actors: list, specs: Sequence[RewardSpec], max_restarts: int = 3) -> None:
+        self.actors = actors
+        self.specs = list(specs)
+        self.max_restarts = max_restarts
+        self.restarts = 0
+
+    def set_specs(self, specs: Sequence[RewardSpec]) -> None:
+        """Install a reward set on every actor; an actor's refusal (a RayTaskError) propagates, and the caller
+        puts the previous set back with another `set_specs`."""
+        self.specs = list(specs)
+        for i, ref in enumerate([a.set_specs.remote(self.specs) for a in self.actors]):
+            try:
+                ray.get(ref)
+            except DEAD_ACTOR_ERRORS as err:
+                self._recover(i, err)  # the restarted actor gets self.specs there
+
+    def score(self, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
+        """Score every completion, one shard per actor; a shard whose actor died is scored again after the
+        restart. Each call names the set in force, so a call Ray queued for an actor that then restarted with the
+        run's first set fails loudly (RewardSetMismatch) rather than scoring with the wrong rewards."""
+        shards = _split_batch(reward_batch(rows, groups, max_tokens), len(self.actors))
+        results: list[RewardScores] = [None] * len(shards)  # type: ignore[list-item]
+        pending = {i: self.actors[i].score.remote(shard, self.specs) for i, shard in enumerate(shards)}
+        while pending:
+            i, ref = pending.popitem()
+            try:
+                results[i] = ray.get(ref)
+            except (*DEAD_ACTOR_ERRORS, RewardSetMismatch) as err:
+                self._recover(i, err)
+                pending[i] = self.actors[i].score.remote(shards[i], self.specs)
+        return merge_scores(results)
+
+    def _recover(self, i: int, err: Exception) -> None:
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise TooManyRestarts(
+                f"reward actors died {self.restarts} times (limit rewards.max_restarts={self.max_restarts}); "
+                f"last error: {err}"
+            ) from err
+        log.warning("reward actor %d died (%s); re-sending the reward set in force and retrying", i, type(err).__name__)
+        call_when_back(self.actors[i].set_specs, (self.specs,), f"reward actor {i}", err)
+
+
+def reward_batch(rows: list[dict], groups: list[Group], max_tokens: int) -> RewardBatch:
+    """One RewardBatch of every completion; each data set column is repeated per completion, plus
+    `completion_token_count` and `max_tokens` for length-aware rewards."""
+    flat_rows = [row for row, g in zip(rows, groups, strict=True) for _ in g.completions]
+    flat = [(g.prompt, c) for g in groups for c in g.completions]
+    columns = {k: tuple(r[k] for r in flat_rows) for k in rows[0] if k != "prompt"}
+    columns["completion_token_count"] = tuple(len(c.token_ids) for _, c in flat)
+    columns["max_tokens"] = (max_tokens,) * len(flat)
+    return RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
+
+
+def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
+    n = len(batch.completions)
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [
+        RewardBatch(batch.prompts[a:b], batch.completions[a:b], {k: v[a:b] for k, v in batch.columns.items()})
+        for a, b in zip(bounds, bounds[1:], strict=False)
+        if b > a
+    ]
+
+
+def merge_scores(parts: list[RewardScores]) -> RewardScores:
+    """Concatenate the scores of consecutive batches (reward-actor shards, or generation rounds)."""
+    names = list(parts[0].components)
+    return RewardScores(
+        total=tuple(t for p in parts for t in p.total),
+        components={n: tuple(v for p in parts for v in p.components[n]) for n in names},
+        failures={n: sum(p.failures.get(n, 0) for p in parts) for n in names},
+    )
