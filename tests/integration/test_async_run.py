@@ -22,6 +22,8 @@ import pytest
 from learner.rewards.swap import REWARDS_FILE
 from tests.live_run import SWAPPED_SET, assert_swapped_at, newest_step, wait_for_step, write_rewards
 
+pytestmark = pytest.mark.slow  # whole training runs (or a Ray cluster) per test
+
 STEPS = 5
 
 

@@ -8,6 +8,10 @@ import math
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole training runs (or a Ray cluster) per test
+
 HEADLINE_KEYS = {
     "rollout_vs_vllm",
     "async_step_s",

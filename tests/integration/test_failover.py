@@ -115,6 +115,7 @@ def test_killed_reward_actor_is_restarted_with_the_swapped_set_and_its_shard_res
         ray.kill(actor)
 
 
+@pytest.mark.slow
 def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_session, tmp_path):
     config = load_config()
     learner = start_learner(config, str(tiny_model))
@@ -158,6 +159,7 @@ def _kill_actor_process(title: bytes, run: subprocess.Popen) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_learner_killed_while_a_resume_starts_stops_cleanly(tiny_model, tmp_path):
     """The learner dies as soon as its process exists, so a resume's load_state (or, on a slow start, the first step)
     meets a dead actor: exit 1 with the message naming the checkpoint, no traceback, nothing lost."""
@@ -184,6 +186,7 @@ def test_learner_killed_while_a_resume_starts_stops_cleanly(tiny_model, tmp_path
     assert (run_dir / "metrics.jsonl").read_text() == metrics
 
 
+@pytest.mark.slow
 def test_reward_actors_that_stay_dead_stop_the_run_with_a_checkpoint(tiny_model, tmp_path):
     """Past rewards.max_restarts a dead reward actor stops the run: exit 1, the message says why and how to resume,
     and a checkpoint of the last finished step is written (the scheduled ones are 20 steps apart)."""

@@ -16,6 +16,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.slow  # whole training runs (or a Ray cluster) per test
+
 PRESETS = ["grpo", "dr_grpo", "dapo", "prorl"]
 PROMPTS, GROUP = 2, 4
 METRICS = {

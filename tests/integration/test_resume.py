@@ -14,8 +14,11 @@ import sys
 import time
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # whole training runs (or a Ray cluster) per test
 
 STEPS = 4
 

@@ -13,6 +13,7 @@ import logging
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from launch.actors import start_reward_actors
@@ -55,6 +56,7 @@ def test_poll_installs_valid_sets_on_every_actor_and_keeps_the_old_set_otherwise
         ray_session.kill(actor)
 
 
+@pytest.mark.slow
 def test_reward_swap_during_a_real_run_takes_effect_at_the_recorded_step(tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     steps = 14  # the swap lands by step 6 (see the waits below); the rest is margin
