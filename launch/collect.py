@@ -1,10 +1,12 @@
-"""From prompts to a training batch: generation rounds, scoring, length shaping, dynamic sampling, advantages.
+"""From prompts to a training batch: sample -> generate -> score -> advantages.
 
-One round samples prompts, generates a group per prompt on the rollout workers and scores every completion on the
-reward actors. The DAPO soft overlong penalty, when on, is added to the reward before advantages. Without dynamic
-sampling one round is the batch. With it (DAPO), groups whose rewards are all equal carry no gradient and are
-dropped, and further rounds refill the batch (at most `algo.max_refill_rounds` of them; see
-`learner.advantages.select_groups` for a batch still short after that).
+`collect_batch(step, rollouts)` first makes the newest offered adapter the one every engine serves (the hot-load)
+and installs an edited rewards.yaml, then runs rounds until the batch is full. One round samples prompts,
+generates a group per prompt on the rollout workers and scores every completion on the reward actors. The DAPO
+soft overlong penalty, when on, is added to the reward before advantages. Without dynamic sampling one round is
+the batch. With it (DAPO), groups whose rewards are all equal carry no gradient and are dropped, and further
+rounds refill the batch (at most `algo.max_refill_rounds` of them; see `learner.advantages.select_groups` for a
+batch still short after that).
 
 Every generated group is kept in the result, trained or not, so the rollouts file and the pass-rate history see
 everything the policy did; groups left out of the batch have advantage 0.
@@ -17,12 +19,27 @@ from dataclasses import dataclass
 
 import torch
 
-from launch.prompts import PromptSampler
+from launch.prompts import PromptFeed
 from learner.advantages import group_advantages, group_has_signal, overlong_penalty, refill_size, select_groups
 from learner.rewards.pool import RewardPool, merge_scores
-from rollout.fleet import RolloutFleet
-from shared.config import Config
+from learner.rewards.swap import RewardSwap
+from rollout.fleet import Published, RolloutFleet
+from shared.config import AlgoConfig, Config
+from shared.metrics import MetricsWriter
 from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """Where a step's batch comes from: the engines, the reward actors, the prompt feed and the reward set."""
+
+    config: Config
+    fleet: RolloutFleet
+    rewarders: RewardPool
+    feed: PromptFeed
+    rewards: RewardSwap
+    metrics: MetricsWriter
+    """Where a reward swap is recorded."""
 
 
 @dataclass(frozen=True)
@@ -45,22 +62,22 @@ class Collected:
     batch: TrainBatch
     rounds: int
     gen_s: float
+    published: Published | None
+    """The hot-load made just before the batch was generated (None: no new version was offered)."""
 
 
-def collect_batch(
-    step: int,
-    config: Config,
-    fleet: RolloutFleet,
-    rewarders: RewardPool,
-    sampler: PromptSampler,
-    version: int | None = None,
-) -> Collected:
-    """Generate and score rounds of groups until the batch is full (one round without dynamic sampling).
+def collect_batch(step: int, rollouts: Rollouts) -> Collected:
+    """The batch of `step`: hot-load the newest adapter, apply an edited reward set, then rounds of sample ->
+    generate -> score until the batch is full (one round without dynamic sampling), then advantages.
 
-    Every round generates with adapter `version` (default: the newest published when the batch starts), so one
-    batch never mixes versions even when a newer one is published while it is being made.
+    Runs in the rollout producer thread when asynchronous (launch/pipeline.py), so the hot-load never waits behind
+    that thread's own generation. Every round generates with the version loaded here, so one batch never mixes
+    versions even when a newer one is published while it is being made.
     """
-    version = fleet.version if version is None else version
+    config, fleet, rewarders = rollouts.config, rollouts.fleet, rollouts.rewarders
+    published = fleet.sync()
+    rollouts.rewards.poll(step, rewarders, rollouts.metrics)
+    sampler, version = rollouts.feed.begin(step), fleet.version
     algo, target = config.algo, config.rollout.prompts_per_step
     rows: list[dict] = []
     groups: list[Group] = []
@@ -81,6 +98,17 @@ def collect_batch(
     scores = merge_scores(parts)
     rewards_PG, shaped_PG, valid_PG = _shaped_rewards(scores, groups, config)
     train_P = select_groups(group_has_signal(shaped_PG, valid_PG), target, algo.dynamic_sampling)
+    advantages_PG = _advantages(shaped_PG, valid_PG, train_P, algo)
+    batch = _train_batch(step, groups, advantages_PG, valid_PG & train_P[:, None])
+    return Collected(
+        rows, groups, scores, rewards_PG, shaped_PG, valid_PG, advantages_PG, train_P, batch, rounds, gen_s, published
+    )
+
+
+def _advantages(
+    shaped_PG: torch.Tensor, valid_PG: torch.Tensor, train_P: torch.Tensor, algo: AlgoConfig
+) -> torch.Tensor:
+    """(P, G) advantages of the groups in the batch; 0 for groups left out."""
     advantages_PG = torch.zeros_like(shaped_PG)
     advantages_PG[train_P] = group_advantages(
         shaped_PG[train_P],
@@ -89,10 +117,7 @@ def collect_batch(
         batch_norm=algo.batch_norm,
         valid_PG=valid_PG[train_P],
     )
-    batch = _train_batch(step, groups, advantages_PG, valid_PG & train_P[:, None])
-    return Collected(
-        rows, groups, scores, rewards_PG, shaped_PG, valid_PG, advantages_PG, train_P, batch, rounds, gen_s
-    )
+    return advantages_PG
 
 
 def _sampling(config: Config, step: int, round_: int) -> SamplingSpec:

@@ -1,11 +1,11 @@
 """The driver loop of a local (or cluster) GRPO run.
 
-One step: collect a batch (sample prompts, generate groups on the rollout workers, score them on the reward actors,
-shape rewards, drop groups without signal under dynamic sampling, compute advantages: launch/collect.py), update
-the learner, hot-load the new adapter into every rollout worker, maybe reset the KL reference (ProRL), record
-per-prompt pass rates, log. The loop itself stays on one screen; everything it calls lives in small functions
-below or in other modules. Before each batch is made the reward set may change: `RewardSwap`
-(learner/rewards/swap.py) installs an edited `rewards.yaml`.
+`train` starts everything and loops over `run_step`, which reads as the algorithm: take the step's batch
+(`collect_batch` in launch/collect.py: hot-load the newest adapter, sample prompts, generate groups on the rollout
+workers, score them on the reward actors, shape rewards, drop groups without signal under dynamic sampling,
+compute advantages), update the learner, offer the new adapter to the rollout workers (publish), maybe reset the KL
+reference (ProRL), record per-prompt pass rates, log a `StepRecord`. Before each batch is made the reward set may
+change: `RewardSwap` (learner/rewards/swap.py) installs an edited `rewards.yaml`.
 
 Steps are numbered from 1. Step s trains on top of adapter version s-1 (version 0 is the base model with no
 adapter) and produces version s. Held-out evaluation runs before step 1 (recorded as step 0), every `eval.every`
@@ -31,8 +31,9 @@ it failed on, after the batches made before it are trained.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -56,7 +57,7 @@ from launch.checkpoint import (
     next_nonfinite_streak,
     save_checkpoint,
 )
-from launch.collect import Collected, collect_batch
+from launch.collect import Collected, Rollouts, collect_batch
 from launch.datafiles import TaskData, load_task_data, token_counter
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
@@ -66,11 +67,11 @@ from launch.rundir import RunDir, resolve_model_path
 from learner.advantages import zero_std_fraction
 from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.swap import RewardSwap, check_reward_specs
-from rollout.fleet import Published
 from rollout.probe import StaleAdapterError, probe_prompts
 from shared.config import Config
 from shared.records import AdapterPayload, TrainStats
 from shared.restarts import TooManyRestarts
+from shared.step_record import StepRecord
 from shared.tasks import Task, get_task
 
 
@@ -103,13 +104,96 @@ class Curriculum:
         self.resets.pass_at_1 = state["reset_pass_at_1"]
 
 
+@dataclass(frozen=True)
+class Run:
+    """What the loop works with, made once by `train`: config, task, actors, curriculum, run directory."""
+
+    config: Config
+    task: Task
+    heldout: list[dict]
+    actors: Actors
+    curriculum: Curriculum
+    dir: RunDir
+    rewards: RewardSwap
+
+    def rollouts(self) -> Rollouts:
+        a = self.actors
+        return Rollouts(self.config, a.fleet, a.rewarders, self.curriculum.feed, self.rewards, self.dir.metrics)
+
+
 def train(config: Config, resume: bool = False) -> RunResult:
     """Run GRPO steps up to `config.run.steps`; with `resume`, continue `config.run.run_dir` from its last good
     checkpoint. Returns the first and last held-out evaluations."""
+    run = _start(config, resume)
+    with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
+        state = _restore(run) if resume else DriverState()
+        if state.first_eval is None:
+            _record_eval(run, state, step=0)
+    progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
+    # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
+    batches = Prefetcher(
+        partial(collect_batch, rollouts=run.rollouts()), state.step + 1, config.run.steps, config.rollout.max_staleness
+    )
+    with StopSignals() as stop, batches, stop_if_learner_dies(run.actors.learner, run.dir.path):
+        for step in range(state.step + 1, config.run.steps + 1):
+            with _stop_on_fleet_failure(run, state):
+                record = run_step(step, run, batches)
+            state.step = step
+            state.nonfinite_streak = next_nonfinite_streak(
+                state.nonfinite_streak, record.train.optimizer_steps, record.train.skipped_nonfinite
+            )
+            progress.update(record.to_json())
+            if step == config.run.steps or _due(step, config.eval.every):
+                with _stop_on_fleet_failure(run, state):
+                    progress.eval(_record_eval(run, state, step), step)
+            problem = _stop_reason(stop, state, config, run.dir.path)
+            if problem or step == config.run.steps or _due(step, config.run.checkpoint_every):
+                _checkpoint(run, state)
+            if problem:
+                raise problem
+        progress.close()
+        run.dir.save_adapter(ray.get(run.actors.learner.export_adapter.remote()), "final")
+    run.dir.close()
+    return RunResult(run.dir.path, *_evals(state))
+
+
+def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
+    """One GRPO step: take the batch (sample -> generate -> score -> advantages, launch/collect.py), update the
+    learner, publish the new adapter, track prompts, log. Returns the record it wrote to metrics.jsonl."""
+    config, learner = run.config, run.actors.learner
+    t0 = time.perf_counter()
+    collected = batches.get(step)
+    t1 = time.perf_counter()
+    versions = [c.adapter_version for g in collected.groups for c in g.completions]
+    staleness = check_staleness(step, versions, config.rollout.max_staleness)
+    stats = ray.get(learner.train_step.remote(collected.batch))
+    probe = (
+        probe_prompts(collected.groups, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
+    )
+    payload = learner.export_adapter.remote(*probe)
+    train_s = time.perf_counter() - t1
+    run.actors.fleet.offer(payload)  # hot-loaded by collect_batch before the next batch (or by an evaluation)
+    _track_prompts(step, collected, run)
+    # The new version is offered and this step's retirements are in the feed: the producer may start the batch of
+    # step+1+k now, while the rest of this step (files, the reference reset, metrics) is done.
+    batches.step_done(step)
+    adapter = ray.get(payload)
+    run.dir.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
+    reset_cause = _reset_reference_if_due(step, stats, adapter, run)
+    timing = _Timing(t0, t1, train_s)
+    record = _step_record(step, collected, stats, reset_cause, timing, staleness, run.actors)
+    run.dir.metrics.write(record.to_json())
+    if config.log.rollouts:
+        run.dir.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)
+    return record
+
+
+def _start(config: Config, resume: bool) -> Run:
+    """Check the inputs, open the run directory, start Ray and the actors."""
     task, model_path, data = _check_inputs(config)
-    run = RunDir.reopen(config) if resume else RunDir.create(config)
-    _note_skipped_rows(data, run.path)
-    rewards = RewardSwap.open(run.path, config)
+    run_dir = RunDir.reopen(config) if resume else RunDir.create(config)
+    _note_skipped_rows(data, run_dir.path)
+    rewards = RewardSwap.open(run_dir.path, config)
     start_ray(config)
     actors = start_actors(config, model_path, rewards.specs)
     curriculum = Curriculum(
@@ -117,38 +201,7 @@ def train(config: Config, resume: bool = False) -> RunResult:
         PassRateHistory(config.task.retire_after),
         ResetTriggers(config.reference),
     )
-    heldout = data.heldout
-    with stop_if_learner_dies(actors.learner, run.path):  # a resume's load_state is a learner call too
-        state = _restore(run, actors, curriculum, config) if resume else DriverState()
-        if state.first_eval is None:
-            state.first_eval = state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step=0))
-            curriculum.resets.observe_eval(state.first_eval["pass_at_1"])
-    progress = Progress(config.run.steps, EvalResult(**state.last_eval), config.log.progress_every, state.step)
-    produce = partial(_produce, config=config, actors=actors, feed=curriculum.feed, rewards=rewards, run=run)
-    batches = Prefetcher(produce, state.step + 1, config.run.steps, config.rollout.max_staleness)
-    with StopSignals() as stop, batches, stop_if_learner_dies(actors.learner, run.path):
-        for step in range(state.step + 1, config.run.steps + 1):
-            with _stop_on_fleet_failure(run, actors, curriculum, state, config):
-                record = run_step(step, config, actors, curriculum, run, batches)
-            state.step = step
-            state.nonfinite_streak = next_nonfinite_streak(
-                state.nonfinite_streak, record["optimizer_steps"], record["skipped_nonfinite"]
-            )
-            progress.update(record)
-            if step == config.run.steps or _due(step, config.eval.every):
-                with _stop_on_fleet_failure(run, actors, curriculum, state, config):
-                    state.last_eval = asdict(_evaluate(actors, task, heldout, config, run, step))
-                curriculum.resets.observe_eval(state.last_eval["pass_at_1"])
-                progress.eval(EvalResult(**state.last_eval), step)
-            problem = _stop_reason(stop, state, config, run.path)
-            if problem or step == config.run.steps or _due(step, config.run.checkpoint_every):
-                _checkpoint(run, actors, curriculum, state, config)
-            if problem:
-                raise problem
-        progress.close()
-        run.save_adapter(ray.get(actors.learner.export_adapter.remote()), "final")
-    run.close()
-    return RunResult(run.path, EvalResult(**state.first_eval), EvalResult(**state.last_eval))
+    return Run(config, task, data.heldout, actors, curriculum, run_dir, rewards)
 
 
 def _check_inputs(config: Config) -> tuple[Task, str, TaskData]:
@@ -195,42 +248,42 @@ def _last_checkpoint_step(run_dir: Path) -> int | None:
         return None
 
 
-def _checkpoint(run: RunDir, actors: Actors, curriculum: Curriculum, state: DriverState, config: Config) -> None:
-    state.worker_restarts = actors.fleet.restarts
-    state.reward_restarts = actors.rewarders.restarts
-    state.extra["curriculum"] = curriculum.state(state.step)
-    blob = ray.get(actors.learner.state.remote())
-    save_checkpoint(run.path, state.step, blob, state.to_json(), identity(config))
+def _checkpoint(run: Run, state: DriverState) -> None:
+    state.worker_restarts = run.actors.fleet.restarts
+    state.reward_restarts = run.actors.rewarders.restarts
+    state.extra["curriculum"] = run.curriculum.state(state.step)
+    blob = ray.get(run.actors.learner.state.remote())
+    save_checkpoint(run.dir.path, state.step, blob, state.to_json(), identity(run.config))
 
 
-def _restore(run: RunDir, actors: Actors, curriculum: Curriculum, config: Config) -> DriverState:
+def _restore(run: Run) -> DriverState:
     """Load the last good checkpoint into the learner, the engines and the curriculum; drop later records."""
-    checkpoint = load_latest_checkpoint(run.path)
-    check_identity(checkpoint.identity, identity(config))
+    checkpoint = load_latest_checkpoint(run.dir.path)
+    check_identity(checkpoint.identity, identity(run.config))
+    actors = run.actors
     ray.get(actors.learner.load_state.remote(checkpoint.learner_state))
     actors.fleet.publish(actors.learner.export_adapter.remote())
     state = DriverState.from_json(checkpoint.driver_state)
-    curriculum.load_state(state.extra["curriculum"])
+    run.curriculum.load_state(state.extra["curriculum"])
     actors.fleet.restarts = state.worker_restarts
     actors.rewarders.restarts = state.reward_restarts
-    run.truncate_after(state.step)
-    print(f"[prolora] resumed {run.path} from the checkpoint of step {state.step}", flush=True)
+    run.dir.truncate_after(state.step)
+    print(f"[prolora] resumed {run.dir.path} from the checkpoint of step {state.step}", flush=True)
     return state
 
 
 @contextmanager
-def _stop_on_fleet_failure(
-    run: RunDir, actors: Actors, curriculum: Curriculum, state: DriverState, config: Config
-) -> Iterator[None]:
+def _stop_on_fleet_failure(run: Run, state: DriverState) -> Iterator[None]:
     """Turn a fleet that cannot recover (too many restarts, an engine not serving the adapter it loaded) into a clean
     stop with a checkpoint of the last good step."""
     try:
         yield
     except (TooManyRestarts, StaleAdapterError) as err:
         # The checkpoint must pair driver and learner states of the same step: skip it if the learner moved on.
-        if ray.get(actors.learner.current_version.remote()) == state.step:
-            _checkpoint(run, actors, curriculum, state, config)
-        raise RunStopped(f"{err}\nlast checkpoint kept; continue with: prolora train --resume {run.path}") from err
+        if ray.get(run.actors.learner.current_version.remote()) == state.step:
+            _checkpoint(run, state)
+        how = f"continue with: prolora train --resume {run.dir.path}"
+        raise RunStopped(f"{err}\nlast checkpoint kept; {how}") from err
 
 
 def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Path) -> RunStopped | None:
@@ -246,129 +299,106 @@ def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Pa
     return None
 
 
-@dataclass(frozen=True)
-class Produced:
-    """A step's batch and the hot-load made just before it was generated (None: no new version was offered)."""
-
-    collected: Collected
-    published: Published | None
-
-
-def _produce(
-    step: int, *, config: Config, actors: Actors, feed: PromptFeed, rewards: RewardSwap, run: RunDir
-) -> Produced:
-    """Load the newest offered adapter, then make the batch of `step` with it (in the producer thread when
-    asynchronous, so the hot-load never waits behind this thread's own generation)."""
-    published = actors.fleet.sync()
-    rewards.poll(step, actors.rewarders, run.metrics)
-    sampler = feed.begin(step)
-    collected = collect_batch(step, config, actors.fleet, actors.rewarders, sampler, version=actors.fleet.version)
-    return Produced(collected, published)
-
-
-def run_step(
-    step: int, config: Config, actors: Actors, curriculum: Curriculum, run: RunDir, batches: Prefetcher[Produced]
-) -> dict:
-    """One GRPO step; returns the metrics record it wrote."""
-    t0 = time.perf_counter()
-    produced = batches.get(step)
-    collected, published = produced.collected, produced.published
-    t1 = time.perf_counter()
-    versions = [c.adapter_version for g in collected.groups for c in g.completions]
-    staleness = check_staleness(step, versions, config.rollout.max_staleness)
-    stats = ray.get(actors.learner.train_step.remote(collected.batch))
-    probing = _due(step, config.rollout.probe_every)
-    probe = probe_prompts(collected.groups, config.model.max_model_len) if probing else ()
-    payload = actors.learner.export_adapter.remote(*probe)
-    train_s = time.perf_counter() - t1
-    actors.fleet.offer(payload)  # loaded by the producer before the next batch it makes (or by an evaluation)
-    _track_prompts(step, collected, config, curriculum, run)
-    # The new version is offered and this step's retirements are in the feed: the producer may start the batch of
-    # step+1+k now, while the rest of this step (files, the reference reset, metrics) is done.
-    batches.step_done(step)
-    adapter = ray.get(payload)
-    run.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
-    reset_cause = _reset_reference_if_due(step, stats, adapter, config, actors, curriculum, run)
-    record = _step_record(step, collected, stats, reset_cause, t0, train_s, published)
-    record.update(wait_s=t1 - t0, staleness_mean=sum(staleness) / len(staleness), staleness_max=max(staleness))
-    record["worker_restarts"] = actors.fleet.restarts
-    record["reward_restarts"] = actors.rewarders.restarts
-    run.metrics.write(record)
-    if config.log.rollouts:
-        run.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)
-    return record
-
-
-def _evaluate(actors: Actors, task: Task, heldout: list[dict], config: Config, run: RunDir, step: int):
-    actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
-    result = evaluate(actors.fleet, task, heldout, config, seed=config.run.seed)
-    run.metrics.write({"eval": True, "step": step, **result.as_record()})
+def _record_eval(run: Run, state: DriverState, step: int) -> EvalResult:
+    """Evaluate the held-out split after `step`: written to metrics.jsonl, kept in the driver state, and seen by the
+    reference's plateau trigger."""
+    run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
+    result = evaluate(run.actors.fleet, run.task, run.heldout, run.config, seed=run.config.run.seed)
+    run.dir.metrics.write({"eval": True, "step": step, **result.as_record()})
+    state.last_eval = asdict(result)
+    state.first_eval = state.first_eval or state.last_eval
+    run.curriculum.resets.observe_eval(result.pass_at_1)
     return result
 
 
-def _reset_reference_if_due(
-    step: int,
-    stats: TrainStats,
-    adapter: AdapterPayload,
-    config: Config,
-    actors: Actors,
-    curriculum: Curriculum,
-    run: RunDir,
-) -> ResetCause | None:
+def _evals(state: DriverState) -> tuple[EvalResult, EvalResult]:
+    """The run's first and latest held-out evaluations."""
+    if state.first_eval is None or state.last_eval is None:
+        raise RuntimeError("no held-out evaluation recorded yet")
+    return EvalResult(**state.first_eval), EvalResult(**state.last_eval)
+
+
+def _reset_reference_if_due(step: int, stats: TrainStats, adapter: AdapterPayload, run: Run) -> ResetCause | None:
     """ProRL: when a trigger fires, the reference becomes the adapter this step produced (saved to the run dir)."""
-    cause = curriculum.resets.after_step(step, stats.kl)
+    cause = run.curriculum.resets.after_step(step, stats.kl)
     if cause is not None:
-        ray.get(actors.learner.reset_reference.remote(config.reference.reset_optimizer))
-        run.save_adapter(adapter, "reference")
+        ray.get(run.actors.learner.reset_reference.remote(run.config.reference.reset_optimizer))
+        run.dir.save_adapter(adapter, "reference")
     return cause
 
 
-def _track_prompts(step: int, collected: Collected, config: Config, curriculum: Curriculum, run: RunDir) -> None:
+def _track_prompts(step: int, collected: Collected, run: Run) -> None:
     """Append every group's pass rate to prompt_history.jsonl and retire prompts solved K visits in a row."""
-    passes_P = ((collected.rewards_PG >= config.task.pass_reward) & collected.valid_PG).sum(dim=1).tolist()
+    curriculum = run.curriculum
+    passes_P = ((collected.rewards_PG >= run.config.task.pass_reward) & collected.valid_PG).sum(dim=1).tolist()
     samples_P = collected.valid_PG.sum(dim=1).tolist()
     visits = [
         curriculum.history.observe(step, row["prompt"], n, k)
         for row, n, k in zip(collected.rows, samples_P, passes_P, strict=True)
     ]
-    run.write_prompt_visits(visits)
+    run.dir.write_prompt_visits(visits)
     curriculum.feed.retire_after(step, [v.prompt for v in visits if v.retired])
 
 
-def _step_record(step, collected: Collected, stats: TrainStats, reset_cause, t0, train_s, published) -> dict:
+@dataclass(frozen=True)
+class _Timing:
+    start: float
+    """perf_counter when the step began."""
+    got_batch: float
+    """perf_counter when its batch was in hand."""
+    train_s: float
+
+
+def _step_record(
+    step: int,
+    collected: Collected,
+    stats: TrainStats,
+    reset_cause: ResetCause | None,
+    timing: _Timing,
+    staleness: list[int],
+    actors: Actors,
+) -> StepRecord:
     completions = [c for g in collected.groups for c in g.completions]
+    lengths = [len(c.token_ids) for c in completions]
     valid = collected.rewards_PG[collected.valid_PG]
     penalty = (collected.shaped_PG - collected.rewards_PG)[collected.valid_PG]
     trained = int(collected.train_P.sum())
-    record = {
-        "step": step,
-        "reward_mean": valid.mean().item() if valid.numel() else float("nan"),
-        "reward_std": valid.std(unbiased=False).item() if valid.numel() else float("nan"),
-        "adapter_version": completions[0].adapter_version,
-        # The hot-load made just before this step's batch was generated (of its adapter_version); null when none.
-        "sync_ms": published and published.sync_ms,
-        "publish_ms": published and published.publish_ms,
-        "probe_max_diff": published and published.probe_max_diff,
-        "gen_tokens": sum(len(c.token_ids) for c in completions),
-        "gen_s": collected.gen_s,
-        "train_s": train_s,
-        "step_s": time.perf_counter() - t0,
-        "response_len_mean": sum(len(c.token_ids) for c in completions) / len(completions),
-        "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
-        "overlong_penalty_mean": penalty.mean().item() if penalty.numel() else 0.0,
-        "zero_std_frac": zero_std_fraction(collected.shaped_PG, collected.valid_PG),
-        "sample_rounds": collected.rounds,
-        "train_groups": trained,
-        "dropped_frac": 1.0 - trained / len(collected.groups),
-        **asdict(stats),
-        "ref_reset": reset_cause is not None,
-        "ref_reset_cause": reset_cause,
-    }
-    for name, values in collected.scores.components.items():
-        present = [v for v in values if v is not None]
-        record[f"reward/{name}"] = sum(present) / len(present) if present else None
-    record["reward_failures"] = sum(collected.scores.failures.values())
-    return record
+    published = collected.published
+    return StepRecord(
+        step=step,
+        reward_mean=valid.mean().item() if valid.numel() else math.nan,
+        reward_std=valid.std(unbiased=False).item() if valid.numel() else math.nan,
+        adapter_version=completions[0].adapter_version,
+        sync_ms=published.sync_ms if published else None,
+        publish_ms=published.publish_ms if published else None,
+        probe_max_diff=published.probe_max_diff if published else None,
+        gen_tokens=sum(lengths),
+        gen_s=collected.gen_s,
+        train_s=timing.train_s,
+        step_s=time.perf_counter() - timing.start,
+        wait_s=timing.got_batch - timing.start,
+        response_len_mean=sum(lengths) / len(lengths),
+        truncated_frac=sum(c.finish_reason == "length" for c in completions) / len(completions),
+        overlong_penalty_mean=penalty.mean().item() if penalty.numel() else 0.0,
+        zero_std_frac=zero_std_fraction(collected.shaped_PG, collected.valid_PG),
+        sample_rounds=collected.rounds,
+        train_groups=trained,
+        dropped_frac=1.0 - trained / len(collected.groups),
+        staleness_mean=sum(staleness) / len(staleness),
+        staleness_max=max(staleness),
+        train=stats,
+        ref_reset=reset_cause is not None,
+        ref_reset_cause=reset_cause,
+        reward_components={name: _mean_present(values) for name, values in collected.scores.components.items()},
+        reward_failures=sum(collected.scores.failures.values()),
+        worker_restarts=actors.fleet.restarts,
+        reward_restarts=actors.rewarders.restarts,
+    )
+
+
+def _mean_present(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def _due(step: int, every: int) -> bool:

@@ -136,6 +136,7 @@ class TrainStats:
     """What one learner update measured. Means are over completion tokens unless noted."""
 
     loss: float
+    """Mean loss over the optimiser steps."""
     kl: float | None
     """Mean k-estimate of KL(policy || reference) per token; None when not measured (algo.log_kl off, kl_coef 0)."""
     entropy: float
@@ -143,15 +144,19 @@ class TrainStats:
     clip_frac: float
     """Fraction of tokens whose ratio was clipped (either side)."""
     clip_frac_low: float
+    """Fraction of tokens with a negative advantage clipped at 1 - clip_low."""
     clip_frac_high: float
+    """Fraction of tokens with a positive advantage clipped at 1 + clip_high."""
     grad_norm: float
     """Gradient norm before clipping (mean over optimiser steps)."""
     is_ratio_mean: float
     """Mean truncated importance weight p_learner_old / p_sampler (1.0 when off)."""
     is_ratio_max: float
+    """Largest truncated importance weight of the update."""
     mismatch_kl: float
     """Mean token KL between the sampler's and the learner's distributions (k3 on the sampled tokens)."""
     optimizer_steps: int
+    """Optimiser steps taken (0: the batch had nothing to train on)."""
     skipped_nonfinite: int = 0
     """Optimiser steps skipped because the loss or gradient was not finite."""
 
