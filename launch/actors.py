@@ -158,8 +158,7 @@ def start_ray(config: Config) -> None:
 def threads_per_actor(config: Config) -> int:
     """OpenMP/torch threads for each engine and the learner: `train.num_threads`, else every core, or half of them
     with asynchronous rollouts. Then the engine and the learner compute at the same time, and with every core each
-    their OpenMP threads spin against each other (`prolora bench`, 2 idle cores: async step 1.39 s with 2 threads
-    each, 0.39 s with 1; synchronous 0.49 s)."""
+    their OpenMP threads spin against each other, which makes an asynchronous step slower than a synchronous one."""
     if config.train.num_threads:
         return config.train.num_threads
     cores = os.cpu_count() or 1

@@ -67,8 +67,7 @@ SFT_LR = 3e-3
 SFT_WARMUP = 20
 SFT_INIT_STD = 0.06
 """Weight init std, above transformers' 0.02 so attention starts less uniform. The loss sits on a plateau until
-attention finds the digits it needs; in the runs measured the jump came after 250 to 475 steps with 0.06, and
-after 200 to over 800 with 0.02."""
+attention finds the digits it needs; with the larger std the step of the jump varies less between seeds."""
 SFT_TARGET_ACCURACY = {"arith": 0.2, "translate": 0.2}
 """Per task: validation greedy accuracy at which the learning rate starts its decay (accuracy still rises
 during it)."""
@@ -78,7 +77,7 @@ SFT_EVAL_EVERY = 25
 BUILD_THREADS = 1
 """torch threads during the build. Float sums depend on the thread count, so pinning it makes the built model
 the same on every machine with the same torch and CPU kind; one thread, because a model this small gains little
-from two, and two threads slow to a crawl (measured 3x-40x) on a machine with other busy processes."""
+from two, and two threads slow to a crawl on a machine with other busy processes (their OpenMP threads spin)."""
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -158,8 +157,8 @@ def _warm_start(
 
     The decay starts as soon as greedy accuracy on `val_rows` reaches SFT_TARGET_ACCURACY[task] (or when only
     the decay's steps of the budget are left). Addition is learnt in a sudden jump after a loss plateau whose
-    length varies with the seed and the machine's float arithmetic (200 to over 800 steps measured), so a fixed
-    step count could stop anywhere from 0% to 90%; triggering on accuracy adapts to when the jump happens.
+    length varies widely with the seed and the machine's float arithmetic, so a fixed step count could stop
+    before the jump or well after it; triggering on accuracy adapts to when the jump happens.
     """
     ids_NT, labels_NT = _sft_batches(tokenizer, rows)
     optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0, betas=(0.9, 0.98))

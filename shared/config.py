@@ -116,7 +116,8 @@ class RolloutConfig(_Section):
     learner's under the same version (rollout/probe.py; 0: never)."""
     probe_tolerance: float | None = Field(None, gt=0.0)
     """Largest |engine - learner| token logprob the probe accepts; None: 0.05 for float32 weights (engine and learner
-    agree to ~1e-5 on CPU) and 0.3 for bfloat16 (0.07 measured on the 25M-parameter bench model)."""
+    agree closely on CPU) and 0.3 for bfloat16, whose rounding differs between engine and learner even when both
+    serve the right adapter."""
     max_staleness: int = Field(0, ge=0)
     """Asynchronous rollouts: generation for step t+1..t+k may run while the learner trains step t, so a batch may
     come from an adapter up to k versions older than the one being trained (k = 0: fully on-policy, synchronous).
@@ -217,7 +218,7 @@ class RewardModelConfig(_Section):
 class RewardsConfig(_Section):
     functions: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")])
     """Reward functions and their weights; the total reward is the weighted sum. A running job re-reads them from
-    rewards.yaml in its run directory when that file changes (see README_rewards.md)."""
+    rewards.yaml in its run directory when that file changes (see learner/rewards/README.md)."""
     failure_policy: Literal["zero", "skip_sample", "fail_run"] = "fail_run"
     """What a reward that raises or times out does: score 0, drop the completion, or stop the run."""
     timeout_s: float = Field(30.0, gt=0.0)

