@@ -101,7 +101,7 @@ class StepRecord:
 
 def json_keys() -> set[str]:
     """Every fixed key of a step record in metrics.jsonl (the `reward/<name>` keys vary with the reward set)."""
-    return {key for key, _ in _documented_keys()}
+    return {key for key, _ in _documented_keys() if not key.startswith(REWARD_PREFIX)}
 
 
 def metrics_table() -> str:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from shared.errors import UserError
 from shared.metrics import read_metrics
+from shared.step_record import json_keys
+
+STEP_KEYS = json_keys()
 
 SMOOTH_FROM = 50
 
@@ -48,6 +51,17 @@ def _key(records: list[dict], key: str, label: str | None = None) -> list[Series
     return [Series(label or key, [r["step"] for r in records], [_num(r.get(key)) for r in records])]
 
 
+def _step_key(name: str) -> str:
+    """A step-record key the report reads, checked against `StepRecord` so a renamed field fails loudly here."""
+    if name not in STEP_KEYS:
+        raise KeyError(f"{name!r} is not a step-record key (shared/step_record.py)")
+    return name
+
+
+def _steps(records: list[dict], key: str, label: str | None = None) -> list[Series]:
+    return _key(records, _step_key(key), label)
+
+
 def _num(value) -> float:
     return float("nan") if value is None else float(value)
 
@@ -57,7 +71,7 @@ def _reward(steps: list[dict], _: list[dict]) -> list[Series]:
     # A lone reward of weight 1 equals the total; drawing it again would hide the total under it.
     same = [c for c in components if all(r.get(c) == r.get("reward_mean") for r in steps)]
     label = f"total (= {same[0].removeprefix('reward/')})" if len(components) == 1 and same else "total (weighted)"
-    lines = _key(steps, "reward_mean", label)
+    lines = _steps(steps, "reward_mean", label)
     return lines + [s for c in components if c not in same for s in _key(steps, c, c.removeprefix("reward/"))]
 
 
@@ -67,32 +81,33 @@ def _heldout(_: list[dict], evals: list[dict]) -> list[Series]:
 
 
 def _throughput(steps: list[dict], _: list[dict]) -> list[Series]:
-    if not steps or "gen_tokens" not in steps[0]:
+    tokens, gen_s, step_s = _step_key("gen_tokens"), _step_key("gen_s"), _step_key("step_s")
+    if not steps or tokens not in steps[0]:
         return []
     xs = [r["step"] for r in steps]
     return [
-        Series("rollout generation", xs, [r["gen_tokens"] / max(r["gen_s"], 1e-9) for r in steps]),
-        Series("whole step", xs, [r["gen_tokens"] / max(r["step_s"], 1e-9) for r in steps]),
+        Series("rollout generation", xs, [r[tokens] / max(r[gen_s], 1e-9) for r in steps]),
+        Series("whole step", xs, [r[tokens] / max(r[step_s], 1e-9) for r in steps]),
     ]
 
 
 PANELS = [
     Panel("reward", "Reward and its components", "mean reward per completion", _reward),
     Panel("heldout", "Held-out pass@k", "pass@k", _heldout, fraction=True),
-    Panel("kl", "KL(policy || reference)", "mean per-token KL", lambda s, _: _key(s, "kl")),
-    Panel("entropy", "Policy entropy", "mean per-token entropy (nats)", lambda s, _: _key(s, "entropy")),
+    Panel("kl", "KL(policy || reference)", "mean per-token KL", lambda s, _: _steps(s, "kl")),
+    Panel("entropy", "Policy entropy", "mean per-token entropy (nats)", lambda s, _: _steps(s, "entropy")),
     Panel(
         "response_length",
         "Response length",
         "mean tokens per completion",
-        lambda s, _: _key(s, "response_len_mean", "mean length"),
+        lambda s, _: _steps(s, "response_len_mean", "mean length"),
     ),
     Panel("throughput", "Throughput", "generated tokens / s", _throughput),
     Panel(
         "hotload",
         "Adapter hot-load latency",
         "ms to load into every worker",
-        lambda s, _: _key(s, "sync_ms", "hot-load"),
+        lambda s, _: _steps(s, "sync_ms", "hot-load"),
     ),
 ]
 
