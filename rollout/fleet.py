@@ -20,11 +20,13 @@ import time
 from dataclasses import dataclass
 
 import ray
+from ray import ObjectRef
 from ray.exceptions import GetTimeoutError
 
 from rollout.probe import check_probe
-from rollout.worker import AdapterNotLoaded
-from shared.records import Group, HotLoad, SamplingSpec
+from rollout.worker import AdapterNotLoaded, RolloutWorker
+from shared.handles import Actor
+from shared.records import AdapterPayload, Group, HotLoad, SamplingSpec
 from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, TooManyRestarts, call_when_back
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,11 @@ class RolloutFleet:
     """The rollout workers of a run, with the adapter versions they must serve."""
 
     def __init__(
-        self, workers: list, max_restarts: int = 3, keep_versions: int = 1, probe_tolerance: float = 0.05
+        self,
+        workers: list[Actor[RolloutWorker]],
+        max_restarts: int = 3,
+        keep_versions: int = 1,
+        probe_tolerance: float = 0.05,
     ) -> None:
         self.workers = workers
         self.max_restarts = max_restarts
@@ -54,8 +60,8 @@ class RolloutFleet:
         self.probe_tolerance = probe_tolerance
         self.restarts = 0
         self.version = 0  # newest adapter version every worker holds; 0 = the base model
-        self._payloads: list = []  # ObjectRefs of the adapter versions in use, oldest first
-        self._offered = None  # ObjectRef of the newest version offered and not loaded yet
+        self._payloads: list[ObjectRef[AdapterPayload]] = []  # the adapter versions in use, oldest first
+        self._offered: ObjectRef[AdapterPayload] | None = None  # the newest version offered and not loaded yet
         self._lock = threading.RLock()
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
@@ -78,7 +84,7 @@ class RolloutFleet:
                 pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
         return groups
 
-    def offer(self, payload_ref) -> None:
+    def offer(self, payload_ref: ObjectRef[AdapterPayload]) -> None:
         """Make the adapter behind `payload_ref` the next version to serve, without waiting: the next `sync()` loads
         it. An offered version that a newer offer replaces before any sync is never loaded (no batch can name it)."""
         with self._lock:
@@ -94,7 +100,7 @@ class RolloutFleet:
             offered, self._offered = self._offered, None
             return None if offered is None else self.publish(offered)
 
-    def publish(self, payload_ref) -> Published:
+    def publish(self, payload_ref: ObjectRef[AdapterPayload]) -> Published:
         """Hot-load the adapter behind `payload_ref` into every worker and check its probe, if it carries one.
 
         Each worker keeps the newest `keep_versions` versions. A worker busy with a generation request loads

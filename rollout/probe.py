@@ -61,7 +61,9 @@ def check_probe(probe: ProbeSet, reports: Sequence[HotLoad], tolerance: float) -
     return worst
 
 
-def _max_diff(got_ids, got_lp, want_ids, want_lp) -> float:
+def _max_diff(
+    got_ids: Sequence[int], got_lp: Sequence[float], want_ids: Sequence[int], want_lp: Sequence[float]
+) -> float:
     """Max logprob difference over the common prefix of two greedy continuations plus the first differing token."""
     diff = 0.0
     for a, b, x, y in zip(got_ids, want_ids, got_lp, want_lp, strict=True):

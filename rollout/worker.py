@@ -16,8 +16,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.records import AdapterPayload, Completion, Group, HotLoad, SamplingSpec
+
+if TYPE_CHECKING:
+    from vllm import CompletionOutput, RequestOutput
+    from vllm.lora.request import LoRARequest
 
 
 class AdapterNotLoaded(KeyError):
@@ -58,7 +63,7 @@ class RolloutWorker:
             )
         )
         self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
-        self._requests: dict[int, object] = {}  # version -> vllm LoRARequest
+        self._requests: dict[int, LoRARequest] = {}  # version -> the engine's handle on it
         self.version = 0  # 0 = base model, no adapter
 
     # ----------------------------------------------------------------------------------------- adapters
@@ -93,7 +98,9 @@ class RolloutWorker:
         )
         return HotLoad(payload.version, load_ms, tokens, logprobs)
 
-    def _greedy(self, prompt_token_ids, n_tokens: int, version: int):
+    def _greedy(
+        self, prompt_token_ids: tuple[tuple[int, ...], ...], n_tokens: int, version: int
+    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[float, ...], ...]]:
         """Greedy continuation of each prompt under adapter `version`, `n_tokens` long, with every token's logprob
         (greedy sampling reports raw, temperature-1 logprobs)."""
         from vllm import SamplingParams
@@ -194,26 +201,35 @@ def engine_args(
     )
 
 
-def _to_group(output, version: int) -> Group:
-    completions = []
-    for seq in output.outputs:
-        token_ids = tuple(seq.token_ids)
-        # logprobs=0 gives, per position, a dict holding just the sampled token's logprob.
-        logprobs = tuple(step[tok].logprob for step, tok in zip(seq.logprobs, token_ids, strict=True))
-        completions.append(
-            Completion(
-                text=seq.text,
-                token_ids=token_ids,
-                logprobs=logprobs,
-                finish_reason=seq.finish_reason or "length",
-                adapter_version=version,
-            )
+def _to_group(output: RequestOutput, version: int) -> Group:
+    if output.prompt_token_ids is None:  # vLLM sets them for every request to a decoder-only model
+        raise RuntimeError(f"vLLM returned no prompt token ids for request {output.request_id}")
+    completions = [
+        Completion(
+            text=seq.text,
+            token_ids=tuple(seq.token_ids),
+            logprobs=_sampled_logprobs(seq),
+            finish_reason=seq.finish_reason or "length",
+            adapter_version=version,
         )
+        for seq in output.outputs
+    ]
     return Group(
-        prompt=output.prompt,
+        prompt=output.prompt or "",  # a token-id prompt (the probe's) has no text
         prompt_token_ids=tuple(output.prompt_token_ids),
         completions=tuple(completions),
     )
+
+
+def _sampled_logprobs(seq: CompletionOutput) -> tuple[float, ...]:
+    """Each sampled token's logprob: logprobs=0 gives, per position, a dict holding just the sampled token's."""
+    steps = [step for step in seq.logprobs or [] if step is not None]
+    if len(steps) != len(seq.token_ids):
+        raise RuntimeError(
+            f"vLLM reported logprobs for {len(steps)} of {len(seq.token_ids)} sampled tokens; every request here "
+            "asks for them (SamplingParams.logprobs=0)"
+        )
+    return tuple(step[tok].logprob for step, tok in zip(steps, seq.token_ids, strict=True))
 
 
 def _supported_rank(rank: int) -> int:
