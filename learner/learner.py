@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
-from learner.loss import grpo_loss, token_entropy, token_logprobs
+from learner.loss import LossStats, grpo_loss, token_entropy, token_logprobs
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.records import AdapterPayload, ProbeSet, TrainBatch, TrainSample, TrainStats
 
@@ -54,7 +54,7 @@ class Learner:
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         peft_config = PeftLoraConfig(
             r=lora.rank,
-            lora_alpha=lora.alpha,
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
@@ -91,7 +91,8 @@ class Learner:
         if self._algo.kl_coef or self._algo.log_kl:
             with self._reference_policy():
                 ref_logp = self._logprobs_no_grad(samples)
-        stats, grad_norms = [], []
+        stats: list[tuple[float, LossStats]] = []
+        grad_norms: list[float] = []
         self.model.train()  # LoRA dropout (lora.dropout) acts only in the loss's forward; every other pass is eval
         try:
             skipped = self._update(samples, n_mb, old_logp, ref_logp, stats, grad_norms)
@@ -100,7 +101,15 @@ class Learner:
         self.version += 1
         return _summarise(stats, grad_norms, skipped)
 
-    def _update(self, samples, n_mb: int, old_logp, ref_logp, stats: list, grad_norms: list) -> int:
+    def _update(
+        self,
+        samples: tuple[TrainSample, ...],
+        n_mb: int,
+        old_logp: list[torch.Tensor] | None,
+        ref_logp: list[torch.Tensor] | None,
+        stats: list[tuple[float, LossStats]],
+        grad_norms: list[float],
+    ) -> int:
         """The optimiser steps of one batch; appends to `stats` and `grad_norms`, returns how many were skipped."""
         skipped = 0
         for _ in range(self._train.epochs):
@@ -119,7 +128,13 @@ class Learner:
                 grad_norms.append(grad_norm.item())
         return skipped
 
-    def _loss(self, rows: list[TrainSample], old_logp, ref_logp, idx: torch.Tensor):
+    def _loss(
+        self,
+        rows: list[TrainSample],
+        old_logp: list[torch.Tensor] | None,
+        ref_logp: list[torch.Tensor] | None,
+        idx: torch.Tensor,
+    ) -> tuple[torch.Tensor, LossStats]:
         tokens_BL, mask_BT, sampling_BT = _pack(rows)
         if self._algo.mask_truncated:
             mask_BT &= ~torch.tensor([r.truncated for r in rows])[:, None]  # DAPO overlong filtering
@@ -260,7 +275,7 @@ class Learner:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def _pack(rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pack(rows: Sequence[TrainSample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad prompt+completion token rows.
 
     Returns tokens (B, L) with -1 as padding, the completion mask (B, L-1) in "predicts token t+1" coordinates,
@@ -287,7 +302,7 @@ def _rows(per_sample: list[torch.Tensor], idx: torch.Tensor, width: int) -> torc
     return out
 
 
-def _summarise(stats: list, grad_norms: list[float], skipped: int) -> TrainStats:
+def _summarise(stats: list[tuple[float, LossStats]], grad_norms: list[float], skipped: int) -> TrainStats:
     if not stats:
         nan = math.nan
         return TrainStats(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, skipped)

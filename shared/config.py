@@ -7,6 +7,7 @@ pydantic does the validation (why not hand-written: its messages already name th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -367,7 +368,7 @@ def _allowed_keys(loc: tuple) -> str:
     return ", ".join(model.model_fields)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Build the run config from an optional experiment file and `a.b=c` overrides."""
     data = read_config_file(path) if path else {}
     for assignment in overrides:

@@ -13,13 +13,16 @@ from typing import Any
 from sacrebleu.metrics import CHRF
 
 from learner.rewards.builtin import require_column
-from learner.rewards.context import RewardContext, generate_greedy
+from learner.rewards.context import CONTEXT_HINTS, RewardContext, RewardContextError, generate_greedy
 from learner.rewards.protocol import RewardValues
 
 
 def back_translate(context: RewardContext, completions: list[str]) -> list[str]:
     """The rollout workers' greedy back-translations of `completions` (stripped)."""
-    prompts = [context.back_translation_prompt(c) for c in completions]
+    to_prompt = context.back_translation_prompt
+    if to_prompt is None:  # check_context refuses such a reward set when it is installed
+        raise RewardContextError(f"cycle_consistency: {CONTEXT_HINTS['back_translation_prompt']}")
+    prompts = [to_prompt(c) for c in completions]
     return [text.strip() for text in generate_greedy(context, prompts)]
 
 

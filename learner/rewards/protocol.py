@@ -13,7 +13,10 @@ that completion (None is left out of the weighted total). It may be a plain func
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from learner.rewards.context import RewardContext
 
 RewardValues: TypeAlias = list[float | None]
 """One value per completion; None where the reward does not apply."""
@@ -25,3 +28,15 @@ class RewardFn(Protocol):
     def __call__(
         self, prompts: list[str], completions: list[str], **columns: Any
     ) -> RewardValues | Awaitable[RewardValues]: ...
+
+
+class ContextRewardFn(Protocol):
+    """A reward that also needs the run's actors: it declares a keyword-only `reward_context` (see context.py)."""
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], *, reward_context: RewardContext, **columns: Any
+    ) -> RewardValues | Awaitable[RewardValues]: ...
+
+
+AnyRewardFn: TypeAlias = RewardFn | ContextRewardFn
+"""What a reward name resolves to: a plain reward or one that takes a `reward_context`."""

@@ -12,12 +12,12 @@ from types import MappingProxyType
 
 from learner.rewards import builtin
 from learner.rewards.cycle import cycle_consistency
-from learner.rewards.protocol import RewardFn
+from learner.rewards.protocol import AnyRewardFn
 from learner.rewards.reward_model import reward_model
 from shared.config import RewardSpec
 from shared.errors import UserError
 
-BUILTIN_REWARDS: Mapping[str, RewardFn] = MappingProxyType(
+BUILTIN_REWARDS: Mapping[str, AnyRewardFn] = MappingProxyType(
     {
         "exact_match": builtin.exact_match,
         "math": builtin.math_answer,
@@ -69,7 +69,7 @@ def check_reward_names(specs: Sequence[RewardSpec]) -> None:
         raise RewardSetError(f"each reward may appear once in rewards.functions; repeated: {', '.join(repeated)}")
 
 
-def resolve_reward(name: str) -> RewardFn:
+def resolve_reward(name: str) -> AnyRewardFn:
     """Return the reward function for a built-in name or a `module.path:function` path."""
     if name in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[name]
@@ -81,7 +81,7 @@ def resolve_reward(name: str) -> RewardFn:
     return _import_reward(name)
 
 
-def _import_reward(path: str) -> RewardFn:
+def _import_reward(path: str) -> AnyRewardFn:
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise UnknownRewardError(f"reward path {path!r} must look like 'module.path:function'")

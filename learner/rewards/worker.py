@@ -25,12 +25,12 @@ import logging
 import math
 import numbers
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from learner.rewards.context import CONTEXT_PARAMETER, RewardContext, check_context, wants_context
-from learner.rewards.protocol import RewardFn, RewardValues
+from learner.rewards.protocol import AnyRewardFn, RewardValues
 from learner.rewards.registry import check_reward_names, resolve_reward
 from shared.config import RewardSpec
 from shared.records import RewardBatch, RewardScores
@@ -107,7 +107,9 @@ class RewardWorker:
         for spec in self._specs:
             outcome = outcomes[spec.name]
             failed = isinstance(outcome, Exception)
-            components[spec.name] = self._on_failure(spec.name, outcome, n) if failed else tuple(outcome)
+            components[spec.name] = (
+                self._on_failure(spec.name, outcome, n) if isinstance(outcome, Exception) else tuple(outcome)
+            )
             failures[spec.name] = int(failed)
         skipped = self._failure_policy == "skip_sample" and any(failures.values())
         total = (None,) * n if skipped else _weighted_totals(self._specs, components, n)
@@ -121,7 +123,7 @@ class RewardWorker:
     async def _run_one(self, name: str, batch: RewardBatch, columns: dict[str, list]) -> RewardValues | Exception:
         fn = self._functions[name]
         # Fresh lists per reward: rewards run concurrently and user code may mutate its arguments.
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "prompts": list(batch.prompts),
             "completions": list(batch.completions),
             **{key: list(values) for key, values in columns.items()},
@@ -130,7 +132,7 @@ class RewardWorker:
             kwargs[CONTEXT_PARAMETER] = self._context
         try:
             if _is_async(fn):
-                raw = await asyncio.wait_for(fn(**kwargs), self._timeout_s)
+                raw = await asyncio.wait_for(cast(Awaitable[RewardValues], fn(**kwargs)), self._timeout_s)
             else:
                 raw = await asyncio.wait_for(asyncio.wrap_future(_call_in_thread(fn, kwargs)), self._timeout_s)
             return _checked_values(name, raw, len(batch.completions))
@@ -165,11 +167,11 @@ def _checked_columns(batch: RewardBatch) -> dict[str, list]:
     return {key: list(values) for key, values in batch.columns.items()}
 
 
-def _is_async(fn: RewardFn) -> bool:
+def _is_async(fn: AnyRewardFn) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
-def _call_in_thread(fn: RewardFn, kwargs: dict[str, Any]) -> concurrent.futures.Future:
+def _call_in_thread(fn: AnyRewardFn, kwargs: dict[str, Any]) -> concurrent.futures.Future:
     # A daemon thread rather than an executor: a hung reward must not block the next batch or process exit.
     future: concurrent.futures.Future = concurrent.futures.Future()
 
@@ -206,8 +208,7 @@ def _weighted_totals(
     specs: Sequence[RewardSpec], components: dict[str, tuple[float | None, ...]], n: int
 ) -> tuple[float, ...]:
     return tuple(
-        sum((s.weight * components[s.name][i] for s in specs if components[s.name][i] is not None), 0.0)
-        for i in range(n)
+        sum((s.weight * value for s in specs if (value := components[s.name][i]) is not None), 0.0) for i in range(n)
     )
 
 
