@@ -15,14 +15,18 @@ The driver builds the context once, after starting the actors, and hands it to e
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from shared.errors import UserError
+from shared.handles import Actor
 from shared.records import SamplingSpec
+
+if TYPE_CHECKING:
+    from learner.rewards.reward_model import RewardModelScorer
 
 CONTEXT_PARAMETER = "reward_context"
 
@@ -31,13 +35,14 @@ CONTEXT_PARAMETER = "reward_context"
 class RewardContext:
     """Actor handles and task functions for rewards that need them (every field may be absent)."""
 
-    rollout_workers: tuple[Any, ...] = ()
-    """Rollout worker actor handles; rewards call their `generate` (it serves the newest adapter)."""
+    rollout_workers: tuple[Actor[Any], ...] = ()
+    """Rollout worker actor handles (`RolloutWorker`, which learner/ does not import); rewards call their `generate`
+    (it serves the newest adapter)."""
     back_translation_prompt: Callable[[str], str] | None = None
     """The task's reverse prompt: the prompt asking the model to translate a completion back to the source."""
     max_new_tokens: int = 32
     """Completion budget for generations a reward asks for."""
-    reward_model: Any = None
+    reward_model: Actor[RewardModelScorer] | None = None
     """Handle of the reward-model actor (`RewardModelScorer`), when the run configures one."""
 
 
@@ -53,10 +58,15 @@ def wants_context(fn: Callable) -> bool:
         return False
 
 
-def check_context(name: str, fn: Callable, context: RewardContext | None) -> None:
-    """Raise RewardContextError when `fn` needs context fields that `context` lacks."""
+def provided_fields(context: RewardContext | None) -> frozenset[str]:
+    """The fields `context` holds (set and not empty)."""
+    return frozenset(f.name for f in fields(context) if getattr(context, f.name)) if context else frozenset()
+
+
+def check_context(name: str, fn: Callable, provided: Collection[str]) -> None:
+    """Raise RewardContextError when `fn` needs context fields beyond the `provided` ones."""
     required: Sequence[str] = getattr(fn, "context_requires", ())
-    missing = [field for field in required if context is None or not getattr(context, field)]
+    missing = [field for field in required if field not in provided]
     if missing:
         raise RewardContextError(
             f"reward {name!r} needs {', '.join(missing)} in its RewardContext; "

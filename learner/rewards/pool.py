@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import ray
 
-from learner.rewards.worker import RewardSetMismatch
+from learner.rewards.worker import RewardSetMismatch, RewardWorker
 from shared.config import RewardSpec
+from shared.handles import Actor
 from shared.records import Group, RewardBatch, RewardScores
 from shared.restarts import DEAD_ACTOR_ERRORS, TooManyRestarts, call_when_back
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 class RewardPool:
     """The reward actors of a run and the reward set in force on them (see the module docstring for restarts)."""
 
-    def __init__(self, actors: list, specs: Sequence[RewardSpec], max_restarts: int = 3) -> None:
+    def __init__(self, actors: list[Actor[RewardWorker]], specs: Sequence[RewardSpec], max_restarts: int = 3) -> None:
         self.actors = actors
         self.specs = list(specs)
         self.max_restarts = max_restarts

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from learner.rewards.context import RewardContext
+from learner.rewards.context import CONTEXT_HINTS, RewardContext, RewardContextError
 from learner.rewards.protocol import RewardValues
 
 
@@ -60,7 +60,10 @@ def reward_model(
     prompts: list[str], completions: list[str], *, reward_context: RewardContext, **columns: Any
 ) -> RewardValues:
     """The reward-model actor's score of every prompt + completion (raw logit, unbounded)."""
-    return ray.get(reward_context.reward_model.score.remote(list(prompts), list(completions)))
+    scorer = reward_context.reward_model
+    if scorer is None:  # check_context refuses such a reward set when it is installed
+        raise RewardContextError(f"reward_model: {CONTEXT_HINTS['reward_model']}")
+    return ray.get(scorer.score.remote(list(prompts), list(completions)))
 
 
 reward_model.context_requires = ("reward_model",)  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from learner.rewards.context import RewardContext, check_context
+from learner.rewards.context import RewardContext, check_context, provided_fields
 from learner.rewards.pool import RewardPool
 from learner.rewards.registry import RewardSetError, check_reward_names, resolve_reward
 from shared.config import Config, RewardsConfig, RewardSpec
@@ -43,12 +43,11 @@ REWARDS_FILE = "rewards.yaml"
 def check_reward_specs(specs: Sequence[RewardSpec], config: Config) -> None:
     """Raise a UserError unless every reward resolves and the run can give it the context it needs."""
     check_reward_names(specs)
-    # What the run's RewardContext will hold (the handles do not exist yet; truthy placeholders stand in).
-    available = RewardContext(
-        rollout_workers=("rollout workers",),
-        back_translation_prompt=get_task(config.task.name).back_translation_prompt,
-        reward_model="reward model" if config.rewards.reward_model.path else None,
-    )
+    # What the run's RewardContext will hold: the actors do not exist yet, but there will be rollout workers.
+    context = RewardContext(back_translation_prompt=get_task(config.task.name).back_translation_prompt)
+    available = provided_fields(context) | {"rollout_workers"}
+    if config.rewards.reward_model.path:
+        available |= {"reward_model"}
     for spec in specs:
         check_context(spec.name, resolve_reward(spec.name), available)
 

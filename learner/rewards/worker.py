@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from learner.rewards.context import CONTEXT_PARAMETER, RewardContext, check_context, wants_context
+from learner.rewards.context import CONTEXT_PARAMETER, RewardContext, check_context, provided_fields, wants_context
 from learner.rewards.protocol import AnyRewardFn, RewardValues
 from learner.rewards.registry import check_reward_names, resolve_reward
 from shared.config import RewardSpec
@@ -77,8 +77,9 @@ class RewardWorker:
         """Replace the reward set (between steps); every name is resolved before anything changes."""
         check_reward_names(specs)
         functions = {spec.name: resolve_reward(spec.name) for spec in specs}
+        provided = provided_fields(self._context)
         for name, fn in functions.items():
-            check_context(name, fn, self._context)
+            check_context(name, fn, provided)
         self._specs = tuple(specs)
         self._functions = functions
 
