@@ -18,6 +18,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import ray
 
@@ -31,6 +32,7 @@ from rollout.probe import PROBE_TOLERANCE
 from rollout.worker import RolloutWorker
 from shared.config import Config, RewardSpec
 from shared.errors import UserError
+from shared.handles import Actor, as_actor
 from shared.tasks import get_task
 
 
@@ -99,9 +101,9 @@ def _describe_node(node: dict[str, float]) -> str:
 @dataclass
 class Actors:
     fleet: RolloutFleet
-    learner: object
+    learner: Actor[Learner]
     rewarders: RewardPool
-    reward_model: object | None = None
+    reward_model: Actor[RewardModelScorer] | None = None
 
 
 def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardSpec]) -> Actors:
@@ -175,7 +177,12 @@ def _engine_env(config: Config) -> dict[str, str]:
     }
 
 
-def _ask(config: Config, role: str) -> dict[str, float]:
+class _Ask(TypedDict):
+    num_cpus: float
+    num_gpus: float
+
+
+def _ask(config: Config, role: str) -> _Ask:
     demand: Demand = next(d for d in run_demands(config) if d.role == role)
     return {"num_cpus": demand.cpus, "num_gpus": demand.gpus}
 
@@ -185,51 +192,60 @@ def tensor_parallel_size(config: Config) -> int:
     return int(config.rollout.num_gpus) if config.rollout.num_gpus > 1 else 1
 
 
-def start_rollout_workers(config: Config, model_path: str) -> list:
+def start_rollout_workers(config: Config, model_path: str) -> list[Actor[RolloutWorker]]:
     cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
-    options = {"runtime_env": {"env_vars": _engine_env(config)}}
     return [
-        cls.options(**options).remote(
-            model_path,
-            dtype=config.model.dtype,
-            max_model_len=config.model.max_model_len,
-            max_lora_rank=config.lora.rank,
-            max_loras=config.rollout.max_loras,
-            kv_cache_gib=config.rollout.kv_cache_gib,
-            gpu_memory_utilization=config.rollout.gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size(config),
-            seed=config.run.seed + i,
+        as_actor(
+            cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
+                model_path,
+                dtype=config.model.dtype,
+                max_model_len=config.model.max_model_len,
+                max_lora_rank=config.lora.rank,
+                max_loras=config.rollout.max_loras,
+                kv_cache_gib=config.rollout.kv_cache_gib,
+                gpu_memory_utilization=config.rollout.gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size(config),
+                seed=config.run.seed + i,
+            )
         )
         for i in range(config.rollout.num_workers)
     ]
 
 
-def start_learner(config: Config, model_path: str):
+def start_learner(config: Config, model_path: str) -> Actor[Learner]:
     cls = ray.remote(**_ask(config, "learner"))(Learner)
-    return cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
-        model_path,
-        lora=config.lora,
-        train=config.train,
-        algo=config.algo,
-        temperature=config.rollout.temperature,
-        max_new_tokens=config.rollout.max_new_tokens,
-        dtype=config.model.dtype,
-        seed=config.run.seed,
+    return as_actor(
+        cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
+            model_path,
+            lora=config.lora,
+            train=config.train,
+            algo=config.algo,
+            temperature=config.rollout.temperature,
+            max_new_tokens=config.rollout.max_new_tokens,
+            dtype=config.model.dtype,
+            seed=config.run.seed,
+        )
     )
 
 
-def start_reward_model(config: Config):
+def start_reward_model(config: Config) -> Actor[RewardModelScorer] | None:
     """The reward-model actor, or None when `rewards.reward_model.path` is not set."""
     rm = config.rewards.reward_model
     if rm.path is None:
         return None
     cls = ray.remote(**_ask(config, "reward_model"))(RewardModelScorer)
-    return cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
-        rm.path, max_length=rm.max_length, batch_size=rm.batch_size, dtype=config.model.dtype
+    return as_actor(
+        cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
+            rm.path, max_length=rm.max_length, batch_size=rm.batch_size, dtype=config.model.dtype
+        )
     )
 
 
-def reward_context(config: Config, workers: list, reward_model=None) -> RewardContext:
+def reward_context(
+    config: Config,
+    workers: Sequence[Actor[RolloutWorker]],
+    reward_model: Actor[RewardModelScorer] | None = None,
+) -> RewardContext:
     return RewardContext(
         rollout_workers=tuple(workers),
         back_translation_prompt=get_task(config.task.name).back_translation_prompt,
@@ -238,9 +254,11 @@ def reward_context(config: Config, workers: list, reward_model=None) -> RewardCo
     )
 
 
-def start_reward_actors(config: Config, specs: Sequence[RewardSpec], context: RewardContext | None = None) -> list:
+def start_reward_actors(
+    config: Config, specs: Sequence[RewardSpec], context: RewardContext | None = None
+) -> list[Actor[RewardWorker]]:
     cls = ray.remote(**_ask(config, "reward"), max_restarts=config.rewards.max_restarts)(RewardWorker)
     return [
-        cls.remote(list(specs), config.rewards.failure_policy, config.rewards.timeout_s, context)
+        as_actor(cls.remote(list(specs), config.rewards.failure_policy, config.rewards.timeout_s, context))
         for _ in range(config.rewards.num_actors)
     ]
