@@ -21,12 +21,22 @@ import string
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from shared.tasks import Rows, get_task
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 BUILD_VERSION = 2
 """Bump when the recipe changes in a way the settings below do not capture, so old cache entries go unused."""
@@ -103,8 +113,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def model_config(size: str = "default") -> LlamaConfig:
     """The Llama config of the built-in model of `size` (a key of SIZES)."""
+    dims: dict[str, Any] = {"max_position_embeddings": MAX_POSITIONS, **SIZES[size]}
     return LlamaConfig(
-        **{"max_position_embeddings": MAX_POSITIONS, **SIZES[size]},
+        **dims,
         vocab_size=len(SPECIAL_TOKENS) + len(CHARSET),
         tie_word_embeddings=False,
         pad_token_id=PAD_ID,
@@ -197,8 +208,8 @@ def _warm_start(
 
 @torch.no_grad()
 def greedy_accuracy(
-    model: LlamaForCausalLM,
-    tokenizer: PreTrainedTokenizerFast,
+    model: LlamaForCausalLM | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     task_name: str,
     rows: Rows,
     max_new_tokens: int | None = None,
@@ -209,7 +220,8 @@ def greedy_accuracy(
     """
     task = get_task(task_name)
     enc = tokenizer([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
-    out_NT = model.generate(
+    # transformers types generate's self as a Protocol for the `ty` checker that mypy finds LlamaForCausalLM misses.
+    out_NT = model.generate(  # type: ignore[misc]
         **enc,
         max_new_tokens=max_new_tokens or task.max_new_tokens,
         do_sample=False,

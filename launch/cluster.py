@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import requests
 
@@ -74,7 +75,7 @@ def auth_headers(address: str) -> dict[str, str]:
     mode = reply.json().get("authentication_mode") if reply.ok else None
     if mode != "token":
         return {}
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # Cython class, not in the stub
 
     loader = AuthenticationTokenLoader.instance()
     if not loader.has_token(ignore_auth_mode=True):
@@ -103,10 +104,11 @@ def job_client(address: str | None, headers: dict[str, str] | None = None):
 def cluster_nodes(address: str, headers: dict[str, str]) -> list[dict[str, float]]:
     """Total resources of every alive node, from the cluster's state API."""
     from ray.util.state.api import StateApiClient
-    from ray.util.state.common import ListApiOptions, StateResource
+    from ray.util.state.common import ListApiOptions, NodeState, StateResource
 
     client = StateApiClient(address, headers={"Content-Type": "application/json", **headers})
-    nodes = client.list(StateResource.NODES, ListApiOptions(filters=[("state", "=", "ALIVE")]), False)
+    options = ListApiOptions(filters=[("state", "=", "ALIVE")])
+    nodes = cast("list[NodeState]", client.list(StateResource.NODES, options, False))  # NODES lists NodeStates
     return [dict(n.resources_total) for n in nodes]
 
 

@@ -185,6 +185,8 @@ def load_task_data(config: Config, task: Task, count_tokens: Callable[[str], int
     skipped: dict[str, list[int]] = {}
 
     def from_file(path: str, required: Sequence[str], non_null: Sequence[str] = ()) -> list[dict[str, Any]]:
+        if count_tokens is None:
+            raise ValueError(f"load_task_data needs count_tokens to read {path}")
         rows, skipped[path] = rows_from_file(config, path, count_tokens, required, non_null)
         return rows
 

@@ -49,7 +49,7 @@ class PromptSampler:
         return order
 
     def next_batch(self, size: int) -> list[dict]:
-        batch = []
+        batch: list[dict] = []
         while len(batch) < size:
             if self.index == len(self._order):
                 self.epoch, self.index = self.epoch + 1, 0

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,7 +111,7 @@ class RunDir:
 
     def write_rollouts(self, step: int, groups: list[Group], scores: RewardScores, advantages_PG: torch.Tensor) -> Path:
         flat = [(g, c) for g in groups for c in g.completions]
-        columns = {
+        columns: dict[str, list[Any]] = {
             "step": [step] * len(flat),
             "prompt": [g.prompt for g, _ in flat],
             "completion": [c.text for _, c in flat],

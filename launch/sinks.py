@@ -35,7 +35,7 @@ class TensorBoardSink:
         if importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
         else:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # type: ignore[no-redef]  # the same writer API, other package
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: dict[str, Any]) -> None:

@@ -109,7 +109,7 @@ def run_trl(config: Config, model_path: str, steps: int) -> TrlFigures:
     """Train `steps` GRPO steps with TRL's GRPOTrainer and return its step time, reward and held-out pass@1."""
     try:
         from datasets import Dataset
-        from peft import LoraConfig
+        from peft import LoraConfig, PeftModel
         from trl import GRPOTrainer
     except ImportError as err:
         raise UserError(f"the TRL comparison needs the bench extra: pip install -e '.[bench]' ({err})") from None
@@ -121,7 +121,7 @@ def run_trl(config: Config, model_path: str, steps: int) -> TrlFigures:
     lora = config.lora
     peft_config = LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
@@ -140,8 +140,11 @@ def run_trl(config: Config, model_path: str, steps: int) -> TrlFigures:
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; the bench prints its own table
         trainer.train()
     heldout = task.heldout_rows(config.eval.size, config.run.seed)
-    trainer.model.eval()
-    pass1 = greedy_accuracy(trainer.model, tokenizer, config.task.name, heldout, config.rollout.max_new_tokens)
+    trained = trainer.model
+    if not isinstance(trained, PeftModel):  # GRPOTrainer wraps the base model in peft_config's adapter
+        raise RuntimeError(f"GRPOTrainer trained a {type(trained).__name__}, not the expected PeftModel")
+    trained.eval()
+    pass1 = greedy_accuracy(trained, tokenizer, config.task.name, heldout, config.rollout.max_new_tokens)
     timed = timer.step_s[1:] or timer.step_s
     return TrlFigures(
         step_s=sum(timed) / len(timed),
