@@ -16,12 +16,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.records import AdapterPayload, Completion, Group, HotLoad, SamplingSpec
 
 if TYPE_CHECKING:
-    from vllm import CompletionOutput, RequestOutput
+    from vllm import CompletionOutput, RequestOutput, SamplingParams
     from vllm.lora.request import LoRARequest
 
 
@@ -147,7 +147,7 @@ MAX_NUM_SEQS = 256
 """Sequences an engine runs at once (vLLM's default on CPU)."""
 
 
-def sampling_params(sampling: SamplingSpec, n_prompts: int) -> list:
+def sampling_params(sampling: SamplingSpec, n_prompts: int) -> list[SamplingParams]:
     """vLLM SamplingParams for `n_prompts` prompts: prompt i gets seed + i, and each sampled token its logprob."""
     from vllm import SamplingParams
 
@@ -175,7 +175,7 @@ def engine_args(
     gpu_memory_utilization: float,
     seed: int,
     tensor_parallel_size: int = 1,
-) -> dict:
+) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike).
     `tensor_parallel_size` > 1 shards the engine over that many GPUs, all of them held by the worker's actor."""
     return dict(

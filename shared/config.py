@@ -357,7 +357,7 @@ def _describe(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def _allowed_keys(loc: tuple) -> str:
+def _allowed_keys(loc: tuple[int | str, ...]) -> str:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.errors import UserError
 
@@ -167,7 +168,7 @@ class RewardBatch:
 
     prompts: tuple[str, ...]
     completions: tuple[str, ...]
-    columns: dict[str, tuple] = field(default_factory=dict)
+    columns: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class RewardContextError(UserError, ValueError):
     """A reward needs part of the RewardContext that this run does not have."""
 
 
-def wants_context(fn: Callable) -> bool:
+def wants_context(fn: Callable[..., Any]) -> bool:
     """Whether `fn` declares the `reward_context` parameter."""
     try:
         return CONTEXT_PARAMETER in inspect.signature(fn).parameters
@@ -63,7 +63,7 @@ def provided_fields(context: RewardContext | None) -> frozenset[str]:
     return frozenset(f.name for f in fields(context) if getattr(context, f.name)) if context else frozenset()
 
 
-def check_context(name: str, fn: Callable, provided: Collection[str]) -> None:
+def check_context(name: str, fn: Callable[..., Any], provided: Collection[str]) -> None:
     """Raise RewardContextError when `fn` needs context fields beyond the `provided` ones."""
     required: Sequence[str] = getattr(fn, "context_requires", ())
     missing = [field for field in required if field not in provided]

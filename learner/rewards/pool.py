@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import ray
 
@@ -40,7 +41,7 @@ class RewardPool:
             except DEAD_ACTOR_ERRORS as err:
                 self._recover(i, err)  # the restarted actor gets self.specs there
 
-    def score(self, rows: list[dict], groups: list[Group], max_tokens: int) -> RewardScores:
+    def score(self, rows: list[dict[str, Any]], groups: list[Group], max_tokens: int) -> RewardScores:
         """Score every completion, one shard per actor; a shard whose actor died is scored again after the
         restart. Each call names the set in force, so a call Ray queued for an actor that then restarted with the
         run's first set fails loudly (RewardSetMismatch) rather than scoring with the wrong rewards."""
@@ -67,7 +68,7 @@ class RewardPool:
         call_when_back(self.actors[i].set_specs, (self.specs,), f"reward actor {i}", err)
 
 
-def reward_batch(rows: list[dict], groups: list[Group], max_tokens: int) -> RewardBatch:
+def reward_batch(rows: list[dict[str, Any]], groups: list[Group], max_tokens: int) -> RewardBatch:
     """One RewardBatch of every completion; each data set column is repeated per completion, plus
     `completion_token_count` and `max_tokens` for length-aware rewards."""
     flat_rows = [row for row, g in zip(rows, groups, strict=True) for _ in g.completions]

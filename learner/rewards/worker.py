@@ -116,12 +116,12 @@ class RewardWorker:
         total = (None,) * n if skipped else _weighted_totals(self._specs, components, n)
         return RewardScores(total=total, components=components, failures=failures)
 
-    async def _run_all(self, batch: RewardBatch, columns: dict[str, list]) -> dict[str, RewardValues | Exception]:
+    async def _run_all(self, batch: RewardBatch, columns: dict[str, list[Any]]) -> dict[str, RewardValues | Exception]:
         names = [spec.name for spec in self._specs]
         outcomes = await asyncio.gather(*(self._run_one(name, batch, columns) for name in names))
         return dict(zip(names, outcomes, strict=True))
 
-    async def _run_one(self, name: str, batch: RewardBatch, columns: dict[str, list]) -> RewardValues | Exception:
+    async def _run_one(self, name: str, batch: RewardBatch, columns: dict[str, list[Any]]) -> RewardValues | Exception:
         fn = self._functions[name]
         # Fresh lists per reward: rewards run concurrently and user code may mutate its arguments.
         kwargs: dict[str, Any] = {
@@ -156,7 +156,7 @@ class RewardWorker:
         return (0.0 if self._failure_policy == "zero" else None,) * n
 
 
-def _checked_columns(batch: RewardBatch) -> dict[str, list]:
+def _checked_columns(batch: RewardBatch) -> dict[str, list[Any]]:
     n = len(batch.completions)
     if len(batch.prompts) != n:
         raise ValueError(f"RewardBatch has {len(batch.prompts)} prompts but {n} completions")
@@ -172,9 +172,9 @@ def _is_async(fn: AnyRewardFn) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
-def _call_in_thread(fn: AnyRewardFn, kwargs: dict[str, Any]) -> concurrent.futures.Future:
+def _call_in_thread(fn: AnyRewardFn, kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
     # A daemon thread rather than an executor: a hung reward must not block the next batch or process exit.
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def run() -> None:
         future.set_running_or_notify_cancel()

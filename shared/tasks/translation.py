@@ -22,6 +22,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from sacrebleu.metrics import CHRF
 
@@ -172,7 +173,7 @@ def is_correct(completion: str, answer: str) -> bool:
     return completion.strip() == answer.strip()
 
 
-def heldout_metrics(completions: list[str], rows: list[dict]) -> dict[str, float]:
+def heldout_metrics(completions: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
     """Corpus chrF++ (sacrebleu CHRF(word_order=2), 0..100) of greedy completions against the references."""
     score = CHRF(word_order=2).corpus_score([c.strip() for c in completions], [[r["reference"] for r in rows]])
     return {"chrf": score.score}
