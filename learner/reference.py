@@ -32,11 +32,12 @@ def stale_evals(pass_at_1: Sequence[float]) -> int:
     return len(pass_at_1) - 1 - list(pass_at_1).index(best)
 
 
-def reset_cause(step: int, kl: float, stale: int, config: ReferenceConfig) -> ResetCause | None:
-    """The trigger that fires after `step` (first of schedule, kl, plateau), or None."""
+def reset_cause(step: int, kl: float | None, stale: int, config: ReferenceConfig) -> ResetCause | None:
+    """The trigger that fires after `step` (first of schedule, kl, plateau), or None. `kl` is None when the step
+    measured none (a batch with nothing to train on)."""
     if config.reset_every and step % config.reset_every == 0:
         return "schedule"
-    if config.reset_kl_above is not None and math.isfinite(kl) and kl > config.reset_kl_above:
+    if config.reset_kl_above is not None and kl is not None and math.isfinite(kl) and kl > config.reset_kl_above:
         return "kl"
     if config.reset_plateau_evals and stale >= config.reset_plateau_evals:
         return "plateau"
@@ -53,7 +54,7 @@ class ResetTriggers:
     def observe_eval(self, pass_at_1: float) -> None:
         self.pass_at_1.append(pass_at_1)
 
-    def after_step(self, step: int, kl: float) -> ResetCause | None:
+    def after_step(self, step: int, kl: float | None) -> ResetCause | None:
         """Whether to reset the reference now; a reset makes the latest evaluation the new baseline to beat."""
         cause = reset_cause(step, kl, stale_evals(self.pass_at_1), self.config)
         if cause is not None:

@@ -98,7 +98,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_rollouts(directory: Path, step: int, columns: dict[str, list], reward_names: list[str]) -> Path:
+def write_rollouts(directory: Path, step: int, columns: dict[str, list[Any]], reward_names: list[str]) -> Path:
     """Write one step's completions as `rollouts/step_<step>.parquet` (schema above plus reward/<name> columns).
 
     A name in `reward_names` without a column in `columns` (a reward not in this step's set) is written as nulls.

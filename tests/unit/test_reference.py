@@ -61,3 +61,9 @@ def test_triggers_reset_the_plateau_baseline():
     assert triggers.after_step(4, 0.0) is None
     triggers.observe_eval(0.40)
     assert triggers.after_step(5, 0.0) == "plateau"
+
+
+def test_a_step_without_a_kl_fires_no_kl_reset():
+    """A batch with nothing to train on measures no KL (None): the kl trigger stays quiet, the schedule does not."""
+    assert reset_cause(3, None, 0, ReferenceConfig(reset_kl_above=0.1)) is None
+    assert reset_cause(4, None, 0, ReferenceConfig(reset_every=2, reset_kl_above=0.1)) == "schedule"
