@@ -186,6 +186,21 @@ def identity(config: Config) -> dict[str, Any]:
         "task.name": config.task.name,
         "task.train_size": config.task.train_size,
         **({"task.train_file": config.task.train_file} if config.task.train_file else {}),
+        **_dataset_identity(config),
+    }
+
+
+def _dataset_identity(config: Config) -> dict[str, Any]:
+    """What picks the training rows of task.dataset (nothing when it is not set, so older checkpoints still match)."""
+    t = config.task
+    if not t.dataset:
+        return {}
+    carved = not (t.heldout_split or t.heldout_file)
+    return {
+        "task.dataset": t.dataset,
+        "task.train_split": t.train_split,
+        "task.columns": dict(t.columns),
+        **({"task.heldout_size": t.heldout_size, "run.seed": config.run.seed} if carved else {}),
     }
 
 

@@ -1,29 +1,39 @@
-"""Training and held-out rows from the user's own files (`task.train_file`, `task.heldout_file`), checked before any
-actor starts.
+"""Training and held-out rows from the user's own data (`task.train_file`, `task.heldout_file`, `task.dataset`),
+checked before any actor starts.
 
-A file is JSONL (one JSON object per line; blank lines are ignored) or Parquet (`.parquet`). Each row needs a
-non-empty string `prompt`, fed to the engine as-is. Every other column reaches the reward functions as a keyword
-column of the same name (a row without a column another row has gets None there, which a built-in reward reads as
-"does not apply"). Which columns are required:
-- the training file: the columns the configured built-in rewards read (`answer` for exact_match and math,
+Where rows come from (the data-source layer):
+- a file: JSONL (one JSON object per line; blank lines are ignored; also a `.json` file holding JSON Lines), a
+  `.json` file holding one JSON array of objects, a `.csv` file with a header line (every value is a string; an
+  empty cell is null), or Parquet (`.parquet`);
+- `task.dataset` (launch/hfdatasets.py): a `save_to_disk` directory, a local directory of data files or a hub
+  name, trained on its `task.train_split` and evaluated on `task.heldout_split`, or else on `task.heldout_size`
+  rows carved out of the training split with the run's seed (or on `task.heldout_file`);
+- `task.columns` renames columns of any of them before the checks (e.g. {question: prompt, solution: answer}).
+
+Each row needs a non-empty string `prompt`, fed to the engine as-is. Every other column reaches the reward
+functions as a keyword column of the same name (a row without a column another row has gets None there, which a
+built-in reward reads as "does not apply"). Which columns are required:
+- the training rows: the columns the configured built-in rewards read (`answer` for exact_match and math,
   `reference` for chrf/bleu/ter, `source` for cycle_consistency; see learner/rewards/registry.py BUILTIN_COLUMNS);
-- the held-out file: `answer`, because evaluation (pass@1, pass@k, `prolora eval`) checks completions with the
+- the held-out rows: `answer`, because evaluation (pass@1, pass@k, `prolora eval`) checks completions with the
   task's `is_correct(completion, answer)`.
 `answer` must be a string where present (is_correct compares text). A prompt whose token count plus
 `rollout.max_new_tokens` exceeds `model.max_model_len` cannot be generated; `task.overlong_prompts` decides whether
 that is an error or the row is skipped (and counted).
 
-Why here and not inside the task: the built-in tasks generate rows from a seed, a file is read once; both give the
-driver the same list of dicts. Errors name the file, the row (the 1-based line of a JSONL file, the 1-based row of a
-Parquet one), the column and what was expected. The reading and checking are pure; the driver passes in the token
-counter built from the model's tokenizer.
+Why here and not inside the task: the built-in tasks generate rows from a seed, a file or data set is read once;
+both give the driver the same list of dicts. Errors name the source (the file, or the data set and split), the row
+(the 1-based line of a JSONL file, the 1-based row of any other source), the column and what was expected. The
+reading and checking are pure; the driver passes in the token counter built from the model's tokenizer.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +53,23 @@ class DataFileError(UserError):
 
 @dataclass(frozen=True)
 class NumberedRows:
-    """Rows of one file with the number a user finds each under (JSONL line, Parquet row; 1-based)."""
+    """Rows of one source with the number a user finds each under (1-based): the line of a JSONL file, the row of
+    any other file or of a data set split."""
 
-    path: Path
+    source: str
+    """What messages name: the file path, or 'DATASET, split NAME'."""
     rows: list[dict[str, Any]]
     numbers: list[int]
-
-    @property
-    def unit(self) -> str:
-        """What a number counts: 'line' (JSONL) or 'row' (Parquet)."""
-        return "row" if self.path.suffix == ".parquet" else "line"
+    unit: str = "line"
+    """What a number counts: 'line' (JSONL) or 'row'."""
 
     def at(self, number: int) -> str:
-        """Where row `number` is, as messages name it: 'FILE, line N' or 'FILE, row N'."""
-        return f"{self.path}, {self.unit} {number}"
+        """Where row `number` is, as messages name it: 'SOURCE, line N' or 'SOURCE, row N'."""
+        return f"{self.source}, {self.unit} {number}"
+
+    def subset(self, indices: Sequence[int]) -> NumberedRows:
+        """The rows at `indices` (0-based positions), keeping their numbers."""
+        return replace(self, rows=[self.rows[i] for i in indices], numbers=[self.numbers[i] for i in indices])
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ class TaskData:
     train: list[dict[str, Any]]
     heldout: list[dict[str, Any]]
     skipped: dict[str, list[int]] = field(default_factory=dict)
-    """File path -> numbers of the rows skipped under task.overlong_prompts=skip."""
+    """Source (file path, data set split) -> numbers of the rows skipped under task.overlong_prompts=skip."""
 
     def skipped_summary(self) -> str | None:
         """One line per file with skipped rows, or None when nothing was skipped."""
@@ -79,27 +92,144 @@ class TaskData:
 
 
 def read_rows(path: Path) -> NumberedRows:
-    """Every row of a JSONL or Parquet file; a line that is not a JSON object is an error naming it."""
+    """Every row of a JSONL, JSON, CSV or Parquet file; a line or row that is not an object is an error naming it."""
     if not path.is_file():
         raise DataFileError(f"data file not found: {path}")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-        return NumberedRows(path, rows, list(range(1, len(rows) + 1)))
+        return _numbered(str(path), pq.read_table(path).to_pylist())
+    if path.suffix == ".csv":
+        return _read_csv(path)
+    text = path.read_text()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return _read_json_array(path, text)
+    return _read_jsonl(path, text)
+
+
+def _read_jsonl(path: Path, text: str) -> NumberedRows:
+    hint = " (a .json file holds one JSON array of objects, or one object per line)" if path.suffix == ".json" else ""
     rows, numbers = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
+            raise DataFileError(f"{path}, line {number}: not valid JSON ({err.msg}){hint}") from None
         if not isinstance(row, dict):
             raise DataFileError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
         numbers.append(number)
-    return NumberedRows(path, rows, numbers)
+    return NumberedRows(str(path), rows, numbers)
+
+
+def _read_json_array(path: Path, text: str) -> NumberedRows:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}, row {number}: expected a JSON object, got {type(row).__name__}")
+    return _numbered(str(path), rows)
+
+
+def _read_csv(path: Path) -> NumberedRows:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for number, row in enumerate(rows, start=1):
+        if None in row:  # DictReader files surplus fields under the key None
+            raise DataFileError(f"{path}, row {number}: more fields than the header line names")
+    return _numbered(str(path), [{k: (v if v != "" else None) for k, v in row.items()} for row in rows])
+
+
+def _numbered(source: str, rows: list[dict[str, Any]]) -> NumberedRows:
+    return NumberedRows(source, rows, list(range(1, len(rows) + 1)), "row")
+
+
+def read_dataset(config: Config) -> tuple[NumberedRows, NumberedRows | None]:
+    """task.dataset's training split and its held-out split (None when task.heldout_file is used instead); with
+    neither, task.heldout_size rows carved out of the training split with run.seed."""
+    from launch import hfdatasets
+
+    t = config.task
+    assert t.dataset is not None
+    splits = hfdatasets.load_splits(t.dataset)
+
+    def split(name: str, key: str) -> NumberedRows:
+        rows = hfdatasets.split_rows(t.dataset, splits, name, key)
+        return _numbered(f"{t.dataset}, split {name!r}", rows)
+
+    train = split(t.train_split, "task.train_split")
+    if t.heldout_split:
+        return train, split(t.heldout_split, "task.heldout_split")
+    if t.heldout_file:
+        return train, None
+    return carve(train, t.heldout_size, config.run.seed)
+
+
+def carve(data: NumberedRows, size: int, seed: int) -> tuple[NumberedRows, NumberedRows]:
+    """(the rest, `size` held-out rows drawn with `seed`), each in the source's order."""
+    if size >= len(data.rows):
+        raise DataFileError(
+            f"{data.source}: task.heldout_size ({size}) leaves none of its {len(data.rows)} rows to train on; "
+            f"lower it or set task.heldout_split"
+        )
+    order = list(range(len(data.rows)))
+    random.Random(seed).shuffle(order)
+    heldout = data.subset(sorted(order[:size]))
+    return data.subset(sorted(order[size:])), replace(heldout, source=f"{data.source} (held out)")
+
+
+def own_sources(config: Config) -> tuple[NumberedRows | None, NumberedRows | None]:
+    """The user's training and held-out rows as read, before any check (None: the task's built-in rows)."""
+    t = config.task
+    heldout = read_rows(Path(t.heldout_file)) if t.heldout_file else None
+    if t.dataset:
+        train, from_dataset = read_dataset(config)
+        return train, from_dataset or heldout
+    return (read_rows(Path(t.train_file)) if t.train_file else None), heldout
+
+
+def uses_own_rows(config: Config) -> bool:
+    """Whether any rows come from the user (and need the model's tokenizer to check their length)."""
+    return bool(config.task.train_file or config.task.heldout_file or config.task.dataset)
+
+
+def rename_columns(data: NumberedRows, columns: Mapping[str, str]) -> NumberedRows:
+    """The rows with task.columns (old name -> new name) applied; renaming a column the source lacks, or onto a
+    column it keeps, is an error listing its columns."""
+    if not columns:
+        return data
+    have = _columns(data.rows)
+    for old, new in columns.items():
+        if old not in have:
+            raise DataFileError(
+                f"{data.source}: task.columns renames {old!r}, which is not a column; columns: {', '.join(have)}"
+            )
+        if new in have and new not in columns:
+            raise DataFileError(
+                f"{data.source}: task.columns renames {old!r} to {new!r}, which is already a column (rename or drop "
+                f"that one too)"
+            )
+    return replace(data, rows=[{columns.get(k, k): v for k, v in row.items()} for row in data.rows])
+
+
+def require_columns(data: NumberedRows, needed: Sequence[str]) -> None:
+    """A needed column that no row has is one error naming it and the columns there are (check_rows then goes
+    row by row)."""
+    have = _columns(data.rows)
+    missing = [column for column in needed if column not in have]
+    if data.rows and missing:
+        raise DataFileError(
+            f"{data.source}: no column {missing[0]!r} (needed: {', '.join(needed)}); columns: {', '.join(have)} "
+            f"(task.columns renames columns, e.g. {{question: prompt}})"
+        )
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
 
 
 def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -107,11 +237,11 @@ def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[s
     row with a missing (or, for `non_null` columns, null) or mistyped column, or an empty prompt."""
     needed = list(dict.fromkeys(("prompt", *required, *non_null)))
     if not data.rows:
-        raise DataFileError(f"{data.path}: no rows")
-    columns = list(dict.fromkeys(key for row in data.rows for key in row))
+        raise DataFileError(f"{data.source}: no rows")
+    columns = _columns(data.rows)
     reserved = [c for c in columns if c in RESERVED_COLUMNS]
     if reserved:
-        raise DataFileError(f"{data.path}: column name {reserved[0]!r} is reserved ({', '.join(RESERVED_COLUMNS)})")
+        raise DataFileError(f"{data.source}: column name {reserved[0]!r} is reserved ({', '.join(RESERVED_COLUMNS)})")
     for number, row in zip(data.numbers, data.rows, strict=True):
         at = data.at(number)
         missing = [column for column in needed if column not in row]
@@ -152,7 +282,7 @@ def drop_overlong(
         else:
             skipped.append(number)
     if not kept:
-        raise DataFileError(f"{data.path}: every prompt is longer than the context ({budget} tokens)")
+        raise DataFileError(f"{data.source}: every prompt is longer than the context ({budget} tokens)")
     return kept, skipped
 
 
@@ -165,34 +295,37 @@ def reward_columns(specs: Sequence[RewardSpec]) -> list[str]:
     return list(dict.fromkeys(needed))
 
 
-def rows_from_file(
+def checked_rows(
     config: Config,
-    path: str,
+    data: NumberedRows,
     count_tokens: Callable[[str], int],
     required: Sequence[str] = (),
     non_null: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], list[int]]:
-    """One file's checked rows that fit the context, and the numbers of the rows skipped as too long."""
-    data = read_rows(Path(path))
+    """One source's rows, renamed by task.columns and checked, that fit the context, and the numbers of the rows
+    skipped as too long."""
+    data = rename_columns(data, config.task.columns)
+    require_columns(data, list(dict.fromkeys(("prompt", *required, *non_null))))
     rows = check_rows(data, required, non_null)
     budget = config.model.max_model_len - config.rollout.max_new_tokens
     return drop_overlong(data, rows, count_tokens, budget, config.task.overlong_prompts)
 
 
 def load_task_data(config: Config, task: Task, count_tokens: Callable[[str], int] | None) -> TaskData:
-    """Training rows (all of train_file, else task.train_size built-in rows) and held-out rows (the first eval.size
-    of heldout_file, else the built-in held-out split). `count_tokens` is needed only when a file is set."""
+    """Training rows (all of the user's, else task.train_size built-in rows) and held-out rows (the first eval.size
+    of the user's, else the built-in held-out split). `count_tokens` is needed only when `uses_own_rows`."""
     skipped: dict[str, list[int]] = {}
 
-    def from_file(path: str, required: Sequence[str], non_null: Sequence[str] = ()) -> list[dict[str, Any]]:
+    def checked(data: NumberedRows, required: Sequence[str], non_null: Sequence[str] = ()) -> list[dict[str, Any]]:
         if count_tokens is None:
-            raise ValueError(f"load_task_data needs count_tokens to read {path}")
-        rows, skipped[path] = rows_from_file(config, path, count_tokens, required, non_null)
+            raise ValueError(f"load_task_data needs count_tokens to read {data.source}")
+        rows, skipped[data.source] = checked_rows(config, data, count_tokens, required, non_null)
         return rows
 
     t = config.task
-    train = from_file(t.train_file, reward_columns(config.rewards.functions)) if t.train_file else None
-    heldout = from_file(t.heldout_file, [], ["answer"])[: config.eval.size] if t.heldout_file else None
+    train_data, heldout_data = own_sources(config)
+    train = checked(train_data, reward_columns(config.rewards.functions)) if train_data else None
+    heldout = checked(heldout_data, [], ["answer"])[: config.eval.size] if heldout_data else None
     return TaskData(
         train if train is not None else task.train_rows(t.train_size, config.run.seed),
         heldout if heldout is not None else task.heldout_rows(config.eval.size, config.run.seed),

@@ -58,7 +58,7 @@ from launch.checkpoint import (
     save_checkpoint,
 )
 from launch.collect import Collected, Rollouts, collect_batch
-from launch.datafiles import TaskData, load_task_data, token_counter
+from launch.datafiles import TaskData, load_task_data, token_counter, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
 from launch.progress import Progress
@@ -205,12 +205,12 @@ def _start(config: Config, resume: bool) -> Run:
 
 
 def _check_inputs(config: Config) -> tuple[Task, str, TaskData]:
-    """Everything that can be checked before an actor starts: task, rewards, model path, the user's data files."""
+    """Everything that can be checked before an actor starts: task, rewards, model path, the user's data."""
     task = get_task(config.task.name)
     check_reward_specs(config.rewards.functions, config)
     model_path = resolve_model_path(config.model.path)
-    uses_files = config.task.train_file or config.task.heldout_file
-    return task, model_path, load_task_data(config, task, token_counter(model_path) if uses_files else None)
+    counter = token_counter(model_path) if uses_own_rows(config) else None
+    return task, model_path, load_task_data(config, task, counter)
 
 
 def _note_skipped_rows(data: TaskData, run_dir: Path) -> None:

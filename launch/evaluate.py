@@ -2,8 +2,8 @@
 
 It uses the same engines, prompt strings and tokenizer (BOS included) as the training rollouts, so an eval
 number and a training reward measure the same thing. pass@k uses the unbiased estimator of Chen et al. (2021)
-from `n_samples` samples per prompt at the eval temperature. A task with `heldout_metrics` (translation: corpus
-chrF++) gets them computed on the same greedy completions.
+from `n_samples` samples per prompt at the eval temperature. Held-out rows with a `reference` column (translation,
+or the user's own data) also get corpus chrF++ and BLEU of the same greedy completions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from rollout.fleet import RolloutFleet
 from shared.config import Config
-from shared.metrics import pass_at_k
+from shared.metrics import pass_at_k, reference_metrics
 from shared.records import SamplingSpec
 from shared.tasks import Task, correct_counts
 
@@ -25,7 +25,8 @@ class EvalResult:
     k: int
     n_prompts: int
     task_metrics: dict[str, float] = field(default_factory=dict)
-    """The task's own held-out metrics on the greedy completions (e.g. {"chrf": 41.3}); empty for arithmetic."""
+    """Corpus metrics of the greedy completions against the rows' `reference` ({"chrf": ..., "bleu": ...}); empty
+    when the rows have none (arithmetic)."""
 
     def as_record(self) -> dict:
         return {
@@ -36,7 +37,7 @@ class EvalResult:
         }
 
     def summary(self) -> str:
-        """One line for logs: pass@1, pass@k and the task metrics."""
+        """One line for logs: pass@1, pass@k and the reference metrics."""
         extra = "".join(f"  {name} {value:.2f}" for name, value in self.task_metrics.items())
         return f"pass@1 {self.pass_at_1:.3f}  pass@{self.k} {self.pass_at_k:.3f}{extra}"
 
@@ -52,5 +53,4 @@ def evaluate(fleet: RolloutFleet, task: Task, rows: list[dict], config: Config, 
     pass1 = sum(correct_counts(task, greedy, rows))
     passk = sum(pass_at_k(config.eval.n_samples, c, config.eval.k) for c in correct_counts(task, sampled, rows))
     texts = [g.completions[0].text for g in greedy]
-    task_metrics = task.heldout_metrics(texts, rows) if task.heldout_metrics else {}
-    return EvalResult(pass1 / len(rows), passk / len(rows), config.eval.k, len(rows), task_metrics)
+    return EvalResult(pass1 / len(rows), passk / len(rows), config.eval.k, len(rows), reference_metrics(texts, rows))

@@ -66,10 +66,13 @@ class LoraConfig(_Section):
 
 class TaskConfig(_Section):
     name: str = "arith"
-    """Built-in task that provides prompts, references and the held-out split (with train_file / heldout_file it
-    still provides is_correct, the held-out metrics and the back-translation prompt)."""
+    """Built-in task that provides prompts, references and the held-out split (with your own rows, from
+    train_file / heldout_file / dataset, it still provides is_correct and the back-translation prompt)."""
     train_size: int = Field(2000, ge=1)
+    """Built-in training rows generated (ignored with your own training rows)."""
     heldout_size: int = Field(200, ge=1)
+    """With task.dataset and neither task.heldout_split nor task.heldout_file: rows drawn (with run.seed) out of
+    the training split and kept for held-out evaluation, never trained on; the first eval.size are evaluated."""
     pass_reward: float = 1.0
     """A completion counts as a pass when its total reward (before length shaping) is at least this; the per-prompt
     pass-rate history (prompt_history.jsonl) and prompt retirement use it."""
@@ -77,11 +80,24 @@ class TaskConfig(_Section):
     """Retire a training prompt once every sample of it passed on this many consecutive visits; the sampler then
     skips it. 0 never retires."""
     train_file: str | None = None
-    """Your own training rows (JSONL or .parquet; format in launch/datafiles.py): every row is used and train_size
-    is ignored. The task still supplies is_correct and the held-out metrics. None: the task's built-in rows."""
+    """Your own training rows (JSONL, JSON, CSV or .parquet; format in launch/datafiles.py): every row is used and
+    train_size is ignored. The task still supplies is_correct. None: task.dataset, else the task's built-in rows."""
     heldout_file: str | None = None
-    """Your own held-out rows (JSONL or .parquet), each with a string `answer` that the task's is_correct checks;
-    the first eval.size rows are evaluated. None: the task's built-in held-out split."""
+    """Your own held-out rows (JSONL, JSON, CSV or .parquet), each with a string `answer` that the task's
+    is_correct checks; the first eval.size rows are evaluated. None: task.dataset's held-out rows, else the task's
+    built-in held-out split."""
+    dataset: str | None = None
+    """A data set as `datasets.load_dataset` takes it: a hub name, a local directory of data files (splits from file
+    names such as train.jsonl / test.jsonl), or a directory written by `save_to_disk`. Rows as in
+    launch/datafiles.py; every row of task.train_split is used. Not together with task.train_file."""
+    train_split: str = "train"
+    """The split of task.dataset to train on."""
+    heldout_split: str | None = None
+    """The split of task.dataset to evaluate on (first eval.size rows; each needs a string `answer`). None:
+    task.heldout_file if set, else task.heldout_size rows drawn out of the training split."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Rename the columns of your own rows (file or data set) before they are checked: old name -> new name, e.g.
+    {question: prompt, solution: answer}."""
     overlong_prompts: Literal["error", "skip"] = "error"
     """A file row whose prompt tokens + rollout.max_new_tokens exceed model.max_model_len: stop before the run
     starts (error), or leave it out and report the count (skip: printed and written to <run dir>/data.json)."""
@@ -305,6 +321,25 @@ class Config(_Section):
             raise ValueError("reference.reset_kl_above needs the KL measured: set algo.log_kl=true or algo.kl_coef > 0")
         if self.reference.reset_plateau_evals and not self.eval.every:
             raise ValueError("reference.reset_plateau_evals needs periodic evaluations: set eval.every > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _one_data_source(self) -> Config:
+        t = self.task
+        if t.dataset and t.train_file:
+            raise ValueError("task.dataset and task.train_file both name the training rows: set one of them")
+        if not t.dataset and (t.heldout_split or t.train_split != "train"):
+            raise ValueError("task.train_split and task.heldout_split choose splits of task.dataset, which is not set")
+        if t.heldout_split and t.heldout_file:
+            raise ValueError("task.heldout_split and task.heldout_file both name the held-out rows: set one of them")
+        if t.heldout_split == t.train_split:
+            raise ValueError(
+                f"task.heldout_split is the training split ({t.train_split!r}): name another split, or leave it "
+                f"unset to hold out task.heldout_size rows of the training split"
+            )
+        targets = list(t.columns.values())
+        if len(set(targets)) < len(targets):
+            raise ValueError(f"task.columns renames two columns to the same name: {t.columns}")
         return self
 
 

@@ -147,3 +147,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def reference_metrics(completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Corpus chrF++ (sacrebleu CHRF(word_order=2)) and BLEU, 0..100, of the completions (stripped) against the
+    rows' `reference`; empty unless every row has a string reference (a partial corpus would not compare across
+    evaluations)."""
+    references = [row.get("reference") for row in rows]
+    if not references or not all(isinstance(r, str) for r in references):
+        return {}
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hypotheses = [c.strip() for c in completions]
+    return {
+        "chrf": CHRF(word_order=2).corpus_score(hypotheses, [references]).score,
+        "bleu": BLEU().corpus_score(hypotheses, [references]).score,
+    }

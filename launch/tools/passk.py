@@ -8,7 +8,7 @@ prompt formatting as the training rollouts (rollout workers, BOS included), and 
 
 Counting and estimating are separate: `count_correct` samples and counts correct completions per prompt, and
 `pass_at_k_table` turns those counts into the table, so the table can be checked by hand from known counts.
-A run on the user's own rows (task.heldout_file / train_file) is evaluated on those rows, with the task's
+A run on the user's own rows (task.heldout_file / train_file / dataset) is evaluated on those rows, with the task's
 `is_correct` against their `answer` column.
 """
 
@@ -121,15 +121,15 @@ def run_eval(request: EvalRequest) -> dict:
     import ray
 
     from launch.actors import start_ray, start_rollout_workers
-    from launch.datafiles import rows_from_file, token_counter
+    from launch.datafiles import checked_rows, own_sources, token_counter
     from launch.rundir import resolve_model_path
 
     config = request.config
     task = get_task(config.task.name)
     model_path = resolve_model_path(config.model.path)
-    data_file = config.task.heldout_file if request.split == "heldout" else config.task.train_file
-    if data_file:  # the run's own rows; is_correct needs their `answer` column
-        rows = rows_from_file(config, data_file, token_counter(model_path), non_null=["answer"])[0][: request.n_prompts]
+    own = own_sources(config)[1 if request.split == "heldout" else 0]
+    if own:  # the run's own rows; is_correct needs their `answer` column
+        rows = checked_rows(config, own, token_counter(model_path), non_null=["answer"])[0][: request.n_prompts]
     else:
         builtin = task.heldout_rows if request.split == "heldout" else task.train_rows
         rows = builtin(request.n_prompts, config.run.seed)

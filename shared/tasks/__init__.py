@@ -33,8 +33,6 @@ class Task:
     """is_correct(completion, answer): whether a completion's text solves the row."""
     max_new_tokens: int
     """Default completion budget: enough for the longest answer plus EOS."""
-    heldout_metrics: Callable[[list[str], Rows], dict[str, float]] | None = None
-    """heldout_metrics(greedy_completions, rows): task metrics evaluation reports beside pass@1/pass@k."""
     back_translation_prompt: Callable[[str], str] | None = None
     """back_translation_prompt(completion): the prompt asking the model to translate a completion back into the
     source language (translation tasks; `cycle_consistency` needs it)."""
@@ -56,7 +54,6 @@ _TASKS = {
         warmup_rows=translation.warmup_rows,
         is_correct=translation.is_correct,
         max_new_tokens=translation.MAX_NEW_TOKENS,
-        heldout_metrics=translation.heldout_metrics,
         back_translation_prompt=translation.back_translation_prompt,
     ),
 }

@@ -22,9 +22,6 @@ import hashlib
 import random
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
-
-from sacrebleu.metrics import CHRF
 
 VOCAB_SEED = 0
 """Seed of the invented vocabulary; changing it makes a different language pair."""
@@ -171,9 +168,3 @@ def warmup_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 def is_correct(completion: str, answer: str) -> bool:
     """The whole sentence is right (exact match after stripping surrounding whitespace)."""
     return completion.strip() == answer.strip()
-
-
-def heldout_metrics(completions: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Corpus chrF++ (sacrebleu CHRF(word_order=2), 0..100) of greedy completions against the references."""
-    score = CHRF(word_order=2).corpus_score([c.strip() for c in completions], [[r["reference"] for r in rows]])
-    return {"chrf": score.score}

@@ -4,9 +4,10 @@ word-order rules; and the held-out metric."""
 from __future__ import annotations
 
 import pytest
-from sacrebleu.metrics import CHRF
+from sacrebleu.metrics import BLEU, CHRF
 
 from launch.basemodel import CHARSET
+from shared.metrics import reference_metrics
 from shared.tasks import get_task, translation
 
 
@@ -59,14 +60,18 @@ def test_target_follows_the_word_order_rules():
     assert len(set(words)) == len(words)
 
 
-def test_heldout_metric_is_corpus_chrf_plus_plus():
-    task = get_task("translate")
-    rows = task.heldout_rows(5, 0)
+def test_heldout_metrics_are_corpus_chrf_plus_plus_and_bleu_against_the_reference():
+    rows = get_task("translate").heldout_rows(5, 0)
     hyps = [rows[0]["reference"], "", rows[2]["reference"][:5], "vag", rows[4]["reference"]]
-    want = CHRF(word_order=2).corpus_score(hyps, [[r["reference"] for r in rows]]).score
-    assert task.heldout_metrics(hyps, rows) == {"chrf": pytest.approx(want)}
-    assert task.heldout_metrics([r["reference"] for r in rows], rows)["chrf"] == pytest.approx(100.0)
+    refs = [[r["reference"] for r in rows]]
+    want = {
+        "chrf": pytest.approx(CHRF(word_order=2).corpus_score(hyps, refs).score),
+        "bleu": pytest.approx(BLEU().corpus_score(hyps, refs).score),
+    }
+    assert reference_metrics([f" {h}\n" for h in hyps], rows) == want
+    assert reference_metrics([r["reference"] for r in rows], rows) == {"chrf": 100.0, "bleu": pytest.approx(100.0)}
 
 
-def test_arithmetic_has_no_task_metrics():
-    assert get_task("arith").heldout_metrics is None
+def test_rows_without_a_reference_everywhere_get_no_reference_metrics():
+    assert reference_metrics(["46"], get_task("arith").heldout_rows(1, 0)) == {}
+    assert reference_metrics(["a", "b"], [{"reference": "a"}, {"reference": None}]) == {}
