@@ -198,21 +198,23 @@ def uses_own_rows(config: Config) -> bool:
 
 
 def rename_columns(data: NumberedRows, columns: Mapping[str, str]) -> NumberedRows:
-    """The rows with task.columns (old name -> new name) applied; renaming a column the source lacks, or onto a
-    column it keeps, is an error listing its columns."""
-    if not columns:
-        return data
+    """The rows with task.columns (old name -> new name) applied. A source that already has the new name instead
+    (say a held-out file written with `prompt`) is left as it is; one with neither name, or with both, is an error
+    listing its columns."""
     have = _columns(data.rows)
     for old, new in columns.items():
-        if old not in have:
+        if old not in have and new not in have:
             raise DataFileError(
-                f"{data.source}: task.columns renames {old!r}, which is not a column; columns: {', '.join(have)}"
+                f"{data.source}: task.columns renames {old!r} to {new!r}, but there is neither column; columns: "
+                f"{', '.join(have)}"
             )
-        if new in have and new not in columns:
+        if old in have and new in have and new not in columns:
             raise DataFileError(
                 f"{data.source}: task.columns renames {old!r} to {new!r}, which is already a column (rename or drop "
                 f"that one too)"
             )
+    if not any(old in have for old in columns):
+        return data
     return replace(data, rows=[{columns.get(k, k): v for k, v in row.items()} for row in data.rows])
 
 

@@ -132,12 +132,19 @@ def test_unknown_reward_lists_the_builtins(tmp_path):
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
-def test_a_run_on_rows_from_files(tiny_model, tmp_path):
-    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.parquet"
-    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "source": "mine"} for a in (12, 34, 56) for b in (7, 81)]
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def test_a_run_on_a_saved_data_set_and_a_heldout_file(tiny_model, tmp_path):
+    """Training rows from a save_to_disk data set with renamed columns, held-out rows (with references) from a
+    Parquet file: the run trains on exactly those prompts and each evaluation reports chrF++ and BLEU."""
+    import datasets
+
+    saved, heldout = tmp_path / "saved", tmp_path / "heldout.parquet"
+    rows = [{"q": f"{a}+{b}=", "a": str(a + b), "source": "mine"} for a in (12, 34, 56) for b in (7, 81)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(saved))
     pq.write_table(
-        pa.Table.from_pylist([{"prompt": "5+5=", "answer": "10"}, {"prompt": "1+2=", "answer": "3"}]), heldout
+        pa.Table.from_pylist(
+            [{"prompt": "5+5=", "answer": "10", "reference": "10"}, {"prompt": "1+2=", "answer": "3", "reference": "3"}]
+        ),
+        heldout,
     )
     run_dir = tmp_path / "r"
     proc = _prolora(
@@ -149,7 +156,9 @@ def test_a_run_on_rows_from_files(tiny_model, tmp_path):
         "--set",
         f"model.path={tiny_model}",
         "--set",
-        f"task.train_file={train}",
+        f"task.dataset={saved}",
+        "--set",
+        "task.columns={q: prompt, a: answer}",
         "--set",
         f"task.heldout_file={heldout}",
         "--set",
@@ -163,6 +172,8 @@ def test_a_run_on_rows_from_files(tiny_model, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["n_prompts"] for r in records if r.get("eval")] == [2, 2]
+    evals = [r for r in records if r.get("eval")]
+    assert [r["n_prompts"] for r in evals] == [2, 2]
+    assert all(0 <= r["chrf"] <= 100 and 0 <= r["bleu"] <= 100 for r in evals)
     prompts = set(pq.read_table(run_dir / "rollouts").column("prompt").to_pylist())
-    assert len(prompts) == 2 and prompts <= {r["prompt"] for r in rows}
+    assert len(prompts) == 2 and prompts <= {r["q"] for r in rows}

@@ -86,7 +86,7 @@ def test_missing_or_misnamed_column_is_one_line_listing_the_columns(saved):
     assert "columns: question, solution, level" in message
     with pytest.raises(DataFileError, match="split 'train': no column 'answer' .*columns: prompt, solution"):
         _load(f"task.dataset={saved}", "task.heldout_split=validation", "task.columns={question: prompt}")
-    with pytest.raises(DataFileError, match="task.columns renames 'query', which is not a column; columns: question"):
+    with pytest.raises(DataFileError, match="renames 'query' to 'prompt', but there is neither column; columns: quest"):
         _load(f"task.dataset={saved}", "task.heldout_split=validation", "task.columns={query: prompt}")
     with pytest.raises(DataFileError, match="renames 'question' to 'level', which is already a column"):
         _load(f"task.dataset={saved}", "task.heldout_split=validation", "task.columns={question: level}")
