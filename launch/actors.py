@@ -18,10 +18,12 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypedDict
 
 import ray
 
+from launch.logfiles import ray_quiet_options
 from learner.learner import Learner
 from learner.rewards.context import RewardContext
 from learner.rewards.pool import RewardPool
@@ -135,8 +137,9 @@ SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
 """Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""
 
 
-def start_ray(config: Config) -> None:
-    """Join the configured cluster, or start a local Ray with enough CPU slots for every actor.
+def start_ray(config: Config, run_dir: Path | None = None) -> None:
+    """Join the configured cluster, or start a local Ray with enough CPU slots for every actor; with `run_dir`
+    (and not log.verbose) a local Ray's actors print to <run_dir>/logs/actors.log, not the terminal.
 
     Inside a job started by `prolora submit`, Ray sets RAY_ADDRESS and the driver joins that cluster.
     """
@@ -152,8 +155,8 @@ def start_ray(config: Config) -> None:
     ray.init(
         num_cpus=max(os.cpu_count() or 1, slots),
         include_dashboard=False,
-        log_to_driver=True,
         _system_config={"worker_niceness": WORKER_NICENESS},
+        **(ray_quiet_options(run_dir) if run_dir and not config.log.verbose else {"log_to_driver": True}),
     )
 
 

@@ -1,6 +1,6 @@
 """The `prolora` command.
 
-    prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
+    prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR] [--verbose]
     prolora bench [CONFIG] [--set key=value ...] [--size default|large] [--quick] [--rounds N] [--steps N]
                   [--out FILE]
     prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
@@ -74,6 +74,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="shorthand for --set run.seed=S")
     parser.add_argument("--run-dir", help="shorthand for --set run.run_dir=DIR")
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="shorthand for --set log.verbose=true: print vLLM, Ray and library logs too (else in RUN_DIR/logs/)",
+    )
+    parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue RUN_DIR from its last good checkpoint (its config.yaml unless CONFIG is given)",
@@ -88,6 +93,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
             overrides.append(f"{key}={value}")
     if args.resume:
         overrides.append(f"run.run_dir={args.resume}")
+    if args.verbose:
+        overrides.append("log.verbose=true")
     return overrides
 
 
@@ -98,6 +105,10 @@ def _train_config_path(args: argparse.Namespace) -> Path | None:
 
 def _train(args: argparse.Namespace) -> int:
     config = load_config(_train_config_path(args), _train_overrides(args))
+    if not config.log.verbose:
+        from launch.logfiles import quiet_libraries
+
+        quiet_libraries()  # before transformers and datasets are imported
 
     from launch.checkpoint import RunStopped
     from launch.driver import train

@@ -60,6 +60,7 @@ from launch.checkpoint import (
 from launch.collect import Collected, Rollouts, collect_batch
 from launch.datafiles import TaskData, load_task_data, token_counter, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
+from launch.logfiles import driver_output_to
 from launch.pipeline import Prefetcher, check_staleness
 from launch.progress import Progress
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
@@ -124,7 +125,14 @@ class Run:
 def train(config: Config, resume: bool = False) -> RunResult:
     """Run GRPO steps up to `config.run.steps`; with `resume`, continue `config.run.run_dir` from its last good
     checkpoint. Returns the first and last held-out evaluations."""
-    run = _start(config, resume)
+    inputs = _check_inputs(config)
+    run_dir = RunDir.reopen(config) if resume else RunDir.create(config)
+    with driver_output_to(run_dir.path, config.log.verbose):  # library logs to RUN_DIR/logs/
+        return _train(config, resume, inputs, run_dir)
+
+
+def _train(config: Config, resume: bool, inputs: tuple[Task, str, TaskData], run_dir: RunDir) -> RunResult:
+    run = _start(config, inputs, run_dir)
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
         state = _restore(run) if resume else DriverState()
         if state.first_eval is None:
@@ -188,13 +196,12 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     return record
 
 
-def _start(config: Config, resume: bool) -> Run:
-    """Check the inputs, open the run directory, start Ray and the actors."""
-    task, model_path, data = _check_inputs(config)
-    run_dir = RunDir.reopen(config) if resume else RunDir.create(config)
+def _start(config: Config, inputs: tuple[Task, str, TaskData], run_dir: RunDir) -> Run:
+    """Start Ray and the actors for a run whose inputs are checked and whose directory is open."""
+    task, model_path, data = inputs
     _note_skipped_rows(data, run_dir.path)
     rewards = RewardSwap.open(run_dir.path, config)
-    start_ray(config)
+    start_ray(config, run_dir.path)
     actors = start_actors(config, model_path, rewards.specs)
     curriculum = Curriculum(
         PromptFeed(PromptSampler(data.train, config.run.seed), config.rollout.max_staleness),

@@ -3,7 +3,10 @@
 Layout (later tools read these names):
     config.yaml       the resolved config
     rewards.yaml      the reward set in force; edit it to change rewards while the run goes on (learner/rewards/swap.py)
-    data.json         row numbers of task.train_file / heldout_file prompts skipped as too long (only when some were)
+    data.json         row numbers of the user's own prompts (files, data set splits) skipped as too long (only when
+                      some were)
+    logs/             actors.log (vLLM, Ray and library output of the actors) and driver.log (the driver's library
+                      logs); not written with log.verbose, which prints them instead (launch/logfiles.py)
     metrics.jsonl     one JSON object per step, eval records with "eval": true, and reward-swap records with
                       "reward_swap": true
     prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired

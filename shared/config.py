@@ -272,6 +272,9 @@ class LogConfig(_Section):
     """Keep a copy of the adapter every N steps under adapters/step_<N>; the latest and final are always kept."""
     rollouts: bool = True
     """Write every completion to rollouts/ (Parquet)."""
+    verbose: bool = False
+    """Print vLLM, Ray and library logs to the terminal (`prolora train --verbose`); otherwise they go to
+    <run dir>/logs/ (launch/logfiles.py) and the terminal shows prolora's own lines."""
     progress_every: int = Field(10, ge=1)
     """When stderr is not a terminal (jobs, CI), print a progress line every N steps (and after step 1)."""
     tensorboard: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -95,6 +96,17 @@ def test_run_directory_has_config_metrics_rollouts_adapters(short_run):
     for row in rows:
         assert len(row["completion_token_ids"]) == len(row["sampling_logprobs"]) > 0
     assert sorted({r["adapter_version"] for r in rows}) == [0, 1, 2]
+
+
+def test_the_terminal_shows_prolora_lines_and_engine_logs_go_to_the_run_directory(short_run):
+    run_dir, proc = short_run
+    own = re.compile(r"^(\[eval\] step |\[step \d+/3\] |\[prolora\] |held-out pass@1: |run directory: )")
+    shown = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert [line for line in shown if not own.match(line)] == []
+    assert len(shown) == 6  # two evaluations, two progress lines (step 1 and the last), the summary, the directory
+    actors_log = (run_dir / "logs" / "actors.log").read_text()
+    assert "LLM engine" in actors_log  # vLLM's start-up lines
+    assert (run_dir / "logs" / "driver.log").is_file()
 
 
 def test_adapters_load_in_peft(short_run, tiny_model):
