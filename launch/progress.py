@@ -45,6 +45,7 @@ class Progress:
         self._log_every = log_every
         self._pass1 = first_eval.pass_at_1
         self._start = time.monotonic()
+        self._failures_noted = False
         self._tty = self._stream.isatty()
         self._bar = (
             tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, file=self._stream)
@@ -65,6 +66,18 @@ class Progress:
             fields = "  ".join(f"{k} {v}" for k, v in summary.items())
             self._line(
                 f"[step {step}/{self._total}] {fields}  elapsed {format_duration(elapsed)}  eta {format_duration(eta)}"
+            )
+        self._note_failures(record)
+
+    def _note_failures(self, record: dict) -> None:
+        """Once per run: reward calls failed (the reward actors log each reward's first error, which by default
+        lands in logs/actors.log, not on the terminal)."""
+        if record.get("reward_failures") and not self._failures_noted:
+            self._failures_noted = True
+            self._line(
+                f"[prolora] step {record['step']}: {record['reward_failures']} reward calls failed "
+                f"(rewards.failure_policy decides what they score); each reward's first error is in "
+                f"<run dir>/logs/actors.log, the count per step in metrics.jsonl (reward_failures)"
             )
 
     def eval(self, result, step: int) -> None:

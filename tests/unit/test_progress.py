@@ -44,3 +44,17 @@ def test_a_resumed_run_counts_from_its_checkpoint():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[eval] step 5:")
     assert [line.split("]")[0] for line in lines[1:]] == ["[step 6/8", "[step 8/8"]
+
+
+def test_failed_reward_calls_are_noted_once():
+    out = io.StringIO()
+    progress = Progress(
+        total_steps=5, first_eval=EvalResult(n_prompts=4, pass_at_1=0.5, pass_at_k=0.75, k=4), stream=out
+    )
+    for step, failures in ((1, 0), (2, 3), (3, 2)):
+        progress.update(_record(step) | {"reward_failures": failures})
+    noted = [line for line in out.getvalue().splitlines() if "reward calls failed" in line]
+    assert noted == [
+        "[prolora] step 2: 3 reward calls failed (rewards.failure_policy decides what they score); each reward's "
+        "first error is in <run dir>/logs/actors.log, the count per step in metrics.jsonl (reward_failures)"
+    ]
