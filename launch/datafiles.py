@@ -154,12 +154,12 @@ def read_dataset(config: Config) -> tuple[NumberedRows, NumberedRows | None]:
     from launch import hfdatasets
 
     t = config.task
-    assert t.dataset is not None
-    splits = hfdatasets.load_splits(t.dataset)
+    dataset = t.dataset or ""
+    splits = hfdatasets.load_splits(dataset)
 
     def split(name: str, key: str) -> NumberedRows:
-        rows = hfdatasets.split_rows(t.dataset, splits, name, key)
-        return _numbered(f"{t.dataset}, split {name!r}", rows)
+        rows = hfdatasets.split_rows(dataset, splits, name, key)
+        return _numbered(f"{dataset}, split {name!r}", rows)
 
     train = split(t.train_split, "task.train_split")
     if t.heldout_split:

@@ -153,8 +153,8 @@ def reference_metrics(completions: Sequence[str], rows: Sequence[dict[str, Any]]
     """Corpus chrF++ (sacrebleu CHRF(word_order=2)) and BLEU, 0..100, of the completions (stripped) against the
     rows' `reference`; empty unless every row has a string reference (a partial corpus would not compare across
     evaluations)."""
-    references = [row.get("reference") for row in rows]
-    if not references or not all(isinstance(r, str) for r in references):
+    references = [row["reference"] for row in rows if isinstance(row.get("reference"), str)]
+    if not references or len(references) < len(rows):
         return {}
     from sacrebleu.metrics import BLEU, CHRF
 
