@@ -15,6 +15,7 @@ with driver_output_to(Path(sys.argv[1]), verbose=sys.argv[2] == "verbose"):
     print("own line", file=sys.stderr)
     os.write(2, b"native line\\n")
     logging.getLogger("ray").warning("ray line")
+    logging.getLogger("learner.rewards.swap").warning("own warning")
     warnings.warn("library warning")
 print("after", file=sys.stderr, flush=True)
 os.write(2, b"native after\\n")
@@ -29,7 +30,7 @@ def _child(code: str, *args: str, env: dict | None = None) -> subprocess.Complet
 
 def test_driver_keeps_its_own_lines_and_logs_the_rest(tmp_path):
     proc = _child(DRIVER, str(tmp_path), "quiet")
-    assert proc.stderr.splitlines() == ["own line", "after", "native after"]
+    assert proc.stderr.splitlines() == ["own line", "own warning", "after", "native after"]
     log = (tmp_path / "logs" / "driver.log").read_text()
     assert "native line" in log and "WARNING ray: ray line" in log and "library warning" in log
 
