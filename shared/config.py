@@ -62,6 +62,9 @@ class LoraConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
     """peft target_modules: "all-linear" (every linear layer but the output head) or a list of module names."""
+    use_dora: bool = False
+    """DoRA (weight-decomposed LoRA). Refused for now: vLLM serves only plain LoRA adapters, and a DoRA run would
+    need the engines to take the merged weights in place (learner/README.md, "DoRA")."""
 
 
 class TaskConfig(_Section):
@@ -269,6 +272,15 @@ class LogConfig(_Section):
     environment, never the config)."""
 
 
+DORA_REFUSAL = (
+    "lora.use_dora=true cannot run yet: DoRA rescales each column of the merged weight W + s·B·A by a learned "
+    "magnitude, and vLLM's LoRA path serves only the plain s·B·A update, so the engines would sample from a different "
+    "model than the learner trains. Serving DoRA needs the learner to push each targeted module's merged weight into "
+    "every engine in place (checked by the served-weights probe), which prolora does not have yet. Set "
+    "lora.use_dora=false (see learner/README.md, DoRA)."
+)
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -281,6 +293,12 @@ class Config(_Section):
     rewards: RewardsConfig = RewardsConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _supported(self) -> Config:
+        if self.lora.use_dora:
+            raise ValueError(DORA_REFUSAL)
+        return self
 
     @model_validator(mode="after")
     def _consistent_sections(self) -> Config:
