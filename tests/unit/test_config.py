@@ -144,3 +144,14 @@ def test_dora_is_refused_at_config_time_with_the_reason():
         [sys.executable, "-m", "launch.cli", "train", "--set", "lora.use_dora=true"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "DoRA" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_base_is_refused_with_the_reason(kind):
+    assert load_config().model.quantization == "none"
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[f"model.quantization={kind}"])
+    message = str(err.value)
+    assert f"model.quantization={kind} cannot run yet" in message and "bitsandbytes" in message
+    with pytest.raises(ConfigError, match="model.quantization"):
+        load_config(overrides=["model.quantization=int3"])
