@@ -19,11 +19,19 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import UserError
 from shared.metrics import read_metrics
 from shared.records import is_adapter_dir
 from shared.step_record import json_keys
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from launch.tools.inspect import Inspection
+    from learner.update_map import ModuleUpdate
 
 STEP_KEYS = json_keys()
 
@@ -218,7 +226,7 @@ def _eval_tables(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def _heatmap(ax, values: list[list[float]], rows: list[str], cols: list[str], title: str) -> None:
+def _heatmap(ax: Axes, values: list[list[float]], rows: list[str], cols: list[str], title: str) -> None:
     import numpy as np
 
     image = ax.imshow(np.array(values, dtype=float), aspect="auto", cmap="viridis", interpolation="nearest")
@@ -228,7 +236,7 @@ def _heatmap(ax, values: list[list[float]], rows: list[str], cols: list[str], ti
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -237,7 +245,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _layer_heatmaps(rows: list, last: str, path: Path) -> Path:
+def _layer_heatmaps(rows: list[ModuleUpdate], last: str, path: Path) -> Path:
     """Layer x module heat maps of the last adapter's three measures."""
     import matplotlib.pyplot as plt
 
@@ -255,11 +263,11 @@ def _layer_heatmaps(rows: list, last: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _cell(row, measure: str) -> float:
+def _cell(row: ModuleUpdate | None, measure: str) -> float:
     return float("nan") if row is None else getattr(row, measure)
 
 
-def _step_heatmaps(inspection, path: Path) -> Path:
+def _step_heatmaps(inspection: Inspection, path: Path) -> Path:
     """Module x saved adapter heat maps (relative norm, bf16 changed): how the update grows over the run."""
     import matplotlib.pyplot as plt
 
