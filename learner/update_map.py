@@ -151,12 +151,33 @@ def bf16_merge(W_OI: torch.Tensor, delta_OI: torch.Tensor | None) -> torch.Tenso
 
 def module_update(name: str, W_OI: torch.Tensor, factors: LoraFactors) -> ModuleUpdate:
     """The measures of one module's update against its base weight."""
+    delta_OI = _checked_delta(name, W_OI, factors)
+    base_OI = bf16_merge(W_OI, None)
+    return _measured(name, W_OI, _frobenius(W_OI), factors, bf16_merge(W_OI, delta_OI), base_OI)
+
+
+def _checked_delta(name: str, W_OI: torch.Tensor, factors: LoraFactors) -> torch.Tensor:
     delta_OI = delta_weight(factors)
     if delta_OI.shape != W_OI.shape:
         raise ValueError(f"{name}: update {tuple(delta_OI.shape)} does not match base weight {tuple(W_OI.shape)}")
-    delta_norm = float(torch.linalg.norm(delta_OI.double()))
-    weight_norm = float(torch.linalg.norm(W_OI.double()))
-    changed = bf16_merge(W_OI, delta_OI) != bf16_merge(W_OI, None)
+    return delta_OI
+
+
+def _frobenius(W_OI: torch.Tensor) -> float:
+    return float(torch.linalg.norm(W_OI.double()))
+
+
+def _measured(
+    name: str,
+    W_OI: torch.Tensor,
+    weight_norm: float,
+    factors: LoraFactors,
+    merged_OI: torch.Tensor,
+    base_OI: torch.Tensor,
+) -> ModuleUpdate:
+    # ||Δ||_F² is the sum of the squared singular values, so the r x r core gives both measures in float64.
+    sigma = singular_values(factors)
+    delta_norm = float(sigma.square().sum().sqrt())
     layer, module = split_module_name(name)
     return ModuleUpdate(
         name=name,
@@ -167,8 +188,8 @@ def module_update(name: str, W_OI: torch.Tensor, factors: LoraFactors) -> Module
         delta_norm=delta_norm,
         weight_norm=weight_norm,
         relative_norm=delta_norm / weight_norm if weight_norm else math.inf,
-        effective_rank=effective_rank(singular_values(factors)),
-        bf16_changed=float(changed.double().mean()),
+        effective_rank=effective_rank(sigma),
+        bf16_changed=int(torch.count_nonzero(merged_OI != base_OI)) / W_OI.numel(),
     )
 
 
@@ -176,7 +197,7 @@ def unchanged_entries(W_OI: torch.Tensor, before: LoraFactors | None, after: Lor
     """How many entries of W are equal in the bfloat16 merges of two checkpoints (None: that one leaves W as is)."""
     merged_before = bf16_merge(W_OI, None if before is None else delta_weight(before))
     merged_after = bf16_merge(W_OI, None if after is None else delta_weight(after))
-    return int((merged_before == merged_after).sum())
+    return W_OI.numel() - int(torch.count_nonzero(merged_before != merged_after))
 
 
 def map_checkpoints(base: Mapping[str, torch.Tensor], checkpoints: Sequence[Checkpoint]) -> UpdateMap:
@@ -192,14 +213,20 @@ def map_checkpoints(base: Mapping[str, torch.Tensor], checkpoints: Sequence[Chec
     totals = [[0, 0] for _ in pairs]
     for name in modules:
         W_OI = base[f"{name}.weight"]
-        for checkpoint in checkpoints:
-            if name in checkpoint.factors:
-                rows[checkpoint.name].append(module_update(name, W_OI, checkpoint.factors[name]))
-        for i, (before, after) in enumerate(pairs):
-            count = unchanged_entries(W_OI, before.factors.get(name), after.factors.get(name))
-            same[i][name] = count / W_OI.numel()
-            totals[i][0] += count
-            totals[i][1] += W_OI.numel()
+        base_OI, weight_norm = bf16_merge(W_OI, None), _frobenius(W_OI)
+        previous_OI = None
+        for i, checkpoint in enumerate(checkpoints):
+            factors = checkpoint.factors.get(name)
+            merged_OI = base_OI
+            if factors is not None:
+                merged_OI = bf16_merge(W_OI, _checked_delta(name, W_OI, factors))
+                rows[checkpoint.name].append(_measured(name, W_OI, weight_norm, factors, merged_OI, base_OI))
+            if previous_OI is not None:  # each merge is made once and compared with the one before it
+                count = W_OI.numel() - int(torch.count_nonzero(previous_OI != merged_OI))
+                same[i - 1][name] = count / W_OI.numel()
+                totals[i - 1][0] += count
+                totals[i - 1][1] += W_OI.numel()
+            previous_OI = merged_OI
     unchanged = [
         Unchanged(before.name, after.name, same[i], totals[i][0], totals[i][1])
         for i, (before, after) in enumerate(pairs)

@@ -20,6 +20,7 @@ from learner.update_map import (
     map_checkpoints,
     overall,
     split_module_name,
+    unchanged_entries,
 )
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
@@ -115,6 +116,12 @@ def test_unchanged_fraction_between_two_merged_checkpoints():
             same, entries = same + int(equal.sum()), entries + equal.numel()
         assert (unchanged.unchanged_entries, unchanged.entries) == (same, entries)
         assert 0.0 < unchanged.fraction < 1.0
+    # Any two checkpoints, not only consecutive ones: base against the second adapter.
+    factors_second = checkpoints[2].factors
+    for module, factors in factors_second.items():
+        key = f"{module}.weight"
+        expected = int((base_bf16[key] == merged_second[key]).sum())
+        assert unchanged_entries(base_sd[key], None, factors) == expected
     # From the base, "unchanged" is exactly the complement of the changed fraction.
     rows_first = result.checkpoints["first"]
     assert result.unchanged[0].fraction == pytest.approx(1.0 - overall(rows_first)["bf16_changed"])
