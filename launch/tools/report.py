@@ -1,7 +1,10 @@
 """`prolora report RUN_DIR`: PNG plots of a run's metrics and one self-contained HTML page.
 
-Reads only the run directory (metrics.jsonl, config.yaml, and eval_*.json tables written by `prolora eval`), so it
-works on a finished run, a running one, or one copied off a cluster. Every plot is against the GRPO step and marks
+Reads the run directory (metrics.jsonl, config.yaml, and eval_*.json tables written by `prolora eval`), so it
+works on a finished run, a running one, or one copied off a cluster. When the run saved adapters, a section shows
+where they move the base model (`prolora inspect`'s measures, launch/tools/inspect.py) as heat maps: layer x module
+for the last adapter, and module x saved adapter over the run; it needs the base model (config.yaml `model.path`)
+and says so in the page when that is not found. Every plot is against the GRPO step and marks
 the steps where the reference policy was reset (`ref_reset` in a step record; runs without resets have none).
 Panels whose metrics a run does not have are left out rather than drawn empty. Long runs are noisy, so past
 `SMOOTH_FROM` points each line is drawn faint with a moving average on top.
@@ -16,14 +19,26 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import UserError
 from shared.metrics import read_metrics
+from shared.records import is_adapter_dir
 from shared.step_record import json_keys
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from launch.tools.inspect import Inspection
+    from learner.update_map import ModuleUpdate
 
 STEP_KEYS = json_keys()
 
 SMOOTH_FROM = 50
+
+MAX_ROW_LABELS = 80
+"""Row labels of a module x adapter heat map; past this, the figure stops growing and labels are thinned."""
 
 
 @dataclass(frozen=True)
@@ -211,8 +226,109 @@ def _eval_tables(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def write_html(run_dir: Path, records: list[dict], plots: list[tuple[Panel, Path]], path: Path) -> None:
-    """One page, no external files: images inline as base64, the config as text."""
+def _heatmap(ax: Axes, values: list[list[float]], rows: list[str], cols: list[str], title: str) -> None:
+    import numpy as np
+
+    image = ax.imshow(np.array(values, dtype=float), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _layer_heatmaps(rows: list[ModuleUpdate], last: str, path: Path) -> Path:
+    """Layer x module heat maps of the last adapter's three measures."""
+    import matplotlib.pyplot as plt
+
+    from launch.tools.inspect import module_titles
+
+    titles = module_titles(rows)
+    layers = sorted({r.layer for r in rows}, key=lambda x: -1 if x is None else x)
+    cells = {(r.layer, r.module): r for r in rows}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 1.5 + 0.3 * len(layers)), dpi=110)
+    for ax, measure in zip(axes, ("relative_norm", "bf16_changed", "effective_rank"), strict=True):
+        values = [[_cell(cells.get((layer, m)), measure) for m in titles] for layer in layers]
+        labels = ["-" if x is None else str(x) for x in layers]
+        _heatmap(ax, values, labels, list(titles.values()), f"{measure} ({last})")
+        ax.set_ylabel("layer")
+    return _save(fig, path)
+
+
+def _cell(row: ModuleUpdate | None, measure: str) -> float:
+    return float("nan") if row is None else getattr(row, measure)
+
+
+def _step_heatmaps(inspection: Inspection, path: Path) -> Path:
+    """Module x saved adapter heat maps (relative norm, bf16 changed): how the update grows over the run."""
+    import matplotlib.pyplot as plt
+
+    result = inspection.result
+    names = [n for n, _, _ in inspection.adapters]
+    cols = [n if v is None else str(v) for n, _, v in inspection.adapters]
+    modules = list(dict.fromkeys(r.name for n in names for r in result.checkpoints[n]))
+    by_name = {n: {r.name: r for r in result.checkpoints[n]} for n in names}
+    # A large model has hundreds of modules: the figure stops growing and only every n-th row is labelled.
+    every = max(1, len(modules) // MAX_ROW_LABELS)
+    labels = [_module_label(m) if i % every == 0 else "" for i, m in enumerate(modules)]
+    height = min(1.5 + 0.18 * len(modules), 1.5 + 0.18 * MAX_ROW_LABELS)
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=110)
+    for ax, measure in zip(axes, ("relative_norm", "bf16_changed"), strict=True):
+        values = [[_cell(by_name[n].get(m), measure) for n in names] for m in modules]
+        _heatmap(ax, values, labels, cols, f"{measure} over the run")
+        ax.set_xlabel("saved adapter (version)")
+    return _save(fig, path)
+
+
+def _module_label(name: str) -> str:
+    from learner.update_map import split_module_name
+
+    layer, module = split_module_name(name)
+    return module if layer is None else f"L{layer} {module}"
+
+
+def update_map_section(run_dir: Path, out_dir: Path) -> str:
+    """The HTML of the update-map section ('' when the run saved no adapters)."""
+    adapters = run_dir / "adapters"
+    if not adapters.is_dir() or not any(is_adapter_dir(p) for p in adapters.iterdir()):
+        return ""
+    from launch.tools.inspect import MEASURES, inspect_run, summary_lines, to_json
+
+    try:
+        inspection = inspect_run(run_dir)
+    except UserError as err:
+        return f"<h2>Where the updates sit</h2><p>not drawn: {html.escape(str(err))}</p>"
+    last = inspection.adapters[-1][0]
+    images = [_layer_heatmaps(inspection.result.checkpoints[last], last, out_dir / "update_map_layers.png")]
+    if len(inspection.adapters) > 1:
+        images.append(_step_heatmaps(inspection, out_dir / "update_map_steps.png"))
+    table = html.escape("\n".join(summary_lines(to_json(inspection))))
+    measures = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in MEASURES.items())
+    return (
+        f"<h2>Where the updates sit</h2><p>Base model {html.escape(inspection.base_model)}; the full table: "
+        f"<code>prolora inspect {html.escape(str(run_dir))}</code>.</p><ul>{measures}</ul>"
+        + "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{_b64(p)}">' for p in images)
+        + f"<pre>{table}</pre>"
+    )
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def write_html(
+    run_dir: Path, records: list[dict], plots: list[tuple[Panel, Path]], path: Path, extra: str = ""
+) -> None:
+    """One page, no external files: images inline as base64, the config as text; `extra` is HTML put after the
+    plots."""
     summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in _summary_rows(records))
     images = "\n".join(
         f'<h2>{html.escape(p.title)}</h2><img alt="{p.name}" '
@@ -232,6 +348,7 @@ pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style></head><body>
 <table>{summary}</table>
 {("<h2>pass@k evaluations</h2>" + evals) if evals else ""}
 {images}
+{extra}
 <h2>Config</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """
@@ -248,5 +365,5 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(records, out_dir)
     page = out_dir / "report.html"
-    write_html(run_dir, records, plots, page)
+    write_html(run_dir, records, plots, page, update_map_section(run_dir, out_dir))
     return page

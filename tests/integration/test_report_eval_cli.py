@@ -1,23 +1,39 @@
-"""`prolora report` and `prolora eval` on a real short run made by the real `prolora train` (Ray, vLLM, peft)."""
+"""`prolora report`, `prolora eval` and `prolora inspect` on a real short run made by the real `prolora train` (Ray,
+vLLM, peft)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
-def _prolora(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=timeout)
+def _prolora(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+LENGTH_REWARD = """
+def length(prompts, completions, **kwargs):
+    return [len(c) / 10 for c in completions]
+"""
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run") / "r"
+    # The briefly warm-started test model rarely answers right, so exact_match alone leaves every group's rewards
+    # equal and the adapter untouched; a small reward on the completion's length gives the update map an update.
+    home = tmp_path_factory.mktemp("run")
+    (home / "length_reward.py").write_text(LENGTH_REWARD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home), os.environ.get("PYTHONPATH", "")])}
+    run_dir = home / "r"
     proc = _prolora(
         "train",
         "--steps",
@@ -34,6 +50,11 @@ def run_dir(tiny_model, tmp_path_factory):
         "rollout.prompts_per_step=4",
         "--set",
         "log.tensorboard=true",
+        "--set",
+        "log.save_adapter_every=1",
+        "--set",
+        "rewards.functions=[{name: exact_match}, {name: 'length_reward:length', weight: 0.1}]",
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Not a terminal: plain progress lines with the figures and an ETA.
@@ -55,9 +76,12 @@ def test_report_from_a_real_run(run_dir):
         "response_length",
         "throughput",
         "hotload",
+        "update_map_layers",
+        "update_map_steps",
     }
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 7 and "model:" in page
+    assert page.count("data:image/png;base64,") == 9 and "model:" in page
+    assert "Where the updates sit" in page and "step_000003" in page
 
 
 def _pass_at_k(n: int, c: int, k: int) -> float:
@@ -87,3 +111,50 @@ def test_eval_of_a_real_adapter(run_dir):
 def test_eval_refuses_n_below_k(run_dir):
     proc = _prolora("eval", str(run_dir), "--k", "1,8", "--n", "4")
     assert proc.returncode == 2 and "--n 4 is smaller than the largest k (8)" in proc.stderr
+
+
+def test_inspect_of_a_real_run(run_dir, tiny_model, tmp_path):
+    """The update map of the run's saved adapters against peft's own merge of each (independent of update_map.py)."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    proc = _prolora("inspect", str(run_dir), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "update_map.json").read_text())
+    # save_adapter_every=1: step copies 1..3; final is version 3 again, so it is not measured twice.
+    assert [(c["name"], c["version"]) for c in data["checkpoints"]] == [(f"step_00000{v}", v) for v in (1, 2, 3)]
+    assert [(u["before"], u["after"]) for u in data["unchanged"]] == [
+        ("base", "step_000001"),
+        ("step_000001", "step_000002"),
+        ("step_000002", "step_000003"),
+    ]
+    assert "layer" in proc.stdout and "q_proj" in proc.stdout and "step_000003" in proc.stdout
+
+    base_weights = load_file(tiny_model / "model.safetensors")
+    assert data["parameters"] == sum(t.numel() for t in base_weights.values())
+    merged = {}
+    for checkpoint in data["checkpoints"]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        peft_model = PeftModel.from_pretrained(model, checkpoint["adapter"])
+        merged[checkpoint["name"]] = peft_model.merge_and_unload().state_dict()
+        modules = checkpoint["modules"]
+        assert len(modules) == 4 * 7  # 4 layers, every linear layer of each (all-linear)
+        for row in modules:
+            key = f"{row['name']}.weight"
+            W = base_weights[key]
+            delta = (merged[checkpoint["name"]][key].double() - W.double()).numpy()
+            # merged - W in float32 rounds the update to W's float32 grid: equal to a few parts in a million
+            assert row["relative_norm"] == pytest.approx(np.linalg.norm(delta) / np.linalg.norm(W.numpy()), rel=1e-3)
+            changed = merged[checkpoint["name"]][key].to(torch.bfloat16) != W.to(torch.bfloat16)
+            assert row["bf16_changed"] == changed.double().mean().item()
+            assert 0 < row["effective_rank"] <= 8 if row["relative_norm"] else row["effective_rank"] == 0
+    # The length reward moved the adapter: the last one changes some entries and leaves others as they were.
+    assert 0 < data["checkpoints"][-1]["overall"]["bf16_changed"] < 1
+    assert all(row["relative_norm"] > 0 for row in data["checkpoints"][-1]["modules"])
+    assert data["unchanged"][0]["fraction"] == pytest.approx(1 - data["checkpoints"][0]["overall"]["bf16_changed"])
+    before, after = merged["step_000001"], merged["step_000002"]
+    for name, fraction in data["unchanged"][1]["per_module"].items():
+        key = f"{name}.weight"
+        assert fraction == (before[key].to(torch.bfloat16) == after[key].to(torch.bfloat16)).double().mean().item()

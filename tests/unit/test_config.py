@@ -132,3 +132,26 @@ def test_max_staleness_needs_room_for_k_plus_1_adapter_versions():
     with pytest.raises(ConfigError, match=r"rollout.max_loras \(2\) must be >= rollout.max_staleness \+ 1 \(3\)"):
         load_config(overrides=["rollout.max_staleness=2"])
     assert load_config(overrides=["rollout.max_staleness=2", "rollout.max_loras=3"]).rollout.max_staleness == 2
+
+
+def test_dora_is_refused_at_config_time_with_the_reason():
+    assert load_config().lora.use_dora is False
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["lora.use_dora=true"])
+    message = str(err.value)
+    assert "lora.use_dora=true cannot run yet" in message and "vLLM" in message and "in place" in message
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "train", "--set", "lora.use_dora=true"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "DoRA" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_base_is_refused_with_the_reason(kind):
+    assert load_config().model.quantization == "none"
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[f"model.quantization={kind}"])
+    message = str(err.value)
+    assert f"model.quantization={kind} cannot run yet" in message and "bitsandbytes" in message
+    with pytest.raises(ConfigError, match="model.quantization"):
+        load_config(overrides=["model.quantization=int3"])
