@@ -23,7 +23,7 @@ from typing import TypedDict
 
 import ray
 
-from launch.logfiles import ray_quiet_options
+from launch.progress import ray_quiet_options
 from learner.learner import Learner
 from learner.rewards.context import RewardContext
 from learner.rewards.pool import RewardPool

@@ -107,7 +107,7 @@ def _train_config_path(args: argparse.Namespace) -> Path | None:
 def _train(args: argparse.Namespace) -> int:
     config = load_config(_train_config_path(args), _train_overrides(args))
     if not config.log.verbose:
-        from launch.logfiles import quiet_libraries
+        from launch.progress import quiet_libraries
 
         quiet_libraries()  # before transformers and datasets are imported
 

@@ -5,9 +5,10 @@ Where rows come from (the data-source layer):
 - a file: JSONL (one JSON object per line; blank lines are ignored; also a `.json` file holding JSON Lines), a
   `.json` file holding one JSON array of objects, a `.csv` file with a header line (every value is a string; an
   empty cell is null), or Parquet (`.parquet`);
-- `task.dataset` (launch/hfdatasets.py): a `save_to_disk` directory, a local directory of data files or a hub
-  name, trained on its `task.train_split` and evaluated on `task.heldout_split`, or else on `task.heldout_size`
-  rows carved out of the training split with the run's seed (or on `task.heldout_file`);
+- `task.dataset` (`load_splits`, `split_rows` below; `datasets` is imported only when a run names one): a
+  `save_to_disk` directory, a local directory of data files or a hub name, trained on its `task.train_split`
+  and evaluated on `task.heldout_split`, or else on `task.heldout_size` rows carved out of the training split
+  with the run's seed (or on `task.heldout_file`);
 - `task.columns` renames columns of any of them before the checks (e.g. {question: prompt, solution: answer}).
 
 Each row needs a non-empty string `prompt`, fed to the engine as-is. Every other column reaches the reward
@@ -151,14 +152,13 @@ def _numbered(source: str, rows: list[dict[str, Any]]) -> NumberedRows:
 def read_dataset(config: Config) -> tuple[NumberedRows, NumberedRows | None]:
     """task.dataset's training split and its held-out split (None when task.heldout_file is used instead); with
     neither, task.heldout_size rows carved out of the training split with run.seed."""
-    from launch import hfdatasets
 
     t = config.task
     dataset = t.dataset or ""
-    splits = hfdatasets.load_splits(dataset)
+    splits = load_splits(dataset)
 
     def split(name: str, key: str) -> NumberedRows:
-        rows = hfdatasets.split_rows(dataset, splits, name, key)
+        rows = split_rows(dataset, splits, name, key)
         return _numbered(f"{dataset}, split {name!r}", rows)
 
     train = split(t.train_split, "task.train_split")
@@ -346,3 +346,45 @@ def token_counter(model_path: str) -> Callable[[str], int]:
 def _shown(numbers: list[int]) -> str:
     shown = ", ".join(map(str, numbers[:SHOWN_ROWS]))
     return shown + (f" and {len(numbers) - SHOWN_ROWS} more" if len(numbers) > SHOWN_ROWS else "")
+
+
+class DatasetSourceError(UserError):
+    """A data set or split that cannot be read; the message names it and lists what there is."""
+
+
+def load_splits(name: str) -> dict[str, Any]:
+    """Split name -> `datasets.Dataset`. A `save_to_disk` directory is read with `load_from_disk` (a single saved
+    Dataset is the split 'train'); anything else goes to `load_dataset` (a local directory of files or a hub name)."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(name)
+    except FileNotFoundError:  # not a save_to_disk directory: a directory of data files or a hub name
+        loaded = _load_dataset(name)
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": loaded}
+    return dict(loaded)
+
+
+def split_rows(name: str, splits: dict[str, Any], split: str, key: str) -> list[dict[str, Any]]:
+    """Every row of `split` as a dict; `key` is the config field that named it (for the message)."""
+    if split not in splits:
+        raise DatasetSourceError(
+            f"{key}={split!r}: data set {name} has no such split; it has: {', '.join(splits) or 'none'}"
+        )
+    return splits[split].to_list()
+
+
+def _load_dataset(name: str) -> Any:
+    import datasets
+
+    if (Path(name).is_absolute() or name.startswith(".")) and not Path(name).exists():
+        raise DatasetSourceError(f"task.dataset={name!r}: no such directory")
+    try:
+        return datasets.load_dataset(name)
+    except (FileNotFoundError, ConnectionError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DatasetSourceError(
+            f"task.dataset={name!r}: cannot load it as a save_to_disk directory, a directory of data files or a "
+            f"hub data set ({first_line})"
+        ) from None

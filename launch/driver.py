@@ -60,9 +60,8 @@ from launch.checkpoint import (
 from launch.collect import Collected, Rollouts, collect_batch
 from launch.datafiles import TaskData, load_task_data, token_counter, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
-from launch.logfiles import driver_output_to
 from launch.pipeline import Prefetcher, check_staleness
-from launch.progress import Progress
+from launch.progress import Progress, driver_output_to
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
 from learner.advantages import zero_std_fraction

@@ -6,7 +6,7 @@ Layout (later tools read these names):
     data.json         row numbers of the user's own prompts (files, data set splits) skipped as too long (only when
                       some were)
     logs/             actors.log (vLLM, Ray and library output of the actors) and driver.log (the driver's library
-                      logs); not written with log.verbose, which prints them instead (launch/logfiles.py)
+                      logs); not written with log.verbose, which prints them instead (launch/progress.py)
     metrics.jsonl     one JSON object per step, eval records with "eval": true, and reward-swap records with
                       "reward_swap": true
     prompt_history.jsonl  one JSON object per prompt visit: step, prompt, samples, passes, retired

@@ -280,7 +280,7 @@ class LogConfig(_Section):
     """Write every completion to rollouts/ (Parquet)."""
     verbose: bool = False
     """Print vLLM, Ray and library logs to the terminal (`prolora train --verbose`); otherwise they go to
-    <run dir>/logs/ (launch/logfiles.py) and the terminal shows prolora's own lines."""
+    <run dir>/logs/ (launch/progress.py) and the terminal shows prolora's own lines."""
     progress_every: int = Field(10, ge=1)
     """When stderr is not a terminal (jobs, CI), print a progress line every N steps (and after step 1)."""
     tensorboard: bool = False

@@ -1,4 +1,4 @@
-"""Where a run's own rows come from (launch/datafiles.py, launch/hfdatasets.py): `task.dataset` as a save_to_disk
+"""Where a run's own rows come from (launch/datafiles.py): `task.dataset` as a save_to_disk
 directory or a directory of data files, its splits, `task.columns` renames, JSON and CSV files; and the one-line
 message for a bad split, a missing column or a conflicting config."""
 

@@ -1,4 +1,4 @@
-"""Where a run's output goes (launch/logfiles.py): prolora's own lines on the terminal, library and native output
+"""Where a run's output goes (launch/progress.py): prolora's own lines on the terminal, library and native output
 in <run dir>/logs/. Run in a child process, since the checks move file descriptors 1 and 2."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 DRIVER = """
 import logging, os, sys, warnings
 from pathlib import Path
-from launch.logfiles import driver_output_to
+from launch.progress import driver_output_to
 with driver_output_to(Path(sys.argv[1]), verbose=sys.argv[2] == "verbose"):
     print("own line", file=sys.stderr)
     os.write(2, b"native line\\n")
@@ -45,7 +45,7 @@ def test_actor_processes_append_stdout_and_stderr_to_the_actor_log(tmp_path):
     log = tmp_path / "actors.log"
     log.write_text("earlier\n")
     code = (
-        "import os, sys\nfrom launch.logfiles import redirect_actor_output\nredirect_actor_output()\n"
+        "import os, sys\nfrom launch.progress import redirect_actor_output\nredirect_actor_output()\n"
         "print('vllm says'); sys.stdout.flush(); os.write(2, b'native\\n')"
     )
     proc = _child(code, env={**os.environ, "PROLORA_ACTOR_LOG": str(log)})
