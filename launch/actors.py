@@ -209,6 +209,7 @@ def start_rollout_workers(config: Config, model_path: str) -> list[Actor[Rollout
                 gpu_memory_utilization=config.rollout.gpu_memory_utilization,
                 tensor_parallel_size=tensor_parallel_size(config),
                 seed=config.run.seed + i,
+                engine_kwargs=dict(config.rollout.engine_kwargs),
             )
         )
         for i in range(config.rollout.num_workers)

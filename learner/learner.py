@@ -7,7 +7,11 @@ reference logprobs are computed with that adapter active. After every update the
 peft format as an in-memory `AdapterPayload`, which travels to the rollout workers through Ray's object store.
 
 Logprobs are computed on logits divided by the rollout temperature, so they describe the distribution vLLM sampled
-from (the engine reports processed logprobs, after temperature).
+from (the engine reports processed logprobs, after temperature), and only at completion positions, a chunk of
+positions at a time (learner/logprobs.py). Every pass over a batch goes in micro-batches of at most
+`train.micro_batch_tokens` tokens; the loss's micro-batches accumulate gradients into one optimizer step per
+minibatch, so memory follows the micro-batch, not the batch. The model sits on the actor's GPU when it has one
+(`train.device`), with a low-precision base under CUDA autocast and float32 LoRA weights and optimizer state.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import io
 import math
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -24,8 +28,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
-from learner.loss import LossStats, grpo_loss, token_entropy, token_logprobs
+from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
+from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
+from shared.devices import pick_device
 from shared.records import AdapterPayload, ProbeSet, TrainBatch, TrainSample, TrainStats
 
 POLICY, REFERENCE = "default", "reference"
@@ -51,7 +57,9 @@ class Learner:
             torch.set_num_threads(train.num_threads)
         torch.manual_seed(seed)
         self._generator = torch.Generator().manual_seed(seed)
+        self._device = pick_device(train.device)
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        base.to(self._device)  # type: ignore[arg-type]  # transformers types `to` through a wrapper
         peft_config = PeftLoraConfig(
             r=lora.rank,
             lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
@@ -59,13 +67,28 @@ class Learner:
             target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(base, peft_config)
+        # autocast_adapter_dtype: LoRA weights (and so the optimizer state) stay float32 on a bfloat16 base.
+        self.model = get_peft_model(base, peft_config, autocast_adapter_dtype=True)
+        if train.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # On CUDA a low-precision base runs under autocast; on the CPU peft casts activations to the LoRA dtype.
+        low = base.dtype in (torch.bfloat16, torch.float16)
+        self._autocast = base.dtype if low and self._device.type == "cuda" else None
         self._train = train
         self._temperature = temperature
         self._algo = algo
         self._max_new_tokens = max_new_tokens
         self.optimizer = self._new_optimizer()
         self.version = 0
+        print(
+            f"[learner] device {self._device}, base {base.dtype}, LoRA float32, micro-batches of "
+            f"{train.micro_batch_tokens} tokens, gradient checkpointing {train.gradient_checkpointing}",
+            flush=True,
+        )
+
+    def device(self) -> str:
+        """Where the learner trains: "cpu" or "cuda" (or "cuda:N"), for the run's first metrics record."""
+        return str(self._device)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -115,10 +138,8 @@ class Learner:
         for _ in range(self._train.epochs):
             order = torch.randperm(len(samples), generator=self._generator) if n_mb > 1 else torch.arange(len(samples))
             for idx in order.chunk(n_mb):
-                rows = [samples[i] for i in idx.tolist()]
-                loss, loss_stats = self._loss(rows, old_logp, ref_logp, idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, loss_stats = self._accumulate([samples[i] for i in idx.tolist()], old_logp, ref_logp, idx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self._train.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                     skipped += 1  # a NaN/inf update would poison the adapter: drop it, keep going
@@ -128,25 +149,66 @@ class Learner:
                 grad_norms.append(grad_norm.item())
         return skipped
 
-    def _loss(
+    def _accumulate(
         self,
         rows: list[TrainSample],
         old_logp: list[torch.Tensor] | None,
         ref_logp: list[torch.Tensor] | None,
         idx: torch.Tensor,
     ) -> tuple[torch.Tensor, LossStats]:
-        tokens_BL, mask_BT, sampling_BT = _pack(rows)
-        if self._algo.mask_truncated:
-            mask_BT &= ~torch.tensor([r.truncated for r in rows])[:, None]  # DAPO overlong filtering
-        logits_BTV = self._logits(tokens_BL) / self._temperature
-        logp_BT = token_logprobs(logits_BTV, tokens_BL[:, 1:].clamp(min=0))
+        """Backward of one minibatch's loss, a micro-batch at a time; returns the minibatch loss and stats.
+
+        Every micro-batch's loss is divided by the minibatch's normaliser, so the accumulated gradient is the
+        gradient of the unsplit loss.
+        """
+        loss_mask = [self._in_loss(r) for r in rows]
+        count_B = torch.tensor(
+            [len(r.completion_token_ids) if keep else 0 for r, keep in zip(rows, loss_mask, strict=True)]
+        )
+        normaliser = loss_normaliser(count_B, self._algo.loss_agg).item()
+        total = torch.zeros((), device=self._device)
+        parts: list[LossStats] = []
+        for micro in micro_batches(_lengths(rows), self._train.micro_batch_tokens):
+            loss, loss_stats = self._loss(
+                [rows[j] for j in micro], [loss_mask[j] for j in micro], old_logp, ref_logp, idx[micro], normaliser
+            )
+            loss.backward()
+            total += loss.detach()
+            parts.append(loss_stats)
+        return total, merge_stats(parts)
+
+    def _in_loss(self, row: TrainSample) -> bool:
+        return not (self._algo.mask_truncated and row.truncated)  # DAPO overlong filtering
+
+    def _loss(
+        self,
+        rows: list[TrainSample],
+        loss_mask: list[bool],
+        old_logp: list[torch.Tensor] | None,
+        ref_logp: list[torch.Tensor] | None,
+        idx: torch.Tensor,
+        normaliser: float,
+    ) -> tuple[torch.Tensor, LossStats]:
+        packed = self._pack(rows)
         # The entropy needs a graph only when it is in the loss (the bonus); otherwise it is just logged.
-        entropy_BT = token_entropy(logits_BTV if self._algo.entropy_coef else logits_BTV.detach())
-        old_BT = logp_BT.detach() if old_logp is None else _rows(old_logp, idx, logp_BT.shape[1])
-        ref_BT = None if ref_logp is None else _rows(ref_logp, idx, logp_BT.shape[1])
-        advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BT.dtype)
+        logp_BC, entropy_BC = self._completion_logprobs(packed, self._temperature, bool(self._algo.entropy_coef))
+        mask_BC = packed.mask_BC & torch.tensor(loss_mask, device=self._device)[:, None]
+        width = logp_BC.shape[1]
+        old_BC = logp_BC.detach() if old_logp is None else _rows(old_logp, idx, width).to(self._device)
+        ref_BC = None if ref_logp is None else _rows(ref_logp, idx, width).to(self._device)
+        sampling_BC = _rows([torch.tensor(r.sampling_logprobs) for r in rows], torch.arange(len(rows)), width)
+        advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BC.dtype, device=self._device)
         return grpo_loss(
-            logp_BT, old_BT, ref_BT, sampling_BT, advantages_B, mask_BT, self._algo, self._max_new_tokens, entropy_BT
+            logp_BC,
+            old_BC,
+            ref_BC,
+            sampling_BC.to(self._device),
+            advantages_B,
+            mask_BC,
+            self._algo,
+            self._max_new_tokens,
+            entropy_BC,
+            normaliser,
         )
 
     # --------------------------------------------------------------------------------------- reference
@@ -179,18 +241,33 @@ class Learner:
             self.model.set_adapter(POLICY)
 
     # ---------------------------------------------------------------------------------------- logprobs
-    def _logits(self, tokens_BL: torch.Tensor) -> torch.Tensor:
-        attention_BL = (tokens_BL >= 0).long()
-        return self.model(input_ids=tokens_BL.clamp(min=0), attention_mask=attention_BL).logits[:, :-1].float()
+    def _pack(self, rows: Sequence[TrainSample]) -> Packed:
+        return pack([r.prompt_token_ids for r in rows], [r.completion_token_ids for r in rows], self._device)
+
+    def _completion_logprobs(
+        self, packed: Packed, temperature: float, entropy_grad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return completion_logprobs(
+            self.model.get_base_model(),
+            packed,
+            temperature=temperature,
+            chunk=self._train.logits_chunk_tokens,
+            entropy_grad=entropy_grad,
+            autocast_dtype=self._autocast,
+        )
 
     @torch.no_grad()
-    def _logprobs_no_grad(self, samples: tuple[TrainSample, ...]) -> list[torch.Tensor]:
-        """Per-sample logprob rows under whichever policy the model computes now."""
-        tokens_BL, _, _ = _pack(samples)
-        logp_BT = token_logprobs(self._logits(tokens_BL) / self._temperature, tokens_BL[:, 1:].clamp(min=0))
-        return list(logp_BT)
+    def _logprobs_no_grad(self, samples: Sequence[TrainSample], temperature: float | None = None) -> list[torch.Tensor]:
+        """Per-sample completion-token logprobs (on the CPU) under whichever policy the model computes now."""
+        temperature = self._temperature if temperature is None else temperature
+        out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+        for micro in micro_batches(_lengths(samples), self._train.micro_batch_tokens):
+            rows = [samples[i] for i in micro]
+            logp_BC, _ = self._completion_logprobs(self._pack(rows), temperature)
+            for i, r, logp_C in zip(micro, rows, logp_BC.cpu(), strict=True):
+                out[i] = logp_C[: len(r.completion_token_ids)]
+        return out
 
-    @torch.no_grad()
     def completion_logprobs(
         self, prompt_token_ids: list[list[int]], completion_token_ids: list[list[int]], temperature: float = 1.0
     ) -> list[list[float]]:
@@ -200,9 +277,7 @@ class Learner:
             TrainSample(tuple(p), tuple(c), (0.0,) * len(c), 0.0, self.version)
             for p, c in zip(prompt_token_ids, completion_token_ids, strict=True)
         ]
-        tokens_BL, mask_BT, _ = _pack(rows)
-        logp_BT = token_logprobs(self._logits(tokens_BL) / temperature, tokens_BL[:, 1:].clamp(min=0))
-        return [logp_BT[i][mask_BT[i]].tolist() for i in range(len(rows))]
+        return [row.tolist() for row in self._logprobs_no_grad(rows, temperature)]
 
     # ----------------------------------------------------------------------------------------- adapter
     def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4) -> AdapterPayload:
@@ -225,7 +300,7 @@ class Learner:
         for prompt in prompt_ids:
             ids, chosen, chosen_logp = list(prompt), [], []
             for _ in range(n_tokens):
-                logp_V = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+                logp_V = self._next_token_logprobs(ids)
                 token = int(logp_V.argmax())
                 ids.append(token)
                 chosen.append(token)
@@ -233,6 +308,18 @@ class Learner:
             tokens.append(tuple(chosen))
             logprobs.append(tuple(chosen_logp))
         return ProbeSet(tuple(map(tuple, prompt_ids)), tuple(tokens), tuple(logprobs))
+
+    def _next_token_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """(V,) log-softmax of the next token after `ids`: only the last position goes through the LM head."""
+        base = self.model.get_base_model()
+        last = torch.tensor([len(ids) - 1], device=self._device)
+        packed = Packed(
+            torch.tensor([ids], device=self._device), torch.ones(1, len(ids), device=self._device), last, last, last
+        )
+        autocast = torch.autocast(self._device.type, dtype=self._autocast) if self._autocast else nullcontext()
+        with autocast:
+            logits_V = lm_head(base)(hidden_states(base, packed))[0].float()
+        return torch.log_softmax(logits_V, dim=-1).cpu()
 
     def current_version(self) -> int:
         return self.version
@@ -258,7 +345,7 @@ class Learner:
 
     def load_state(self, blob: bytes) -> int:
         """Restore a state written by `state()`; returns the adapter version."""
-        state = torch.load(io.BytesIO(blob), weights_only=False)
+        state = torch.load(io.BytesIO(blob), weights_only=False, map_location=self._device)
         set_peft_model_state_dict(self.model, state["adapter"], adapter_name=POLICY)
         if state["reference"] is not None:
             if REFERENCE not in self.model.peft_config:
@@ -266,8 +353,8 @@ class Learner:
             set_peft_model_state_dict(self.model, state["reference"], adapter_name=REFERENCE)
             self.model.set_adapter(POLICY)
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self._generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self._generator.set_state(state["generator"].cpu())
         self.version = state["version"]
         return self.version
 
@@ -275,22 +362,8 @@ class Learner:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def _pack(rows: Sequence[TrainSample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad prompt+completion token rows.
-
-    Returns tokens (B, L) with -1 as padding, the completion mask (B, L-1) in "predicts token t+1" coordinates,
-    and the sampling logprobs placed at the same positions (B, L-1).
-    """
-    length = max(len(r.prompt_token_ids) + len(r.completion_token_ids) for r in rows)
-    tokens_BL = torch.full((len(rows), length), -1, dtype=torch.long)
-    mask_BT = torch.zeros((len(rows), length - 1), dtype=torch.bool)
-    sampling_BT = torch.zeros((len(rows), length - 1))
-    for i, r in enumerate(rows):
-        p, c = len(r.prompt_token_ids), len(r.completion_token_ids)
-        tokens_BL[i, : p + c] = torch.tensor(r.prompt_token_ids + r.completion_token_ids)
-        mask_BT[i, p - 1 : p - 1 + c] = True
-        sampling_BT[i, p - 1 : p - 1 + c] = torch.tensor(r.sampling_logprobs)
-    return tokens_BL, mask_BT, sampling_BT
+def _lengths(rows: Sequence[TrainSample]) -> list[int]:
+    return [len(r.prompt_token_ids) + len(r.completion_token_ids) for r in rows]
 
 
 def _rows(per_sample: list[torch.Tensor], idx: torch.Tensor, width: int) -> torch.Tensor:

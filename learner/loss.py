@@ -82,34 +82,52 @@ def token_logprobs(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.T
     return _rowwise(_logprobs, logits_BTV, tokens_BT)
 
 
-def aggregate(loss_BT: torch.Tensor, mask_BT: torch.Tensor, mode: LossAgg, max_len: int | None = None) -> torch.Tensor:
+def loss_normaliser(count_B: torch.Tensor, mode: LossAgg) -> torch.Tensor:
+    """The divisor `aggregate` uses for sequences with `count_B` loss tokens each: the token count (token_mean) or
+    the number of sequences with at least one token (the sequence means). A learner that splits a minibatch into
+    micro-batches computes it once over the whole minibatch, so the summed micro-batch losses equal the unsplit one.
+    """
+    if mode == "token_mean":
+        return count_B.sum().clamp(min=1)
+    return (count_B > 0).sum().clamp(min=1)
+
+
+def aggregate(
+    loss_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    mode: LossAgg,
+    max_len: int | None = None,
+    normaliser: torch.Tensor | float | None = None,
+) -> torch.Tensor:
     """Scalar loss from per-token losses over the mask.
 
     token_mean (DAPO): every token in the batch weighs the same, so long answers are not diluted.
     seq_mean_token_mean (GRPO): mean over each sequence's tokens, then over sequences.
     seq_mean_token_sum_norm (Dr. GRPO): each sequence's sum / max_len, a constant: no length bias.
-    The sequence means skip rows with no tokens (padding rows).
+    The sequence means skip rows with no tokens (padding rows). `normaliser` replaces the divisor computed from
+    this mask (`loss_normaliser`) when these rows are one micro-batch of a larger minibatch.
     """
-    m_BT = mask_BT.to(loss_BT.dtype)
-    if mode == "token_mean":
-        return (loss_BT * m_BT).sum() / m_BT.sum().clamp(min=1)
     if mode not in get_args(LossAgg):
         raise ValueError(f"unknown loss_agg {mode!r}; use one of {get_args(LossAgg)}")
-    sum_B = (loss_BT * m_BT).sum(dim=1)
+    m_BT = mask_BT.to(loss_BT.dtype)
     count_B = m_BT.sum(dim=1)
+    divisor = loss_normaliser(count_B, mode) if normaliser is None else normaliser
+    if mode == "token_mean":
+        return (loss_BT * m_BT).sum() / divisor
+    sum_B = (loss_BT * m_BT).sum(dim=1)
     if mode == "seq_mean_token_mean":
         per_seq_B = sum_B / count_B.clamp(min=1)
     else:
         if max_len is None:
             raise ValueError("loss_agg 'seq_mean_token_sum_norm' needs max_len (the generation length limit)")
         per_seq_B = sum_B / max_len
-    n_seqs = (count_B > 0).sum().clamp(min=1)
-    return per_seq_B.sum() / n_seqs
+    return per_seq_B.sum() / divisor
 
 
 @dataclass(frozen=True)
 class LossStats:
-    """Masked token means of one loss evaluation, as python floats for logging."""
+    """Masked token means of one loss evaluation, as python floats for logging, and the token count they are over
+    (`merge_stats` weighs micro-batches by it)."""
 
     kl: float
     entropy: float
@@ -119,6 +137,23 @@ class LossStats:
     is_ratio_mean: float
     is_ratio_max: float
     mismatch_kl: float
+    tokens: float = 0.0
+
+
+def merge_stats(parts: list[LossStats]) -> LossStats:
+    """The stats of a minibatch's micro-batches as the minibatch's own: token-weighted means (equal to the unsplit
+    ones) and the largest IS ratio."""
+    total = sum(p.tokens for p in parts)
+    if not total:
+        return parts[0]  # no token anywhere: every mean is over nothing
+
+    def mean(name: str) -> float:
+        return sum(p.tokens * getattr(p, name) for p in parts if p.tokens) / total
+
+    names = ("kl", "entropy", "clip_frac", "clip_frac_low", "clip_frac_high", "is_ratio_mean", "mismatch_kl")
+    return LossStats(
+        **{name: mean(name) for name in names}, is_ratio_max=max(p.is_ratio_max for p in parts), tokens=total
+    )
 
 
 def grpo_loss(
@@ -131,6 +166,7 @@ def grpo_loss(
     algo: AlgoConfig,
     max_len: int,
     entropy_BT: torch.Tensor | None = None,
+    normaliser: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Clipped GRPO surrogate + KL penalty - entropy bonus, aggregated over the mask.
 
@@ -139,7 +175,8 @@ def grpo_loss(
     what the sampler reported for the same tokens; max_len: the generation length limit (rollout.max_new_tokens),
     the constant of seq_mean_token_sum_norm. Per token:
     -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) with ratio = exp(logp - old_logp), times the
-    detached truncated IS weight when is_cap is set, + kl_coef * KL, - entropy_coef * entropy.
+    detached truncated IS weight when is_cap is set, + kl_coef * KL, - entropy_coef * entropy. `normaliser`: the
+    minibatch's divisor when these rows are one of its micro-batches (see `aggregate`).
     """
     s = algo
     mask_BT = mask_BT.bool()
@@ -165,7 +202,7 @@ def grpo_loss(
         loss_BT = loss_BT + s.kl_coef * kl_BT
     if entropy_BT is not None and s.entropy_coef != 0.0:
         loss_BT = loss_BT - s.entropy_coef * entropy_BT
-    loss = aggregate(loss_BT, mask_BT, s.loss_agg, max_len)
+    loss = aggregate(loss_BT, mask_BT, s.loss_agg, max_len, normaliser)
     return loss, _loss_stats(ratio_BT, adv_BT, kl_BT, is_w_BT, old_logp_BT, sampling_logp_BT, mask_BT, s, entropy_BT)
 
 
@@ -194,5 +231,5 @@ def _loss_stats(
     # Samples came from the sampler, so KL(sampler || old) has log_r = old - sampling: k3 with these roles.
     mismatch = mean(kl_estimate(sampling_logp_BT, old_logp_BT, "k3"))
     is_max = (is_w_BT * m_BT).max()  # weights are > 0, so masked-out zeros never win
-    vals = torch.stack([mean(kl_BT), ent, low + high, low, high, mean(is_w_BT), is_max, mismatch])
+    vals = torch.stack([mean(kl_BT), ent, low + high, low, high, mean(is_w_BT), is_max, mismatch, m_BT.sum()])
     return LossStats(*vals.tolist())

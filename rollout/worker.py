@@ -15,9 +15,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.devices import pick_device
 from shared.records import AdapterPayload, Completion, Group, HotLoad, SamplingSpec
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ class RolloutWorker:
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
         seed: int = 0,
+        engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         # vLLM reads these when the engine is built; a launcher may already have set them for the actor.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -60,6 +63,8 @@ class RolloutWorker:
                 gpu_memory_utilization=gpu_memory_utilization,
                 tensor_parallel_size=tensor_parallel_size,
                 seed=seed,
+                on_gpu=pick_device("auto").type == "cuda",  # Ray gave this actor a GPU (rollout.num_gpus)
+                engine_kwargs=engine_kwargs,
             )
         )
         self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
@@ -175,10 +180,17 @@ def engine_args(
     gpu_memory_utilization: float,
     seed: int,
     tensor_parallel_size: int = 1,
+    on_gpu: bool = False,
+    engine_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike).
-    `tensor_parallel_size` > 1 shards the engine over that many GPUs, all of them held by the worker's actor."""
-    return dict(
+
+    `tensor_parallel_size` > 1 shards the engine over that many GPUs, all of them held by the worker's actor. On a
+    GPU vLLM's own defaults stand (CUDA graphs, prefix caching, chunked prefill); the CPU gets the workarounds
+    below. `engine_kwargs` (rollout.engine_kwargs, checked against vLLM's EngineArgs when the config is read) come
+    last and win over both.
+    """
+    args: dict[str, Any] = dict(
         model=model_path,
         tensor_parallel_size=tensor_parallel_size,
         dtype=dtype,
@@ -191,14 +203,24 @@ def engine_args(
         # Logprobs of the distribution actually sampled from (after temperature), which is what the learner's
         # importance ratio compares against.
         logprobs_mode="processed_logprobs",
-        enforce_eager=True,
-        enable_prefix_caching=False,
-        # A token budget that holds MAX_NUM_SEQS whole prompts, so prefill never splits a prompt: on CPU, vLLM 0.32
-        # crashes when a seeded request is split ("CPU Generator does not use offset"), which the default budget
-        # (4096) does once prompts exceed 16 tokens.
-        max_num_seqs=MAX_NUM_SEQS,
-        max_num_batched_tokens=MAX_NUM_SEQS * max_model_len,
     )
+    if not on_gpu:
+        args.update(
+            # CUDA graphs do not exist on the CPU; eager mode also skips vLLM's torch.compile warm-up there, which
+            # costs more start-up time than it saves on small models.
+            enforce_eager=True,
+            # Off on the CPU, where every test and measurement of this project has run without it (a short check
+            # with seeded sampling and LoRA saw no error, but cache hits there were not verified). On a GPU vLLM's
+            # default (on) lets the n samples of a prompt share its prefill.
+            enable_prefix_caching=False,
+            # A token budget that holds MAX_NUM_SEQS whole prompts, so prefill never splits a prompt: on CPU, vLLM
+            # 0.32 crashes when a seeded request is split ("CPU Generator does not use offset"), which the default
+            # budget (4096) does once prompts exceed 16 tokens.
+            max_num_seqs=MAX_NUM_SEQS,
+            max_num_batched_tokens=MAX_NUM_SEQS * max_model_len,
+        )
+    args.update(engine_kwargs or {})
+    return args
 
 
 def _to_group(output: RequestOutput, version: int) -> Group:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import tomllib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import UserError
 
@@ -141,11 +141,80 @@ class RolloutConfig(_Section):
     """Largest |engine - learner| token logprob the probe accepts; None: 0.05 for float32 weights (engine and learner
     agree closely on CPU) and 0.3 for bfloat16, whose rounding differs between engine and learner even when both
     serve the right adapter."""
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Any other vLLM engine argument (`vllm.engine.arg_utils.EngineArgs` field), e.g. {kv_cache_dtype: fp8,
+    quantization: fp8, enable_chunked_prefill: false}; applied last, so it also overrides the CPU workarounds
+    (rollout/worker.py engine_args). Names and value types are checked against the installed vLLM's EngineArgs when
+    the config is read; arguments prolora sets from its own keys must be set there."""
     max_staleness: int = Field(0, ge=0)
     """Asynchronous rollouts: generation for step t+1..t+k may run while the learner trains step t, so a batch may
     come from an adapter up to k versions older than the one being trained (k = 0: fully on-policy, synchronous).
     Off-policy samples are corrected by the truncated importance-sampling weight (algo.is_cap). Each engine keeps
     the k+1 newest adapter versions loaded, so rollout.max_loras must be at least k+1."""
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _engine_kwargs_known_to_vllm(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs:
+            check_engine_kwargs(kwargs)
+        return kwargs
+
+
+OWNED_ENGINE_ARGS = {
+    "model": "model.path",
+    "dtype": "model.dtype",
+    "max_model_len": "model.max_model_len",
+    "max_lora_rank": "lora.rank",
+    "max_loras": "rollout.max_loras",
+    "gpu_memory_utilization": "rollout.gpu_memory_utilization",
+    "tensor_parallel_size": "rollout.num_gpus",
+    "seed": "run.seed",
+    "enable_lora": "nothing: adapters are how prolora serves the policy",
+    "logprobs_mode": "nothing: the importance ratio needs the sampled distribution's (processed) logprobs",
+}
+"""Engine arguments prolora sets itself, and the config key that sets each."""
+
+
+def check_engine_kwargs(kwargs: dict[str, Any]) -> None:
+    """Raise ValueError naming every key of rollout.engine_kwargs that vLLM's EngineArgs lacks or whose value has
+    the wrong type (pydantic against EngineArgs' own annotations; a field whose annotation it cannot read is
+    checked by name only). Imports vLLM, so it runs only when engine_kwargs is set."""
+    import dataclasses
+
+    from pydantic import TypeAdapter
+
+    try:
+        import vllm.engine.arg_utils as arg_utils
+    except ImportError as err:
+        raise ValueError(
+            f"rollout.engine_kwargs is checked against vLLM's EngineArgs, but vLLM does not import: {err}"
+        ) from None
+    fields = {f.name: f for f in dataclasses.fields(arg_utils.EngineArgs)}
+    problems = []
+    for key, value in kwargs.items():
+        if key in OWNED_ENGINE_ARGS:
+            problems.append(f"{key!r} is set by prolora: set {OWNED_ENGINE_ARGS[key]}")
+        elif key not in fields:
+            problems.append(f"{key!r} is not a vLLM engine argument (vllm.engine.arg_utils.EngineArgs)")
+        else:
+            problem = _engine_value_problem(fields[key].type, value, vars(arg_utils), TypeAdapter)
+            if problem:
+                problems.append(f"{key}={value!r}: {problem}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _engine_value_problem(annotation: Any, value: Any, namespace: dict[str, Any], adapter: Any) -> str | None:
+    try:
+        kind = eval(annotation, dict(namespace)) if isinstance(annotation, str) else annotation
+        check = adapter(kind)
+    except Exception:  # an annotation pydantic cannot build a validator for: the name check stands
+        return None
+    try:
+        check.validate_python(value)
+    except ValidationError as err:
+        return "; ".join(e["msg"] for e in err.errors())
+    return None
 
 
 class AlgoConfig(_Section):
@@ -218,6 +287,20 @@ class TrainConfig(_Section):
     rollout.max_staleness > 0, when engine and learner compute at once (launch/actors.py threads_per_actor)."""
     max_nonfinite_steps: int = Field(3, ge=1)
     """Consecutive steps with a non-finite loss or gradient (updates skipped) before the run stops."""
+    micro_batch_tokens: int = Field(8192, ge=1)
+    """Tokens (rows x longest row, padding included) per forward/backward pass; a minibatch larger than this is
+    split into micro-batches whose gradients accumulate into one optimizer step, the same update as unsplit. Sets
+    the learner's activation memory; a row longer than this goes alone (rows are never split)."""
+    logits_chunk_tokens: int = Field(128, ge=1)
+    """Completion positions projected through the LM head at once: float32 logits exist for this many positions,
+    never for a whole micro-batch. The learner's memory beyond its activations is a few (chunk, vocabulary) float32
+    temporaries: with a 150k-token vocabulary, 128 positions are 78 MB each."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them (transformers' gradient
+    checkpointing): less memory per micro-batch token for about a third more compute."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the learner trains: auto is CUDA when its actor was given a GPU (train.num_gpus > 0), else the CPU;
+    cuda fails without a GPU. (The reward model is on CUDA exactly when rewards.reward_model.num_gpus > 0.)"""
 
 
 class RewardSpec(_Section):
@@ -423,7 +506,7 @@ def _describe(err: ValidationError) -> str:
         elif e["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}; allowed here: {_allowed_keys(e['loc'])}")
         else:
-            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{key}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

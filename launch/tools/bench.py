@@ -90,6 +90,7 @@ def _raw_engine(model_path: str, config: Config):
 
     from launch.actors import tensor_parallel_size
     from rollout.worker import engine_args
+    from shared.devices import pick_device
 
     _engine_env(config)
     r = config.rollout
@@ -103,6 +104,8 @@ def _raw_engine(model_path: str, config: Config):
             gpu_memory_utilization=r.gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size(config),
             seed=config.run.seed,
+            on_gpu=pick_device("auto").type == "cuda",
+            engine_kwargs=config.rollout.engine_kwargs,
         )
     )
 

@@ -14,6 +14,7 @@ import ray
 
 from learner.rewards.context import CONTEXT_HINTS, RewardContext, RewardContextError
 from learner.rewards.protocol import RewardValues
+from shared.devices import pick_device
 
 
 class RewardModelScorer:
@@ -23,8 +24,10 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        self._device = pick_device("auto")  # CUDA exactly when the actor was given a GPU (num_gpus > 0)
         self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+        self._model = model.to(self._device).eval()
         if self._model.config.num_labels != 1:
             raise ValueError(
                 f"reward model {path!r} has num_labels={self._model.config.num_labels}; a reward model needs "
@@ -51,9 +54,13 @@ class RewardModelScorer:
                     max_length=self._max_length,
                     return_tensors="pt",
                 )
+                enc = enc.to(self._device)
                 logits_B1 = self._model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
                 scores.extend(logits_B1[:, 0].float().tolist())
         return scores
+
+    def device(self) -> str:
+        return str(self._device)
 
 
 def reward_model(
