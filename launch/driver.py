@@ -135,7 +135,7 @@ def _train(config: Config, resume: bool, inputs: tuple[Task, str, TaskData], run
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
         state = _restore(run) if resume else DriverState()
         if state.first_eval is None:
-            _record_eval(run, state, step=0)
+            _record_eval(run, state, step=0, learner_device=ray.get(run.actors.learner.device.remote()))
     progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
     # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
     batches = Prefetcher(
@@ -305,12 +305,12 @@ def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Pa
     return None
 
 
-def _record_eval(run: Run, state: DriverState, step: int) -> EvalResult:
-    """Evaluate the held-out split after `step`: written to metrics.jsonl, kept in the driver state, and seen by the
-    reference's plateau trigger."""
+def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalResult:
+    """Evaluate the held-out split after `step`: written to metrics.jsonl (with `extra` fields: the first record
+    names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
     result = evaluate(run.actors.fleet, run.task, run.heldout, run.config, seed=run.config.run.seed)
-    run.dir.metrics.write({"eval": True, "step": step, **result.as_record()})
+    run.dir.metrics.write({"eval": True, "step": step, **result.as_record(), **extra})
     state.last_eval = asdict(result)
     state.first_eval = state.first_eval or state.last_eval
     run.curriculum.resets.observe_eval(result.pass_at_1)

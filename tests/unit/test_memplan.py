@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch.memplan import GIB, LOGITS_TEMPORARIES, ModelShape, check_plan, plan_single_gpu
+from shared.memplan import GIB, LOGITS_TEMPORARIES, ModelShape, check_plan, plan_single_gpu
 from shared.errors import UserError
 
 
