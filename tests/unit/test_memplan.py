@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.memplan import GIB, LOGITS_TEMPORARIES, ModelShape, check_plan, plan_single_gpu
 from shared.errors import UserError
+from shared.memplan import GIB, LOGITS_TEMPORARIES, ModelShape, check_plan, plan_single_gpu
 
 
 def _tiny_config(tied: bool):
