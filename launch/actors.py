@@ -25,6 +25,7 @@ import ray
 
 from launch.progress import ray_quiet_options
 from learner.learner import Learner
+from learner.rewards.bertscore import BertScorer
 from learner.rewards.context import RewardContext
 from learner.rewards.pool import RewardPool
 from learner.rewards.reward_model import RewardModelScorer
@@ -43,7 +44,7 @@ class Demand:
     """One actor's resource ask (Ray logical resources)."""
 
     role: str
-    """rollout, learner, reward or reward_model."""
+    """rollout, learner, reward, reward_model or bertscore."""
     cpus: float
     gpus: float
     config_keys: str
@@ -59,6 +60,9 @@ def run_demands(config: Config) -> list[Demand]:
     if config.rewards.reward_model.path:
         rm_keys = "rewards.reward_model.path, rewards.reward_model.num_gpus"
         demands.append(Demand("reward_model", 1.0, config.rewards.reward_model.num_gpus, rm_keys))
+    if config.rewards.bertscore.model:
+        bs_keys = "rewards.bertscore.model, rewards.bertscore.num_gpus"
+        demands.append(Demand("bertscore", 1.0, config.rewards.bertscore.num_gpus, bs_keys))
     return demands
 
 
@@ -106,13 +110,15 @@ class Actors:
     learner: Actor[Learner]
     rewarders: RewardPool
     reward_model: Actor[RewardModelScorer] | None = None
+    bertscore: Actor[BertScorer] | None = None
 
 
 def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardSpec]) -> Actors:
-    """Every actor of a run; the reward actors get a RewardContext holding the rollout workers and reward model."""
+    """Every actor of a run; the reward actors get a RewardContext holding the rollout workers and model actors."""
     workers = start_rollout_workers(config, model_path)
     reward_model = start_reward_model(config)
-    context = reward_context(config, workers, reward_model)
+    bertscore = start_bertscore(config)
+    context = reward_context(config, workers, reward_model, bertscore, model_path)
     return Actors(
         fleet=RolloutFleet(
             workers,
@@ -125,6 +131,7 @@ def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardS
             start_reward_actors(config, reward_specs, context), reward_specs, config.rewards.max_restarts
         ),
         reward_model=reward_model,
+        bertscore=bertscore,
     )
 
 
@@ -240,7 +247,24 @@ def start_reward_model(config: Config) -> Actor[RewardModelScorer] | None:
     cls = ray.remote(**_ask(config, "reward_model"))(RewardModelScorer)
     return as_actor(
         cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
-            rm.path, max_length=rm.max_length, batch_size=rm.batch_size, dtype=config.model.dtype
+            rm.path,
+            max_length=rm.max_length,
+            batch_size=rm.batch_size,
+            dtype=config.model.dtype,
+            pair_format=rm.pair_format,
+        )
+    )
+
+
+def start_bertscore(config: Config) -> Actor[BertScorer] | None:
+    """The BERTScore actor, or None when `rewards.bertscore.model` is not set."""
+    bs = config.rewards.bertscore
+    if bs.model is None:
+        return None
+    cls = ray.remote(**_ask(config, "bertscore"))(BertScorer)
+    return as_actor(
+        cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
+            bs.model, layer=bs.layer, idf=bs.idf, max_length=bs.max_length, batch_size=bs.batch_size
         )
     )
 
@@ -249,12 +273,17 @@ def reward_context(
     config: Config,
     workers: Sequence[Actor[RolloutWorker]],
     reward_model: Actor[RewardModelScorer] | None = None,
+    bertscore: Actor[BertScorer] | None = None,
+    model_path: str | None = None,
 ) -> RewardContext:
     return RewardContext(
         rollout_workers=tuple(workers),
         back_translation_prompt=get_task(config.task.name).back_translation_prompt,
         max_new_tokens=config.rollout.max_new_tokens,
         reward_model=reward_model,
+        bertscore=bertscore,
+        rouge=config.rewards.rouge,
+        model_path=model_path,
     )
 
 

@@ -23,6 +23,8 @@ LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"
 """How token losses become one number: DAPO, GRPO, Dr. GRPO (learner/loss.py `aggregate`)."""
 KLEstimator = Literal["k1", "k2", "k3"]
 """Schulman's estimators of KL(policy || reference) per token."""
+PairFormat = Literal["prompt_completion", "reference_candidate", "candidate_reference"]
+"""What a reward-model actor reads: one text, or a (reference, candidate) text pair (learned metrics)."""
 
 
 class _Section(BaseModel):
@@ -319,6 +321,42 @@ class RewardModelConfig(_Section):
     """Texts per forward pass."""
     num_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the reward-model actor (0 on CPU machines)."""
+    pair_format: PairFormat = "prompt_completion"
+    """What the model reads: `prompt_completion` the text prompt + completion (a reward model); `reference_candidate`
+    the tokenizer's text pair (reference, completion), as BLEURT-style learned metrics are trained;
+    `candidate_reference` the pair the other way round. The pair formats read the `reference` column."""
+
+
+class RougeConfig(_Section):
+    """Settings of the `rouge1`, `rouge2` and `rougeL` rewards (learner/rewards/rouge.py)."""
+
+    tokenizer: Literal["auto", "whitespace", "character", "model"] = "auto"
+    """auto: whitespace words, with Hangul/CJK/kana/Thai characters one token each (Korean-friendly, plain word
+    ROUGE on Latin text); whitespace: words only; character: every non-space character; model: the subword tokens
+    of a transformers tokenizer (tokenizer_path)."""
+    tokenizer_path: str | None = None
+    """Tokenizer directory for tokenizer=model; None: the run's model."""
+    measure: Literal["f1", "precision", "recall"] = "f1"
+    """Which ROUGE figure is the reward."""
+
+
+class BertScoreConfig(_Section):
+    """Settings of the `bertscore` reward and its actor (learner/rewards/bertscore.py)."""
+
+    model: str | None = None
+    """A transformers encoder directory (BERT, RoBERTa, ELECTRA, ...); None starts no BERTScore actor."""
+    layer: int | None = Field(None, ge=1)
+    """Hidden layer whose embeddings are matched (1 = first transformer layer); None: the last. bert-score's own
+    defaults are a middle-upper layer per model (e.g. 17 of 24 for roberta-large), chosen on WMT correlation."""
+    idf: bool = False
+    """Weight tokens by inverse document frequency over the references of each scored batch (bert-score's
+    idf=True on that batch); false: every token weighs the same. [CLS] and [SEP] always weigh 0."""
+    max_length: int = Field(256, ge=8)
+    """Tokens per text the encoder sees (longer texts are right-truncated)."""
+    batch_size: int = Field(64, ge=1)
+    """Texts per forward pass."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs for the BERTScore actor (0 on CPU machines); the encoder runs on the GPU when it gets one."""
 
 
 class RewardsConfig(_Section):
@@ -336,6 +374,10 @@ class RewardsConfig(_Section):
     before it stops with a checkpoint."""
     reward_model: RewardModelConfig = RewardModelConfig()
     """The reward-model actor used by the `reward_model` reward."""
+    rouge: RougeConfig = RougeConfig()
+    """Tokenizer and measure of the ROUGE rewards."""
+    bertscore: BertScoreConfig = BertScoreConfig()
+    """The encoder and actor of the `bertscore` reward."""
 
 
 class EvalConfig(_Section):

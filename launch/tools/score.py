@@ -9,7 +9,7 @@ a column a chosen built-in reads is an error naming the line and the column.
 The rewards run in this process through the same `RewardWorker` a run uses (same weights, timeout and failure
 policy, from the config or `--set rewards.…`). Rewards that need actors get them: `cycle_consistency` starts
 rollout workers on `model.path` (the base model, no adapter) and `reward_model` starts the reward-model actor
-on `rewards.reward_model.path`.
+on `rewards.reward_model.path`, `bertscore` the BERTScore actor on `rewards.bertscore.model`.
 """
 
 from __future__ import annotations
@@ -94,30 +94,34 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
             f"{err} (with --set rewards.failure_policy=zero it scores 0 and the traceback is logged)"
         ) from None
     finally:
-        if context is not None:
-            import ray
+        import ray
 
+        if ray.is_initialized():
             ray.shutdown()
     for number, values in zip(line_numbers, scored, strict=True):
         out.write(json.dumps({"line": number, **values}) + "\n")
     return len(rows)
 
 
-def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext | None:
-    """Start the actors the rewards need (none for most rewards); None when no reward needs any."""
+def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext:
+    """Start the actors the rewards need (none for most rewards, and then no Ray either)."""
+    from launch.actors import reward_context
+
     required = {field for spec in specs for field in getattr(resolve_reward(spec.name), "context_requires", ())}
     if not required:
-        return None
+        return reward_context(config, [])
     import ray
 
-    from launch.actors import reward_context, start_ray, start_reward_model, start_rollout_workers
+    from launch.actors import start_bertscore, start_ray, start_reward_model, start_rollout_workers
     from launch.rundir import resolve_model_path
 
     start_ray(config)
     workers = []
-    if "rollout_workers" in required:
-        workers = start_rollout_workers(config, resolve_model_path(config.model.path))
+    model_path = resolve_model_path(config.model.path) if "rollout_workers" in required else None
+    if model_path:
+        workers = start_rollout_workers(config, model_path)
     reward_model = start_reward_model(config) if "reward_model" in required else None
+    bertscore = start_bertscore(config) if "bertscore" in required else None
     # Wait for the engines and models to load here, so their start-up does not count against rewards.timeout_s.
-    ray.get([actor.__ray_ready__.remote() for actor in [*workers, reward_model] if actor is not None])
-    return reward_context(config, workers, reward_model)
+    ray.get([actor.__ray_ready__.remote() for actor in [*workers, reward_model, bertscore] if actor is not None])
+    return reward_context(config, workers, reward_model, bertscore, model_path)

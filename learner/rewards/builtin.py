@@ -79,7 +79,8 @@ think_answer_format = format_reward(THINK_ANSWER_PATTERN)
 """The `format` built-in: 1.0 for `<think>...</think>` then `<answer>...</answer>` (THINK_ANSWER_PATTERN)."""
 
 
-def _references(columns: dict[str, Any], reward: str) -> list[list[str] | None]:
+def references_column(columns: dict[str, Any], reward: str) -> list[list[str] | None]:
+    """The `reference` column as one list of reference strings per completion (None where it does not apply)."""
     refs: list[list[str] | None] = []
     for value in require_column(columns, "reference", reward):
         if isinstance(value, str):
@@ -97,7 +98,7 @@ def _sentence_scores(
     metric: BLEU | CHRF | TER, completions: list[str], reward: str, columns: dict[str, Any]
 ) -> list[float | None]:
     # A fresh metric per batch: sacrebleu metrics are cheap, and sharing none keeps threads independent.
-    refs = _references(columns, reward)
+    refs = references_column(columns, reward)
     return [None if r is None else metric.sentence_score(c, r).score for c, r in zip(completions, refs, strict=True)]
 
 

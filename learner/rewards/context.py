@@ -1,8 +1,9 @@
 """What a reward may get beyond its batch: handles of the run's other actors.
 
 Most rewards only read their batch. A few need the running system: `cycle_consistency` asks the rollout workers
-to translate completions back, `reward_model` asks the reward-model actor for scores. Such a reward declares a
-keyword-only parameter named `reward_context` (TRL-style rewards without it never see one), and lists the
+to translate completions back, `reward_model` and `bertscore` ask their model actors for scores, the ROUGE rewards
+read their settings. Such a reward declares a keyword-only parameter named `reward_context` (TRL-style rewards
+without it never see one), and lists the
 `RewardContext` fields it cannot work without in a `context_requires` attribute, so a reward set that cannot run
 is refused when it is installed rather than failing on every batch:
 
@@ -21,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from shared.config import RougeConfig
 from shared.errors import UserError
 from shared.handles import Actor
 from shared.records import SamplingSpec
 
 if TYPE_CHECKING:
+    from learner.rewards.bertscore import BertScorer
     from learner.rewards.reward_model import RewardModelScorer
 
 CONTEXT_PARAMETER = "reward_context"
@@ -44,6 +47,12 @@ class RewardContext:
     """Completion budget for generations a reward asks for."""
     reward_model: Actor[RewardModelScorer] | None = None
     """Handle of the reward-model actor (`RewardModelScorer`), when the run configures one."""
+    bertscore: Actor[BertScorer] | None = None
+    """Handle of the BERTScore actor (`BertScorer`), when the run configures one."""
+    rouge: RougeConfig | None = None
+    """Settings of the ROUGE rewards (`rewards.rouge`); None: their defaults."""
+    model_path: str | None = None
+    """The run's model directory (the ROUGE `model` tokenizer's default)."""
 
 
 class RewardContextError(UserError, ValueError):
@@ -78,6 +87,7 @@ CONTEXT_HINTS = {
     "rollout_workers": "it runs only inside a training run (or `prolora score` with a model)",
     "back_translation_prompt": "the task must define a back-translation prompt (task.name=translate)",
     "reward_model": "set rewards.reward_model.path to a sequence-classification model directory",
+    "bertscore": "set rewards.bertscore.model to a transformers encoder directory",
 }
 """What a user does to provide each context field (used in error messages)."""
 

@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from learner.rewards import builtin
+from learner.rewards.bertscore import bertscore
 from learner.rewards.cycle import cycle_consistency
 from learner.rewards.protocol import AnyRewardFn
 from learner.rewards.reward_model import reward_model
+from learner.rewards.rouge import rouge1, rouge2, rougeL
 from shared.config import RewardSpec
 from shared.errors import UserError
 
@@ -29,6 +31,10 @@ BUILTIN_REWARDS: Mapping[str, AnyRewardFn] = MappingProxyType(
         "repetition": builtin.repetition,
         "cycle_consistency": cycle_consistency,
         "reward_model": reward_model,
+        "rouge1": rouge1,
+        "rouge2": rouge2,
+        "rougeL": rougeL,
+        "bertscore": bertscore,
     }
 )
 """Built-in rewards by the name a config uses."""
@@ -45,6 +51,10 @@ BUILTIN_COLUMNS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "repetition": (),
         "cycle_consistency": ("source",),
         "reward_model": (),
+        "rouge1": ("reference",),
+        "rouge2": ("reference",),
+        "rougeL": ("reference",),
+        "bertscore": ("reference",),
     }
 )
 """Data set columns each built-in reads besides prompts and completions (a None value in one means "does not

@@ -1,9 +1,19 @@
-"""`reward_model`: a transformers sequence-classification model scoring prompt + completion, in its own actor.
+"""`reward_model`: a transformers sequence-classification model scoring completions, in its own actor.
 
 `RewardModelScorer` is the actor body (plain Python; the launcher applies `ray.remote` with its resources) so a
-large model is loaded once per run, not once per reward actor, and can sit on a GPU of its own. The model must
-have one output (`num_labels == 1`): the score of a completion is that logit for the text `prompt + completion`,
-tokenized by the model's own tokenizer (special tokens added, right-truncated to `max_length` tokens).
+large model is loaded once per run, not once per reward actor, and sits on a GPU when the actor is given one. The
+model must have one output (`num_labels == 1`); a completion's score is that logit. What the model reads is
+`rewards.reward_model.pair_format`:
+
+- `prompt_completion` (a reward model): the text `prompt + completion`;
+- `reference_candidate` (a learned metric such as BLEURT): the tokenizer's text pair (reference, completion), i.e.
+  `[CLS] reference [SEP] completion [SEP]` with segment ids for a BERT-style model, the way BLEURT-20's PyTorch
+  ports are called (`model(**tokenizer(references, candidates))`);
+- `candidate_reference`: the same pair the other way round, for metrics trained so.
+
+Texts are tokenized by the model's own tokenizer (special tokens added, right-truncated to `max_length` tokens). A
+pair format reads the `reference` column (a string or a list of strings: the best score over them; None: the
+reward does not apply there).
 """
 
 from __future__ import annotations
@@ -12,18 +22,31 @@ from typing import Any
 
 import ray
 
+from learner.rewards.builtin import references_column
 from learner.rewards.context import CONTEXT_HINTS, RewardContext, RewardContextError
 from learner.rewards.protocol import RewardValues
 from shared.devices import pick_device
 
+PAIR_FORMATS = ("prompt_completion", "reference_candidate", "candidate_reference")
+
 
 class RewardModelScorer:
-    """Holds a sequence-classification model and its tokenizer; scores batches of prompt + completion."""
+    """Holds a sequence-classification model and its tokenizer; scores batches of texts or text pairs."""
 
-    def __init__(self, path: str, *, max_length: int = 128, batch_size: int = 32, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_length: int = 128,
+        batch_size: int = 32,
+        dtype: str = "float32",
+        pair_format: str = "prompt_completion",
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        if pair_format not in PAIR_FORMATS:
+            raise ValueError(f"pair_format must be one of {PAIR_FORMATS}, got {pair_format!r}")
         self._device = pick_device("auto")  # CUDA exactly when the actor was given a GPU (num_gpus > 0)
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
@@ -37,25 +60,43 @@ class RewardModelScorer:
             self._model.config.pad_token_id = self._tokenizer.pad_token_id
         self._max_length = max_length
         self._batch_size = batch_size
+        self.pair_format = pair_format
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        """One score per completion: the model's single logit for `prompt + completion`."""
+    def score(
+        self, prompts: list[str], completions: list[str], references: list[list[str] | None] | None = None
+    ) -> list[float | None]:
+        """One score per completion: the model's single logit for its text or its best (reference, completion)
+        pair; None where a pair format has no reference."""
+        if self.pair_format == "prompt_completion":
+            return list(self._logits([p + c for p, c in zip(prompts, completions, strict=True)]))
+        if references is None:
+            raise ValueError(f"pair_format={self.pair_format!r} needs the references of the completions")
+        pairs = [(i, r, c) for i, (c, refs) in enumerate(zip(completions, references, strict=True)) for r in refs or ()]
+        if self.pair_format == "candidate_reference":
+            pairs = [(i, c, r) for i, r, c in pairs]
+        scores = self._logits([a for _, a, _ in pairs], [b for _, _, b in pairs])
+        best: list[float | None] = [None] * len(completions)
+        for (i, _, _), s in zip(pairs, scores, strict=True):
+            best[i] = s if best[i] is None else max(best[i], s)
+        return best
+
+    def _logits(self, first: list[str], second: list[str] | None = None) -> list[float]:
         import torch
 
-        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
         scores: list[float] = []
         with torch.no_grad():
-            for start in range(0, len(texts), self._batch_size):
+            for start in range(0, len(first), self._batch_size):
+                end = start + self._batch_size
                 enc = self._tokenizer(
-                    texts[start : start + self._batch_size],
+                    first[start:end],
+                    second[start:end] if second is not None else None,
                     padding=True,
                     padding_side="right",
                     truncation=True,
                     max_length=self._max_length,
                     return_tensors="pt",
-                )
-                enc = enc.to(self._device)
-                logits_B1 = self._model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+                ).to(self._device)
+                logits_B1 = self._model(**enc).logits
                 scores.extend(logits_B1[:, 0].float().tolist())
         return scores
 
@@ -66,11 +107,13 @@ class RewardModelScorer:
 def reward_model(
     prompts: list[str], completions: list[str], *, reward_context: RewardContext, **columns: Any
 ) -> RewardValues:
-    """The reward-model actor's score of every prompt + completion (raw logit, unbounded)."""
+    """The reward-model actor's score of every completion (raw logit, unbounded); see the module docstring for what
+    the model reads. The `reference` column is sent when the batch has one (pair formats need it)."""
     scorer = reward_context.reward_model
     if scorer is None:  # check_context refuses such a reward set when it is installed
         raise RewardContextError(f"reward_model: {CONTEXT_HINTS['reward_model']}")
-    return ray.get(scorer.score.remote(list(prompts), list(completions)))
+    references = references_column(columns, "reward_model") if "reference" in columns else None
+    return ray.get(scorer.score.remote(list(prompts), list(completions), references))
 
 
 reward_model.context_requires = ("reward_model",)  # type: ignore[attr-defined]

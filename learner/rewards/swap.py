@@ -48,6 +48,8 @@ def check_reward_specs(specs: Sequence[RewardSpec], config: Config) -> None:
     available = provided_fields(context) | {"rollout_workers"}
     if config.rewards.reward_model.path:
         available |= {"reward_model"}
+    if config.rewards.bertscore.model:
+        available |= {"bertscore"}
     for spec in specs:
         check_context(spec.name, resolve_reward(spec.name), available)
 

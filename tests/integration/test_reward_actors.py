@@ -2,6 +2,10 @@
 
 - `reward_model`: the reward-model actor's scores equal a direct transformers forward of each prompt + completion,
   one text at a time (the actor batches and pads; tolerance 1e-4 for float32 summation order).
+- `reward_model` with `pair_format: reference_candidate` (a BLEURT-style learned metric): the actor's scores equal a
+  direct forward of the tokenizer's text pair (reference, completion), best over several references.
+- `bertscore`: the BERTScore actor, reached by a reward actor through its RewardContext, gives what `BertScorer`
+  gives in this process (itself checked against the bert-score package in tests/unit/test_bertscore.py).
 - `cycle_consistency`, run in a reward actor: its value equals chrF++ of the back-translation that a rollout worker
   gives when asked directly with the reverse prompt written out here.
 """
@@ -12,11 +16,18 @@ import pytest
 import torch
 from sacrebleu.metrics import CHRF
 
-from launch.actors import reward_context, start_reward_actors, start_reward_model, start_rollout_workers
+from launch.actors import (
+    reward_context,
+    start_bertscore,
+    start_reward_actors,
+    start_reward_model,
+    start_rollout_workers,
+)
 from learner.rewards import RewardContext, RewardWorker
 from shared.config import RewardSpec, load_config
 from shared.records import RewardBatch, SamplingSpec
 from shared.tasks import get_task
+from tests.tiny_encoders import build_encoder, build_pair_regressor
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +69,56 @@ def test_reward_model_actor_matches_a_direct_forward(reward_model_dir, ray_sessi
     assert scores.components["reward_model"] == pytest.approx(expected, abs=1e-4)
     assert scores.total == pytest.approx([0.5 * e for e in expected], abs=1e-4)
     assert len(set(round(e, 4) for e in expected)) > 1  # a random model still tells texts apart
+    ray_session.kill(actor)
+
+
+def test_learned_metric_scores_reference_candidate_pairs(tmp_path, ray_session):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = build_pair_regressor(tmp_path / "bleurt-like")
+    overrides = [f"rewards.reward_model.path={path}", "rewards.reward_model.pair_format=reference_candidate"]
+    actor = start_reward_model(load_config(overrides=overrides))
+    context = RewardContext(reward_model=actor)
+    completions = ("the cat sat on the mat", "dog", "서울은 한국의 수도", "no reference here")
+    references = ("the cat is on the mat", ["a dog ran", "the dog"], "서울은 한국의 수도이다", None)
+    batch = RewardBatch(("",) * 4, completions, {"reference": references})
+    scores = RewardWorker([RewardSpec(name="reward_model")], "fail_run", 60.0, context).score(batch)
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+    def direct(reference: str, candidate: str) -> float:
+        with torch.no_grad():
+            return model(**tokenizer(reference, candidate, return_tensors="pt")).logits[0, 0].item()
+
+    expected = [
+        direct(references[0], completions[0]),
+        max(direct(r, completions[1]) for r in references[1]),
+        direct(references[2], completions[2]),
+        None,
+    ]
+    assert scores.components["reward_model"] == pytest.approx(expected, abs=1e-4)
+    assert direct("a", "b") != pytest.approx(direct("b", "a"), abs=1e-6)  # the order of the pair matters
+    ray_session.kill(actor)
+
+
+def test_bertscore_actor_through_the_reward_context(tmp_path, ray_session):
+    from learner.rewards.bertscore import BertScorer
+
+    path = build_encoder(tmp_path / "encoder")
+    config = load_config(overrides=[f"rewards.bertscore.model={path}", "rewards.bertscore.layer=2"])
+    actor = start_bertscore(config)
+    (rewarder,) = start_reward_actors(config, [RewardSpec(name="bertscore")], reward_context(config, [], None, actor))
+    completions = ("the cat sat on the mat", "서울은 한국의 수도", "dog", "x")
+    references = ("the cat is on the mat", "서울은 한국의 수도이다", ["a dog ran", "dog"], None)
+    scores = ray_session.get(rewarder.score.remote(RewardBatch(("",) * 4, completions, {"reference": references})))
+
+    expected = BertScorer(str(path), layer=2).score(
+        list(completions), [[r] if isinstance(r, str) else r for r in references]
+    )
+    assert scores.components["bertscore"] == pytest.approx(expected, abs=1e-6)
+    assert expected[3] is None and all(0 < v <= 1 + 1e-6 for v in expected[:3])
+    ray_session.kill(rewarder)
     ray_session.kill(actor)
 
 
