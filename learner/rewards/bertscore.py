@@ -52,7 +52,13 @@ class BertScorer:
             raise ValueError(f"rewards.bertscore.layer={layer}, but {path!r} has layers 1..{layers}")
         self._layer = layer or layers
         self._idf = idf
-        self._max_length = max_length
+        # Never past what the encoder has positions for (a longer input fails in the embedding layer).
+        limits = [
+            max_length,
+            self._tokenizer.model_max_length,
+            getattr(self._model.config, "max_position_embeddings", 0),
+        ]
+        self._max_length = min(n for n in limits if n and n > 0)
         self._batch_size = batch_size
         self._special = {self._tokenizer.cls_token_id, self._tokenizer.sep_token_id} - {None}
 
