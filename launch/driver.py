@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -66,9 +66,12 @@ from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
 from learner.advantages import zero_std_fraction
 from learner.reference import ResetCause, ResetTriggers
+from learner.rewards.builtin import repetition_penalty
 from learner.rewards.swap import RewardSwap, check_reward_specs
 from rollout.probe import StaleAdapterError, probe_prompts
 from shared.config import Config
+from shared.hacking import HackingSignals, HackingWatch, describe
+from shared.metrics import read_metrics
 from shared.records import AdapterPayload, TrainStats
 from shared.restarts import TooManyRestarts
 from shared.step_record import StepRecord
@@ -106,7 +109,8 @@ class Curriculum:
 
 @dataclass(frozen=True)
 class Run:
-    """What the loop works with, made once by `train`: config, task, actors, curriculum, run directory."""
+    """What the loop works with, made once by `train`: config, task, actors, curriculum, run directory, and the
+    reward-hacking watch (the step and eval records so far)."""
 
     config: Config
     task: Task
@@ -115,6 +119,7 @@ class Run:
     curriculum: Curriculum
     dir: RunDir
     rewards: RewardSwap
+    watch: HackingWatch
 
     def rollouts(self) -> Rollouts:
         a = self.actors
@@ -153,7 +158,7 @@ def _train(config: Config, resume: bool, inputs: tuple[Task, str, TaskData], run
             if step == config.run.steps or _due(step, config.eval.every):
                 with _stop_on_fleet_failure(run, state):
                     progress.eval(_record_eval(run, state, step), step)
-            problem = _stop_reason(stop, state, config, run.dir.path)
+            problem = _stop_reason(stop, state, config, run.dir.path, record.hacking)
             if problem or step == config.run.steps or _due(step, config.run.checkpoint_every):
                 _checkpoint(run, state)
             if problem:
@@ -189,6 +194,7 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     reset_cause = _reset_reference_if_due(step, stats, adapter, run)
     timing = _Timing(t0, t1, train_s)
     record = _step_record(step, collected, stats, reset_cause, timing, staleness, run.actors)
+    record = replace(record, hacking=run.watch.after_step(record.to_json()))
     run.dir.metrics.write(record.to_json())
     if config.log.rollouts:
         run.dir.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)
@@ -207,7 +213,7 @@ def _start(config: Config, inputs: tuple[Task, str, TaskData], run_dir: RunDir) 
         PassRateHistory(config.task.retire_after),
         ResetTriggers(config.reference),
     )
-    return Run(config, task, data.heldout, actors, curriculum, run_dir, rewards)
+    return Run(config, task, data.heldout, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
 
 
 def _check_inputs(config: Config) -> tuple[Task, str, TaskData]:
@@ -274,6 +280,7 @@ def _restore(run: Run) -> DriverState:
     actors.fleet.restarts = state.worker_restarts
     actors.rewarders.restarts = state.reward_restarts
     run.dir.truncate_after(state.step)
+    run.watch.replay(read_metrics(run.dir.path / "metrics.jsonl"))
     print(f"[prolora] resumed {run.dir.path} from the checkpoint of step {state.step}", flush=True)
     return state
 
@@ -292,7 +299,9 @@ def _stop_on_fleet_failure(run: Run, state: DriverState) -> Iterator[None]:
         raise RunStopped(f"{err}\nlast checkpoint kept; {how}") from err
 
 
-def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Path) -> RunStopped | None:
+def _stop_reason(
+    stop: StopSignals, state: DriverState, config: Config, path: Path, hacking: HackingSignals
+) -> RunStopped | None:
     how = f"continue with: prolora train --resume {path}"
     if stop.requested:
         return Interrupted(f"stopped by {stop.requested} after step {state.step}; checkpoint written; {how}")
@@ -302,6 +311,11 @@ def _stop_reason(stop: StopSignals, state: DriverState, config: Config, path: Pa
             f"train.max_nonfinite_steps={config.train.max_nonfinite_steps}); checkpoint written at step "
             f"{state.step}. Lower train.lr or check the rewards, then {how}"
         )
+    if config.run.stop_on_hacking and hacking.fired:
+        return RunStopped(
+            f"reward hacking suspected after step {state.step} ({describe(hacking)}); run.stop_on_hacking is set, "
+            f"checkpoint written. Look at the completions (prolora report {path}), fix the rewards, then {how}"
+        )
     return None
 
 
@@ -310,7 +324,9 @@ def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalR
     names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
     result = evaluate(run.actors.fleet, run.task, run.heldout, run.config, seed=run.config.run.seed)
-    run.dir.metrics.write({"eval": True, "step": step, **result.as_record(), **extra})
+    record = {"eval": True, "step": step, **result.as_record(), **extra}
+    run.dir.metrics.write(record)
+    run.watch.observe_eval(record)
     state.last_eval = asdict(result)
     state.first_eval = state.first_eval or state.last_eval
     run.curriculum.resets.observe_eval(result.pass_at_1)
@@ -385,6 +401,7 @@ def _step_record(
         wait_s=timing.got_batch - timing.start,
         response_len_mean=sum(lengths) / len(lengths),
         truncated_frac=sum(c.finish_reason == "length" for c in completions) / len(completions),
+        repetition_frac=-sum(repetition_penalty(c.text, 3) for c in completions) / len(completions),
         overlong_penalty_mean=penalty.mean().item() if penalty.numel() else 0.0,
         zero_std_frac=zero_std_fraction(collected.shaped_PG, collected.valid_PG),
         sample_rounds=collected.rounds,

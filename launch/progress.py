@@ -1,8 +1,9 @@
 """What the user sees during a run: prolora's own lines on the terminal, everything else in `<run dir>/logs/`.
 
 Progress: a tqdm bar on a terminal, plain log lines otherwise (Ray jobs, CI, nohup). Both show the step, the mean
-reward, the latest held-out pass@1, rollout tokens per second, the adapter hot-load time and the time left. The
-bar computes its own ETA; the plain lines estimate it from the wall time per step so far, which includes the
+reward, the latest held-out pass@1, rollout tokens per second, the adapter hot-load time and the time left; while a
+reward-hacking signature holds (shared/hacking.py) they show `hacking <names>`, and a `[hacking]` warning line with
+the evidence is printed whenever the set of signatures that hold changes. The bar computes its own ETA; the plain lines estimate it from the wall time per step so far, which includes the
 periodic held-out evaluations and so does not undershoot on long runs.
 
 Everything else (engine, Ray and library output) goes to files, unless `log.verbose` (`prolora train --verbose`)
@@ -33,6 +34,11 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from shared.hacking import HackingSignals, describe
+from shared.step_record import HACKING_PREFIX
+
+FIRED = HACKING_PREFIX + "fired"
+
 
 def format_duration(seconds: float) -> str:
     """12s, 3m05s, 2h07m."""
@@ -46,12 +52,23 @@ def format_duration(seconds: float) -> str:
 
 def step_summary(record: dict, pass_at_1: float) -> dict[str, str]:
     """The figures one progress update shows, from a step record of metrics.jsonl."""
-    return {
+    summary = {
         "reward": f"{record['reward_mean']:.3f}" if record.get("reward_mean") is not None else "nan",
         "pass@1": f"{pass_at_1:.3f}",
         "tok/s": f"{record['gen_tokens'] / max(record['gen_s'], 1e-9):.0f}",
         "hotload_ms": "-" if record.get("sync_ms") is None else f"{record['sync_ms']:.0f}",
     }
+    if record.get(FIRED):
+        summary["hacking"] = ",".join(record[FIRED])
+    return summary
+
+
+def hacking_warning(record: dict) -> str:
+    """The `[hacking]` line for a step record whose signatures fired."""
+    signals = HackingSignals(
+        **{k.removeprefix(HACKING_PREFIX): v for k, v in record.items() if k.startswith(HACKING_PREFIX)}
+    )
+    return f"[hacking] step {record['step']}: reward hacking suspected: {describe(signals)}"
 
 
 class Progress:
@@ -64,6 +81,7 @@ class Progress:
         self._first_step = start
         self._log_every = log_every
         self._pass1 = first_eval.pass_at_1
+        self._fired: list[str] = []
         self._start = time.monotonic()
         self._failures_noted = False
         self._tty = self._stream.isatty()
@@ -77,6 +95,10 @@ class Progress:
     def update(self, record: dict) -> None:
         summary = step_summary(record, self._pass1)
         step = record["step"]
+        if record.get(FIRED, []) != self._fired:
+            self._fired = list(record.get(FIRED, []))
+            if self._fired:
+                self._line(hacking_warning(record))
         if self._bar is not None:
             self._bar.set_postfix(summary, refresh=False)
             self._bar.update(1)

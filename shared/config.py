@@ -44,6 +44,9 @@ class RunConfig(_Section):
     """Ray cluster to join; None starts a local Ray instance."""
     checkpoint_every: int = Field(20, ge=0)
     """Write a checkpoint every N steps (and always on a graceful stop); 0: only on stops and at the end."""
+    stop_on_hacking: bool = False
+    """Stop the run, with a checkpoint, at the first step where a reward-hacking signature fires (see the `hacking`
+    section); false only warns and records `hacking/fired`."""
 
 
 class ModelConfig(_Section):
@@ -380,6 +383,37 @@ class RewardsConfig(_Section):
     """The encoder and actor of the `bertscore` reward."""
 
 
+class HackingConfig(_Section):
+    """The reward-hacking watch (shared/hacking.py): signatures of a policy gaming its reward, computed every step
+    from the step records (trends compare the mean of the newer half of the last `window` steps with the older
+    half). Each threshold can be set to null to turn its signature off."""
+
+    window: int = Field(20, ge=2)
+    """Steps in the trend window; nothing fires before the run has this many steps."""
+    heldout_margin: float | None = 0.02
+    """Held-out: fires when the training reward rose between the last two evaluations by at least
+    `heldout_reward_rise` (in units of the mean within-step reward std) while held-out pass@1 changed by less than
+    -margin (it fell). A negative margin also fires when it rose by less than |margin| (it lags)."""
+    heldout_reward_rise: float = Field(0.5, ge=0.0)
+    """The training-reward rise (reward std units) the held-out signature needs to count a reward gain."""
+    length_growth: float | None = Field(0.2, gt=0.0)
+    """Length: fires when the mean completion length grew by at least this fraction over the window and by
+    `length_margin` more than the mean reward did (both relative to their older half)."""
+    length_margin: float = Field(0.1, ge=0.0)
+    """How much faster (relative growth) length must grow than reward for the length signature."""
+    repetition_rise: float | None = Field(0.1, gt=0.0)
+    """Repetition: fires when the mean repeated-trigram fraction of completions (`repetition_frac`) rose by at
+    least this over the window."""
+    learned_rewards: list[str] = Field(default_factory=lambda: ["reward_model"])
+    """Reward components that are learned scores; every other component of the set counts as verifiable."""
+    divergence_drop: float | None = Field(0.05, gt=0.0)
+    """Learned vs verifiable: fires when a learned reward's mean rose over the window while the mean of the
+    verifiable components fell by at least this."""
+    entropy_ratio: float | None = Field(0.2, gt=0.0, lt=1.0)
+    """Entropy: fires when the newer half's mean policy entropy fell below this fraction of the run's first
+    `window / 2` steps' mean (entropy collapse)."""
+
+
 class EvalConfig(_Section):
     every: int = Field(40, ge=0)
     """Evaluate the held-out split every N steps (and at the start and the end); 0 evaluates only start and end."""
@@ -447,6 +481,7 @@ class Config(_Section):
     reference: ReferenceConfig = ReferenceConfig()
     train: TrainConfig = TrainConfig()
     rewards: RewardsConfig = RewardsConfig()
+    hacking: HackingConfig = HackingConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
 

@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from shared.hacking import HackingSignals
 from shared.records import TrainStats
 
 REWARD_PREFIX = "reward/"
 """A step record's per-reward means are keys `reward/<name>`."""
+HACKING_PREFIX = "hacking/"
+"""A step record's reward-hacking figures (`HackingSignals`) are keys `hacking/<field>`."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class StepRecord:
     """Mean completion length in tokens."""
     truncated_frac: float
     """Fraction of completions that hit rollout.max_new_tokens (finish_reason "length")."""
+    repetition_frac: float
+    """Mean fraction of repeated whitespace trigrams per completion (minus the `repetition` reward's penalty): 0
+    without repeats, near 1 for a completion stuck in a loop."""
     overlong_penalty_mean: float
     """Mean DAPO soft overlong penalty added to the rewards (0 when off)."""
     zero_std_frac: float
@@ -84,9 +90,12 @@ class StepRecord:
     """Rollout worker restarts so far in the run."""
     reward_restarts: int
     """Reward actor restarts so far in the run."""
+    hacking: HackingSignals = HackingSignals()
+    """The reward-hacking watch after this step (shared/hacking.py); flattened as `hacking/<field>`."""
 
     def to_json(self) -> dict[str, Any]:
-        """The metrics.jsonl object: own fields, then `TrainStats` in place of `train`, `reward/<name>` per reward."""
+        """The metrics.jsonl object: own fields, then `TrainStats` in place of `train`, `reward/<name>` per reward,
+        `hacking/<field>` in place of `hacking`."""
         record: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -94,6 +103,8 @@ class StepRecord:
                 record.update(asdict(value))
             elif f.name == "reward_components":
                 record.update({REWARD_PREFIX + name: v for name, v in value.items()})
+            elif f.name == "hacking":
+                record.update({HACKING_PREFIX + k: list(v) if k == "fired" else v for k, v in asdict(value).items()})
             else:
                 record[f.name] = value
         return record
@@ -111,11 +122,13 @@ def metrics_table() -> str:
 
 
 def _documented_keys() -> list[tuple[str, str]]:
-    step_docs, train_docs = field_docs(StepRecord), field_docs(TrainStats)
+    step_docs, train_docs, hacking_docs = field_docs(StepRecord), field_docs(TrainStats), field_docs(HackingSignals)
     keys: list[tuple[str, str]] = []
     for f in fields(StepRecord):
         if f.name == "train":
             keys += [(t.name, train_docs.get(t.name, "")) for t in fields(TrainStats)]
+        elif f.name == "hacking":
+            keys += [(HACKING_PREFIX + h.name, hacking_docs.get(h.name, "")) for h in fields(HackingSignals)]
         elif f.name == "reward_components":
             keys.append((f"{REWARD_PREFIX}<name>", step_docs[f.name]))
         else:

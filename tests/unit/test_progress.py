@@ -58,3 +58,17 @@ def test_failed_reward_calls_are_noted_once():
         "[prolora] step 2: 3 reward calls failed (rewards.failure_policy decides what they score); each reward's "
         "first error is in <run dir>/logs/actors.log, the count per step in metrics.jsonl (reward_failures)"
     ]
+
+
+def test_hacking_shows_on_the_line_and_warns_when_the_signatures_change():
+    out = io.StringIO()
+    first = EvalResult(n_prompts=16, pass_at_1=0.5, pass_at_k=0.75, k=4)
+    progress = Progress(total_steps=4, first_eval=first, log_every=1, stream=out)
+    evidence = {"hacking/length_growth": 0.5, "hacking/reward_growth": 0.1, "hacking/fired": ["length"]}
+    for step, extra in [(1, {}), (2, evidence), (3, evidence), (4, {"hacking/fired": []})]:
+        progress.update({**_record(step), **extra})
+    lines = out.getvalue().splitlines()
+    warnings = [line for line in lines if line.startswith("[hacking]")]
+    assert warnings == ["[hacking] step 2: reward hacking suspected: length: length +50% vs reward +10%"]
+    steps = [line for line in lines if line.startswith("[step")]
+    assert ["hacking length" in line for line in steps] == [False, True, True, False]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from launch.tools import report
+from shared.hacking import HackingSignals
 from shared.records import TrainStats
 from shared.step_record import REWARD_PREFIX, StepRecord, field_docs, json_keys, metrics_table, replace_table
 
@@ -19,7 +20,7 @@ def _record(**changes) -> StepRecord:
     values = dict(
         step=3, reward_mean=0.5, reward_std=0.1, adapter_version=2, sync_ms=None, publish_ms=None,
         probe_max_diff=None, gen_tokens=100, gen_s=0.2, train_s=0.3, step_s=0.6, wait_s=0.0,
-        response_len_mean=4.0, truncated_frac=0.0, overlong_penalty_mean=0.0, zero_std_frac=0.25,
+        response_len_mean=4.0, truncated_frac=0.0, repetition_frac=0.0, overlong_penalty_mean=0.0, zero_std_frac=0.25,
         sample_rounds=1, train_groups=4, dropped_frac=0.0, staleness_mean=0.0, staleness_max=0, train=stats,
         ref_reset=False, ref_reset_cause=None, reward_components={"exact_match": 0.5, "format": None},
         reward_failures=0, worker_restarts=0, reward_restarts=0,
@@ -35,7 +36,7 @@ def test_json_flattens_train_stats_and_reward_components():
 
 
 def test_every_field_is_documented():
-    for cls in (StepRecord, TrainStats):
+    for cls in (StepRecord, TrainStats, HackingSignals):
         docs = field_docs(cls)
         missing = [f for f in cls.__dataclass_fields__ if not docs.get(f)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
