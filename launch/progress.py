@@ -3,8 +3,9 @@
 Progress: a tqdm bar on a terminal, plain log lines otherwise (Ray jobs, CI, nohup). Both show the step, the mean
 reward, the latest held-out pass@1, rollout tokens per second, the adapter hot-load time and the time left; while a
 reward-hacking signature holds (shared/hacking.py) they show `hacking <names>`, and a `[hacking]` warning line with
-the evidence is printed whenever the set of signatures that hold changes. The bar computes its own ETA; the plain lines estimate it from the wall time per step so far, which includes the
-periodic held-out evaluations and so does not undershoot on long runs.
+the evidence is printed whenever the set of signatures that hold changes. The bar computes its own ETA; the plain
+lines estimate it from the wall time per step so far, which includes the periodic held-out evaluations and so does
+not undershoot on long runs.
 
 Everything else (engine, Ray and library output) goes to files, unless `log.verbose` (`prolora train --verbose`)
 prints it all to the terminal instead, as Ray and vLLM would on their own:
