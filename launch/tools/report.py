@@ -7,7 +7,9 @@ for the last adapter, and module x saved adapter over the run; it needs the base
 and says so in the page when that is not found. Every plot is against the GRPO step and marks
 the steps where the reference policy was reset (`ref_reset` in a step record; runs without resets have none).
 Panels whose metrics a run does not have are left out rather than drawn empty. Long runs are noisy, so past
-`SMOOTH_FROM` points each line is drawn faint with a moving average on top.
+`SMOOTH_FROM` points each line is drawn faint with a moving average on top. When the reward-hacking watch fired
+during the run, a section near the top shows when, with what evidence, and the completions it was paying for
+(report_hacking.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launch.tools import report_hacking
 from shared.errors import UserError
 from shared.metrics import read_metrics
 from shared.records import is_adapter_dir
@@ -325,10 +328,15 @@ def _b64(path: Path) -> str:
 
 
 def write_html(
-    run_dir: Path, records: list[dict], plots: list[tuple[Panel, Path]], path: Path, extra: str = ""
+    run_dir: Path,
+    records: list[dict],
+    plots: list[tuple[Panel, Path]],
+    path: Path,
+    extra: str = "",
+    hacking: str = "",
 ) -> None:
     """One page, no external files: images inline as base64, the config as text; `extra` is HTML put after the
-    plots."""
+    plots, `hacking` the reward-hacking section (report_hacking.py) put before them."""
     summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in _summary_rows(records))
     images = "\n".join(
         f'<h2>{html.escape(p.title)}</h2><img alt="{p.name}" '
@@ -347,6 +355,7 @@ pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style></head><body>
 <p>{html.escape(str(run_dir))}</p>
 <table>{summary}</table>
 {("<h2>pass@k evaluations</h2>" + evals) if evals else ""}
+{hacking}
 {images}
 {extra}
 <h2>Config</h2><pre>{html.escape(config)}</pre>
@@ -364,6 +373,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(records, out_dir)
+    hacking, _ = report_hacking.section(run_dir, records, out_dir / "hacking.png")
     page = out_dir / "report.html"
-    write_html(run_dir, records, plots, page, update_map_section(run_dir, out_dir))
+    write_html(run_dir, records, plots, page, update_map_section(run_dir, out_dir), hacking)
     return page

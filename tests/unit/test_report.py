@@ -106,3 +106,40 @@ def test_a_lone_reward_equal_to_the_total_is_drawn_once():
     steps = [{"step": s, "reward_mean": 0.1 * s, "reward/exact_match": 0.1 * s} for s in (1, 2, 3)]
     reward_panel = next(p for p in PANELS if p.name == "reward")
     assert [line.label for line in reward_panel.series(steps, [])] == ["total (= exact_match)"]
+
+
+def test_hacking_section_shows_when_what_and_the_completions(tmp_path):
+    from shared.metrics import write_rollouts
+
+    records = _records(12, None)
+    for r in records:
+        if not r.get("eval"):
+            fired = ["length"] if r["step"] >= 10 else []
+            r.update({"hacking/length_growth": 0.05 * r["step"], "hacking/reward_growth": 0.01, "hacking/fired": fired})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "rollouts").mkdir()
+    texts = ["1 1 1 1 1 1 1 1", "12", "padding padding padding"]
+    columns = {
+        "step": [10] * 3,
+        "completion": texts,
+        "completion_token_ids": [[1] * 8, [1, 2], [3] * 3],
+        "reward": [0.9, 0.1, 0.5],
+    }
+    write_rollouts(tmp_path / "rollouts", 10, columns, [])
+    page = write_report(tmp_path).read_text()
+    assert "Reward-hacking watch" in page and '<img alt="hacking"' in page
+    assert "<td>length</td><td>3</td><td>10</td><td>12</td>" in page
+    assert "length +50% vs reward +1%" in page
+    shown = page[page.index("best-rewarded completions at step 10") :]
+    assert shown.index("1 1 1 1") < shown.index("padding") < shown.index("12</code>")  # best reward first
+    assert (tmp_path / "report" / "hacking.png").is_file()
+
+
+def test_no_hacking_section_without_the_watch_and_a_quiet_one_with_it(tmp_path):
+    records = _records(3, None)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "Reward-hacking watch" not in write_report(tmp_path).read_text()
+    for r in records:
+        r["hacking/fired"] = []
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "No signature fired in 3 steps" in write_report(tmp_path).read_text()
