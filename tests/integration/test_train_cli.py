@@ -77,6 +77,7 @@ def test_run_directory_has_config_metrics_rollouts_adapters(short_run):
     steps = [r for r in records if not r.get("eval")]
     evals = [r for r in records if r.get("eval")]
     assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["hacking/fired"] == [] for r in steps) and "[hacking]" not in proc.stderr  # the default run is quiet
     for r in steps:
         assert STEP_KEYS <= r.keys()
     # Before each batch after the first, the producer hot-loaded the previous step's adapter; the probe ran at every
