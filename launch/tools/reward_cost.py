@@ -1,0 +1,113 @@
+"""What each text-metric reward costs: milliseconds per 1,000 completions on this machine.
+
+    python -m launch.tools.reward_cost [--rows 1000] [--size tiny|base] [--encoder DIR] [--regressor DIR]
+
+Scores `--rows` completions (the Korean sample file of the korean_qa recipe, repeated) with each reward, in this
+process: ROUGE through the reward functions, BERTScore through `BertScorer` and a learned metric through
+`RewardModelScorer` (the bodies of their actors; a run adds one Ray call per batch on top). Without `--encoder` /
+`--regressor` the models are random BERTs of the `--size` shape built here (`base`: 12 layers of 768, the
+bert-base shape, whose compute a real checkpoint of that shape matches; `tiny`: 3 layers of 32), with a WordPiece
+vocabulary trained on the sample. Prints one JSON line per reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from learner.rewards.bertscore import BertScorer
+from learner.rewards.reward_model import RewardModelScorer
+from learner.rewards.rouge import rouge_reward
+from shared.config import RougeConfig
+
+SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "korean_qa_sample.jsonl"
+SHAPES = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def sample_rows(n: int) -> list[dict]:
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str]:
+    """A random encoder and a random pair regressor of the `size` shape, sharing a WordPiece tokenizer on `texts`."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, model_max_length=512, **{
+        f"{name}_token": f"[{name.upper()}]" for name in ("unk", "sep", "pad", "cls", "mask")
+    })  # fmt: skip
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **SHAPES[size])
+    encoder, regressor = directory / "encoder", directory / "regressor"
+    BertModel(config).save_pretrained(encoder)
+    config.num_labels = 1
+    BertForSequenceClassification(config).save_pretrained(regressor)
+    for path in (encoder, regressor):
+        tokenizer.save_pretrained(path)
+    return str(encoder), str(regressor)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(rows: list[dict], encoder: str, regressor: str) -> list[dict]:
+    """Seconds per reward on `rows`, scaled to milliseconds per 1,000 completions."""
+    completions = [r["completion"] for r in rows]
+    references = [[r["reference"]] for r in rows]
+    results = []
+    for kind in ("rouge1", "rouge2", "rougeL"):
+        for tokenizer in ("auto", "whitespace"):
+            reward = rouge_reward(kind, RougeConfig(tokenizer=tokenizer))
+            seconds = _timed(lambda: reward([""] * len(rows), completions, reference=references))  # noqa: B023
+            results.append({"reward": kind, "tokenizer": tokenizer, "seconds": seconds})
+    bert = BertScorer(encoder)
+    results.append(
+        {"reward": "bertscore", "model": encoder, "seconds": _timed(lambda: bert.score(completions, references))}
+    )
+    metric = RewardModelScorer(regressor, pair_format="reference_candidate", max_length=256)
+    seconds = _timed(lambda: metric.score([""] * len(rows), completions, references))
+    results.append({"reward": "reward_model (reference_candidate)", "model": regressor, "seconds": seconds})
+    for r in results:
+        r["ms_per_1000"] = round(r["seconds"] * 1000 * 1000 / len(rows), 1)
+        r["rows"] = len(rows)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--size", choices=sorted(SHAPES), default="base")
+    parser.add_argument("--encoder", help="encoder directory for bertscore (default: a random one of --size)")
+    parser.add_argument("--regressor", help="pair regressor directory (default: a random one of --size)")
+    args = parser.parse_args(argv)
+    rows = sample_rows(args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = [r[k] for r in rows[:50] for k in ("prompt", "completion", "reference")]
+        built = build_models(Path(tmp), args.size, texts) if not (args.encoder and args.regressor) else ("", "")
+        encoder, regressor = args.encoder or built[0], args.regressor or built[1]
+        for result in measure(rows, encoder, regressor):
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()
