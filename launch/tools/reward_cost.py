@@ -24,7 +24,7 @@ from learner.rewards.rouge import rouge_reward
 from shared.config import RougeConfig
 
 SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "korean_qa_sample.jsonl"
-SHAPES = {
+SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
@@ -39,7 +39,8 @@ def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str
     """A random encoder and a random pair regressor of the `size` shape, sharing a WordPiece tokenizer on `texts`."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -54,7 +55,15 @@ def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str
         f"{name}_token": f"[{name.upper()}]" for name in ("unk", "sep", "pad", "cls", "mask")
     })  # fmt: skip
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **SHAPES[size])
+    shape = SHAPES[size]
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"],
+        intermediate_size=shape["intermediate_size"],
+    )
     encoder, regressor = directory / "encoder", directory / "regressor"
     BertModel(config).save_pretrained(encoder)
     config.num_labels = 1
@@ -73,8 +82,8 @@ def _timed(fn) -> float:
 def measure(rows: list[dict], encoder: str, regressor: str) -> list[dict]:
     """Seconds per reward on `rows`, scaled to milliseconds per 1,000 completions."""
     completions = [r["completion"] for r in rows]
-    references = [[r["reference"]] for r in rows]
-    results = []
+    references: list[list[str] | None] = [[r["reference"]] for r in rows]
+    results: list[dict] = []
     for kind in ("rouge1", "rouge2", "rougeL"):
         for tokenizer in ("auto", "whitespace"):
             reward = rouge_reward(kind, RougeConfig(tokenizer=tokenizer))

@@ -73,7 +73,8 @@ class BertScorer:
         for i, ref in pairs:
             c, r = index[completions[i]], index[ref]
             f1 = _greedy_f1(embeddings[c], embeddings[r], [weight(t) for t in ids[c]], [weight(t) for t in ids[r]])
-            best[i] = f1 if best[i] is None else max(best[i], f1)
+            previous = best[i]
+            best[i] = f1 if previous is None else max(previous, f1)
         return best
 
     def _embed(self, texts: list[str]) -> tuple[list[list[int]], list[Any]]:

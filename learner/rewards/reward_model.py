@@ -77,7 +77,8 @@ class RewardModelScorer:
         scores = self._logits([a for _, a, _ in pairs], [b for _, _, b in pairs])
         best: list[float | None] = [None] * len(completions)
         for (i, _, _), s in zip(pairs, scores, strict=True):
-            best[i] = s if best[i] is None else max(best[i], s)
+            previous = best[i]
+            best[i] = s if previous is None else max(previous, s)
         return best
 
     def _logits(self, first: list[str], second: list[str] | None = None) -> list[float]:
