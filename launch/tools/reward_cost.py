@@ -39,8 +39,12 @@ def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str
     """A random encoder and a random pair regressor of the `size` shape, sharing a WordPiece tokenizer on `texts`."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        BertTokenizerFast,  # type: ignore[attr-defined]
+    )
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
