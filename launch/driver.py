@@ -401,7 +401,7 @@ def _step_record(
         wait_s=timing.got_batch - timing.start,
         response_len_mean=sum(lengths) / len(lengths),
         truncated_frac=sum(c.finish_reason == "length" for c in completions) / len(completions),
-        repetition_frac=-sum(repetition_penalty(c.text, 3) for c in completions) / len(completions),
+        repetition_frac=abs(sum(repetition_penalty(c.text, 3) for c in completions)) / len(completions),
         overlong_penalty_mean=penalty.mean().item() if penalty.numel() else 0.0,
         zero_std_frac=zero_std_fraction(collected.shaped_PG, collected.valid_PG),
         sample_rounds=collected.rounds,

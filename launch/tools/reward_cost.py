@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from learner.rewards.bertscore import BertScorer
@@ -83,27 +84,31 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(rows: list[dict], encoder: str, regressor: str) -> list[dict]:
-    """Seconds per reward on `rows`, scaled to milliseconds per 1,000 completions."""
+def measure(rows: list[dict], encoder: str, regressor: str) -> Iterator[dict]:
+    """Each reward's seconds on `rows`, with milliseconds per 1,000 completions, as soon as it is timed."""
     completions = [r["completion"] for r in rows]
     references: list[list[str] | None] = [[r["reference"]] for r in rows]
-    results: list[dict] = []
+    prompts = [""] * len(rows)
     for kind in ("rouge1", "rouge2", "rougeL"):
         for tokenizer in ("auto", "whitespace"):
             reward = rouge_reward(kind, RougeConfig(tokenizer=tokenizer))
-            seconds = _timed(lambda: reward([""] * len(rows), completions, reference=references))  # noqa: B023
-            results.append({"reward": kind, "tokenizer": tokenizer, "seconds": seconds})
+            seconds = _timed(lambda: reward(prompts, completions, reference=references))  # noqa: B023
+            yield _result(kind, {"tokenizer": tokenizer}, seconds, len(rows))
     bert = BertScorer(encoder)
-    results.append(
-        {"reward": "bertscore", "model": encoder, "seconds": _timed(lambda: bert.score(completions, references))}
-    )
+    yield _result("bertscore", {"model": encoder}, _timed(lambda: bert.score(completions, references)), len(rows))
     metric = RewardModelScorer(regressor, pair_format="reference_candidate", max_length=256)
-    seconds = _timed(lambda: metric.score([""] * len(rows), completions, references))
-    results.append({"reward": "reward_model (reference_candidate)", "model": regressor, "seconds": seconds})
-    for r in results:
-        r["ms_per_1000"] = round(r["seconds"] * 1000 * 1000 / len(rows), 1)
-        r["rows"] = len(rows)
-    return results
+    seconds = _timed(lambda: metric.score(prompts, completions, references))
+    yield _result("reward_model (reference_candidate)", {"model": regressor}, seconds, len(rows))
+
+
+def _result(reward: str, setting: dict, seconds: float, rows: int) -> dict:
+    return {
+        "reward": reward,
+        **setting,
+        "rows": rows,
+        "seconds": seconds,
+        "ms_per_1000": round(seconds * 1e6 / rows, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
