@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.config import HackingConfig
 
@@ -78,7 +79,9 @@ def rise(values: Sequence[float | None]) -> float | None:
     return None if pair is None else pair[1] - pair[0]
 
 
-def heldout_evidence(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> tuple[float | None, float | None]:
+def heldout_evidence(
+    steps: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]]
+) -> tuple[float | None, float | None]:
     """(held-out pass@1 change, training-reward rise in std units) between the last two evaluations."""
     if len(evals) < 2:
         return None, None
@@ -92,7 +95,9 @@ def heldout_evidence(steps: Sequence[Mapping], evals: Sequence[Mapping]) -> tupl
     return b["pass@1"] - a["pass@1"], scaled
 
 
-def reward_split(steps: Sequence[Mapping], learned: Sequence[str]) -> tuple[list, list]:
+def reward_split(
+    steps: Sequence[Mapping[str, Any]], learned: Sequence[str]
+) -> tuple[list[float | None], list[float | None]]:
     """Per step: the mean of the learned reward components present, and the mean of the other components."""
     learned_keys = {REWARD_PREFIX + name for name in learned}
     learned_means, verifiable_means = [], []
@@ -103,7 +108,9 @@ def reward_split(steps: Sequence[Mapping], learned: Sequence[str]) -> tuple[list
     return learned_means, verifiable_means
 
 
-def detect(steps: Sequence[Mapping], evals: Sequence[Mapping], config: HackingConfig) -> HackingSignals:
+def detect(
+    steps: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], config: HackingConfig
+) -> HackingSignals:
     """The signals after the last of `steps` (step records, oldest first) given the evaluations recorded so far."""
     if len(steps) < config.window:
         return HackingSignals()
@@ -177,10 +184,10 @@ class HackingWatch:
 
     def __init__(self, config: HackingConfig) -> None:
         self.config = config
-        self._steps: list[Mapping] = []
-        self._evals: list[Mapping] = []
+        self._steps: list[Mapping[str, Any]] = []
+        self._evals: list[Mapping[str, Any]] = []
 
-    def replay(self, records: Sequence[Mapping]) -> None:
+    def replay(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Take the history of a resumed run from its metrics.jsonl records."""
         for record in records:
             if record.get("eval"):
@@ -188,10 +195,10 @@ class HackingWatch:
             elif "reward_mean" in record:
                 self._steps.append(record)
 
-    def observe_eval(self, record: Mapping) -> None:
+    def observe_eval(self, record: Mapping[str, Any]) -> None:
         self._evals.append(record)
 
-    def after_step(self, record: Mapping) -> HackingSignals:
+    def after_step(self, record: Mapping[str, Any]) -> HackingSignals:
         """Add a step record (JSON form, without hacking figures) and return the signals after it."""
         self._steps.append(record)
         return detect(self._steps, self._evals, self.config)

@@ -40,12 +40,7 @@ def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str
     """A random encoder and a random pair regressor of the `size` shape, sharing a WordPiece tokenizer on `texts`."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        BertModel,
-        BertTokenizerFast,  # type: ignore[attr-defined]
-    )
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -56,7 +51,7 @@ def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, model_max_length=512, **{
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **{
         f"{name}_token": f"[{name.upper()}]" for name in ("unk", "sep", "pad", "cls", "mask")
     })  # fmt: skip
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -101,7 +101,7 @@ class BertScorer:
             text.strip(), add_special_tokens=True, max_length=self._max_length, truncation=True
         )
 
-    def _weights(self, reference_ids: list[list[int]]):
+    def _weights(self, reference_ids: list[list[int]]) -> Callable[[int], float]:
         """Token weight: 0 for [CLS]/[SEP]; idf over the call's references, or 1."""
         if self._idf:
             df = Counter(t for ids in reference_ids for t in set(ids))
