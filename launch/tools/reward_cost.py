@@ -32,8 +32,10 @@ SHAPES: dict[str, dict[str, int]] = {
 
 
 def sample_rows(n: int) -> list[dict]:
+    """`n` rows of the sample file, repeated; each completion made unique (a row number appended) so that no
+    model-based reward gets its work cut by texts it has already embedded, as in a run, where completions differ."""
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
-    return [rows[i % len(rows)] for i in range(n)]
+    return [{**rows[i % len(rows)], "completion": f"{rows[i % len(rows)]['completion']} {i}"} for i in range(n)]
 
 
 def build_models(directory: Path, size: str, texts: list[str]) -> tuple[str, str]:
