@@ -13,7 +13,7 @@ far (pure functions of metrics.jsonl objects, so `prolora report` reads the same
 
 A trend compares the mean of the newer half of the last `window` steps with the older half; halves average out
 single-step noise that a last-vs-first comparison would trip on. Nothing fires before the run has `window` steps.
-Thresholds are `hacking.*` in the config (shared/config.py HackingConfig), each signature can be turned off.
+Thresholds are `hacking.*` in the config (shared/config/sections.py HackingConfig), each signature can be turned off.
 """
 
 from __future__ import annotations

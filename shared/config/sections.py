@@ -1,21 +1,12 @@
-"""The typed run configuration.
-
-One pydantic model per component, a docstring per field, frozen after parsing. A run is one YAML or TOML file
-plus `--set a.b=c` overrides; an unknown key or a bad value is an error naming the dotted key and what is allowed.
-pydantic does the validation (why not hand-written: its messages already name the field and the accepted values).
-"""
+"""The config sections: one frozen pydantic model per component, a docstring per field, and the root `Config`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.errors import UserError
+from shared.config.engine_args import check_engine_kwargs
 
 Baseline = Literal["group_mean", "rloo"]
 """Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
@@ -163,63 +154,6 @@ class RolloutConfig(_Section):
         if kwargs:
             check_engine_kwargs(kwargs)
         return kwargs
-
-
-OWNED_ENGINE_ARGS = {
-    "model": "model.path",
-    "dtype": "model.dtype",
-    "max_model_len": "model.max_model_len",
-    "max_lora_rank": "lora.rank",
-    "max_loras": "rollout.max_loras",
-    "gpu_memory_utilization": "rollout.gpu_memory_utilization",
-    "tensor_parallel_size": "rollout.num_gpus",
-    "seed": "run.seed",
-    "enable_lora": "nothing: adapters are how prolora serves the policy",
-    "logprobs_mode": "nothing: the importance ratio needs the sampled distribution's (processed) logprobs",
-}
-"""Engine arguments prolora sets itself, and the config key that sets each."""
-
-
-def check_engine_kwargs(kwargs: dict[str, Any]) -> None:
-    """Raise ValueError naming every key of rollout.engine_kwargs that vLLM's EngineArgs lacks or whose value has
-    the wrong type (pydantic against EngineArgs' own annotations; a field whose annotation it cannot read is
-    checked by name only). Imports vLLM, so it runs only when engine_kwargs is set."""
-    import dataclasses
-
-    from pydantic import TypeAdapter
-
-    try:
-        import vllm.engine.arg_utils as arg_utils
-    except ImportError as err:
-        raise ValueError(
-            f"rollout.engine_kwargs is checked against vLLM's EngineArgs, but vLLM does not import: {err}"
-        ) from None
-    fields = {f.name: f for f in dataclasses.fields(arg_utils.EngineArgs)}
-    problems = []
-    for key, value in kwargs.items():
-        if key in OWNED_ENGINE_ARGS:
-            problems.append(f"{key!r} is set by prolora: set {OWNED_ENGINE_ARGS[key]}")
-        elif key not in fields:
-            problems.append(f"{key!r} is not a vLLM engine argument (vllm.engine.arg_utils.EngineArgs)")
-        else:
-            problem = _engine_value_problem(fields[key].type, value, vars(arg_utils), TypeAdapter)
-            if problem:
-                problems.append(f"{key}={value!r}: {problem}")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _engine_value_problem(annotation: Any, value: Any, namespace: dict[str, Any], adapter: Any) -> str | None:
-    try:
-        kind = eval(annotation, dict(namespace)) if isinstance(annotation, str) else annotation
-        check = adapter(kind)
-    except Exception:  # an annotation pydantic cannot build a validator for: the name check stands
-        return None
-    try:
-        check.validate_python(value)
-    except ValidationError as err:
-        return "; ".join(e["msg"] for e in err.errors())
-    return None
 
 
 class AlgoConfig(_Section):
@@ -536,78 +470,3 @@ class Config(_Section):
         if len(set(targets)) < len(targets):
             raise ValueError(f"task.columns renames two columns to the same name: {t.columns}")
         return self
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override that cannot be used; the message names the key and what is allowed."""
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read one YAML or TOML experiment file into a plain dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b=c` override to a nested dict; the value is parsed as YAML (so 3, 0.5, true, [a, b] work)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-
-
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if not key:  # a check across sections: its message names the keys
-            lines.append(e["msg"].removeprefix("Value error, "))
-        elif e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {key!r}; allowed here: {_allowed_keys(e['loc'])}")
-        else:
-            lines.append(f"{key}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> str:
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return "(see the config reference)"
-        model = ann
-    return ", ".join(model.model_fields)
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Build the run config from an optional experiment file and `a.b=c` overrides."""
-    data = read_config_file(path) if path else {}
-    for assignment in overrides:
-        apply_override(data, assignment)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
-
-
-def config_to_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
