@@ -28,7 +28,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def no_actors(monkeypatch):
     """A test that got past every check would start Ray here; make that a clear failure instead."""
 
-    def refuse(config):
+    def refuse(*args):
         raise AssertionError("reached start_ray: the input was not refused")
 
     monkeypatch.setattr("launch.driver.start_ray", refuse)
