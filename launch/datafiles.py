@@ -25,7 +25,7 @@ that is an error or the row is skipped (and counted).
 Why here and not inside the task: the built-in tasks generate rows from a seed, a file or data set is read once;
 both give the driver the same list of dicts. Errors name the source (the file, or the data set and split), the row
 (the 1-based line of a JSONL file, the 1-based row of any other source), the column and what was expected. The
-reading and checking are pure; the driver passes in the token counter built from the model's tokenizer.
+reading and checking are pure; the driver passes in the token counter of its prompt renderer (shared/chat.py).
 """
 
 from __future__ import annotations
@@ -357,14 +357,6 @@ def load_task_data(config: Config, task: Task, count_tokens: Callable[[str], int
         heldout if heldout is not None else task.heldout_rows(config.eval.size, config.run.seed),
         skipped,
     )
-
-
-def token_counter(model_path: str) -> Callable[[str], int]:
-    """Prompt length in tokens as the engine counts it: the model's own tokenizer, special tokens (BOS) included."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    return lambda prompt: len(tokenizer(prompt)["input_ids"])
 
 
 def _shown(numbers: list[int]) -> str:
