@@ -217,6 +217,8 @@ def start_rollout_workers(config: Config, model_path: str) -> list[Actor[Rollout
                 tensor_parallel_size=tensor_parallel_size(config),
                 seed=config.run.seed + i,
                 engine_kwargs=dict(config.rollout.engine_kwargs),
+                tokenizer=config.model.tokenizer,
+                trust_remote_code=config.model.trust_remote_code,
             )
         )
         for i in range(config.rollout.num_workers)
@@ -235,6 +237,7 @@ def start_learner(config: Config, model_path: str) -> Actor[Learner]:
             max_new_tokens=config.rollout.max_new_tokens,
             dtype=config.model.dtype,
             seed=config.run.seed,
+            trust_remote_code=config.model.trust_remote_code,
         )
     )
 

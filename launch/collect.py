@@ -1,12 +1,12 @@
 """From prompts to a training batch: sample -> generate -> score -> advantages.
 
-`collect_batch(step, rollouts)` first makes the newest offered adapter the one every engine serves (the hot-load)
-and installs an edited rewards.yaml, then runs rounds until the batch is full. One round samples prompts,
-generates a group per prompt on the rollout workers and scores every completion on the reward actors. The DAPO
-soft overlong penalty, when on, is added to the reward before advantages. Without dynamic sampling one round is
-the batch. With it (DAPO), groups whose rewards are all equal carry no gradient and are dropped, and further
-rounds refill the batch (at most `algo.max_refill_rounds` of them; see `learner.advantages.select_groups` for a
-batch still short after that).
+`collect_batch(step, rollouts)` first makes the newest offered adapter the one every engine serves (the hot-load) and
+installs an edited rewards.yaml, then runs rounds until the batch is full. One round samples prompts, renders them (chat
+template or plain, shared/chat.py), generates a group per prompt on the rollout workers and scores every completion on
+the reward actors. The DAPO soft overlong penalty, when on, is added to the reward before advantages. Without dynamic
+sampling one round is the batch. With it (DAPO), groups whose rewards are all equal carry no gradient and are dropped,
+and further rounds refill the batch (at most `algo.max_refill_rounds` of them; see `learner.advantages.select_groups`
+for a batch still short after that).
 
 Every generated group is kept in the result, trained or not, so the rollouts file and the pass-rate history see
 everything the policy did; groups left out of the batch have advantage 0.
@@ -24,6 +24,7 @@ from learner.advantages import group_advantages, group_has_signal, overlong_pena
 from learner.rewards.pool import RewardPool, merge_scores
 from learner.rewards.swap import RewardSwap
 from rollout.fleet import Published, RolloutFleet
+from shared.chat import PromptRenderer
 from shared.config import AlgoConfig, Config
 from shared.metrics import MetricsWriter
 from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
@@ -40,6 +41,8 @@ class Rollouts:
     rewards: RewardSwap
     metrics: MetricsWriter
     """Where a reward swap is recorded."""
+    renderer: PromptRenderer
+    """Turns a row's prompt into the text and token ids the engine gets (chat template or plain)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,10 @@ def collect_batch(step: int, rollouts: Rollouts) -> Collected:
     while size:
         t0 = time.perf_counter()
         new_rows = sampler.next_batch(size)
-        new_groups = fleet.generate([r["prompt"] for r in new_rows], _sampling(config, step, rounds), version)
+        prompts = [rollouts.renderer.render(r["prompt"]) for r in new_rows]
+        new_groups = fleet.generate(prompts, _sampling(config, step, rounds), version)
         gen_s += time.perf_counter() - t0
-        parts.append(rewarders.score(new_rows, new_groups, config.rollout.max_new_tokens))
+        parts.append(rewarders.score(new_rows, new_groups, config.rollout.max_new_tokens, step, config.run.steps))
         rows, groups, rounds = rows + new_rows, groups + new_groups, rounds + 1
         if not algo.dynamic_sampling or rounds > algo.max_refill_rounds:
             break
@@ -131,6 +135,7 @@ def _sampling(config: Config, step: int, round_: int) -> SamplingSpec:
         top_p=r.top_p,
         seed=seed,
         min_tokens=r.min_new_tokens,
+        stop=tuple(r.stop),
     )
 
 

@@ -11,13 +11,13 @@ Where rows come from (the data-source layer):
   with the run's seed (or on `task.heldout_file`);
 - `task.columns` renames columns of any of them before the checks (e.g. {question: prompt, solution: answer}).
 
-Each row needs a non-empty string `prompt`, fed to the engine as-is. Every other column reaches the reward
-functions as a keyword column of the same name (a row without a column another row has gets None there, which a
-built-in reward reads as "does not apply"). Which columns are required:
-- the training rows: the columns the configured built-in rewards read (`answer` for exact_match and math,
-  `reference` for chrf/bleu/ter, `source` for cycle_consistency; see learner/rewards/registry.py BUILTIN_COLUMNS);
-- the held-out rows: `answer`, because evaluation (pass@1, pass@k, `prolora eval`) checks completions with the
-  task's `is_correct(completion, answer)`.
+Each row needs a `prompt`: a non-empty string, or a list of chat messages (`[{"role": "user", "content": ...}]`,
+TRL's conversational format) rendered with the model's chat template (shared/chat.py). Every other column reaches
+the reward functions as a keyword column of the same name (a row without a column another row has gets None there,
+which a built-in reward reads as "does not apply"). Which columns are required: - the training rows: the columns the
+configured built-in rewards read (`answer` for exact_match and math, `reference` for chrf/bleu/ter, `source` for
+cycle_consistency; see learner/rewards/registry.py BUILTIN_COLUMNS); - the held-out rows: `answer`, because
+evaluation (pass@1, pass@k, `prolora eval`) checks completions with the task's `is_correct(completion, answer)`.
 `answer` must be a string where present (is_correct compares text). A prompt whose token count plus
 `rollout.max_new_tokens` exceeds `model.max_model_len` cannot be generated; `task.overlong_prompts` decides whether
 that is an error or the row is skipped (and counted).
@@ -25,7 +25,7 @@ that is an error or the row is skipped (and counted).
 Why here and not inside the task: the built-in tasks generate rows from a seed, a file or data set is read once;
 both give the driver the same list of dicts. Errors name the source (the file, or the data set and split), the row
 (the 1-based line of a JSONL file, the 1-based row of any other source), the column and what was expected. The
-reading and checking are pure; the driver passes in the token counter built from the model's tokenizer.
+reading and checking are pure; the driver passes in the token counter of its prompt renderer (shared/chat.py).
 """
 
 from __future__ import annotations
@@ -38,11 +38,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from shared.chat import check_messages, is_conversational
 from shared.config import Config, RewardSpec
 from shared.errors import UserError
 from shared.tasks import Task
 
-RESERVED_COLUMNS = ("prompts", "completions", "reward_context", "completion_token_count", "max_tokens")
+RESERVED_COLUMNS = (
+    "prompts",
+    "completions",
+    "reward_context",
+    "completion_token_count",
+    "max_tokens",
+    "completion_ids",
+    "trainer_state",
+    "log_extra",
+    "log_metric",
+)
 """Names the reward call itself uses or the driver fills in; a data column may not take them."""
 SHOWN_ROWS = 5
 """Row numbers a skip message lists before it says 'and N more'."""
@@ -249,10 +260,7 @@ def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[s
         missing = [column for column in needed if column not in row]
         if missing:
             raise DataFileError(f"{at}: missing column {missing[0]!r} (every row needs {', '.join(needed)})")
-        if not isinstance(row["prompt"], str):
-            raise DataFileError(f"{at}: column 'prompt' must be a string, got {type(row['prompt']).__name__}")
-        if not row["prompt"].strip():
-            raise DataFileError(f"{at}: column 'prompt' is empty")
+        _check_prompt(at, row["prompt"])
         answer = row.get("answer")
         if answer is not None and not isinstance(answer, str):
             raise DataFileError(
@@ -263,6 +271,22 @@ def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[s
         if nulls:
             raise DataFileError(f"{at}: column {nulls[0]!r} is null; evaluation needs it in every row")
     return [{column: row.get(column) for column in columns} for row in data.rows]
+
+
+def _check_prompt(at: str, prompt: Any) -> None:
+    """A prompt is a non-empty string or a list of chat messages (TRL's conversational format)."""
+    if is_conversational(prompt):
+        problem = check_messages(prompt)
+        if problem:
+            raise DataFileError(f"{at}: column 'prompt' holds chat messages, but {problem}")
+        return
+    if not isinstance(prompt, str):
+        raise DataFileError(
+            f"{at}: column 'prompt' must be a string or a list of messages "
+            f'([{{"role": "user", "content": "..."}}]), got {type(prompt).__name__}'
+        )
+    if not prompt.strip():
+        raise DataFileError(f"{at}: column 'prompt' is empty")
 
 
 def drop_overlong(
@@ -333,14 +357,6 @@ def load_task_data(config: Config, task: Task, count_tokens: Callable[[str], int
         heldout if heldout is not None else task.heldout_rows(config.eval.size, config.run.seed),
         skipped,
     )
-
-
-def token_counter(model_path: str) -> Callable[[str], int]:
-    """Prompt length in tokens as the engine counts it: the model's own tokenizer, special tokens (BOS) included."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    return lambda prompt: len(tokenizer(prompt)["input_ids"])
 
 
 def _shown(numbers: list[int]) -> str:

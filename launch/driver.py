@@ -58,9 +58,10 @@ from launch.checkpoint import (
     save_checkpoint,
 )
 from launch.collect import Collected, Rollouts, collect_batch
-from launch.datafiles import TaskData, load_task_data, token_counter, uses_own_rows
+from launch.datafiles import TaskData, load_task_data, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
+from launch.preflight import check_rewards_on_row
 from launch.progress import Progress, driver_output_to
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
@@ -69,6 +70,7 @@ from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.builtin import repetition_penalty
 from learner.rewards.swap import RewardSwap, check_reward_specs
 from rollout.probe import StaleAdapterError, probe_prompts
+from shared.chat import PromptRenderer, prompt_key
 from shared.config import Config
 from shared.hacking import HackingSignals, HackingWatch, describe
 from shared.metrics import read_metrics
@@ -115,6 +117,8 @@ class Run:
     config: Config
     task: Task
     heldout: list[dict]
+    renderer: PromptRenderer
+    """Renders prompts for the engines (shared/chat.py); one tokenizer, loaded once."""
     actors: Actors
     curriculum: Curriculum
     dir: RunDir
@@ -123,7 +127,9 @@ class Run:
 
     def rollouts(self) -> Rollouts:
         a = self.actors
-        return Rollouts(self.config, a.fleet, a.rewarders, self.curriculum.feed, self.rewards, self.dir.metrics)
+        return Rollouts(
+            self.config, a.fleet, a.rewarders, self.curriculum.feed, self.rewards, self.dir.metrics, self.renderer
+        )
 
 
 def train(config: Config, resume: bool = False) -> RunResult:
@@ -135,7 +141,7 @@ def train(config: Config, resume: bool = False) -> RunResult:
         return _train(config, resume, inputs, run_dir)
 
 
-def _train(config: Config, resume: bool, inputs: tuple[Task, str, TaskData], run_dir: RunDir) -> RunResult:
+def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> RunResult:
     run = _start(config, inputs, run_dir)
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
         state = _restore(run) if resume else DriverState()
@@ -201,9 +207,9 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     return record
 
 
-def _start(config: Config, inputs: tuple[Task, str, TaskData], run_dir: RunDir) -> Run:
+def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
     """Start Ray and the actors for a run whose inputs are checked and whose directory is open."""
-    task, model_path, data = inputs
+    task, model_path, data, renderer = inputs
     _note_skipped_rows(data, run_dir.path)
     rewards = RewardSwap.open(run_dir.path, config)
     start_ray(config, run_dir.path)
@@ -213,16 +219,24 @@ def _start(config: Config, inputs: tuple[Task, str, TaskData], run_dir: RunDir) 
         PassRateHistory(config.task.retire_after),
         ResetTriggers(config.reference),
     )
-    return Run(config, task, data.heldout, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
+    return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
 
 
-def _check_inputs(config: Config) -> tuple[Task, str, TaskData]:
-    """Everything that can be checked before an actor starts: task, rewards, model path, the user's data."""
+Inputs = tuple[Task, str, TaskData, PromptRenderer]
+"""What `_check_inputs` returns: the task, the model path, the rows, and the renderer of their prompts."""
+
+
+def _check_inputs(config: Config) -> Inputs:
+    """Everything that can be checked before an actor starts: task, rewards, model path, the user's data (prompts
+    rendered as the engine will get them), and the reward set tried on the first training row."""
     task = get_task(config.task.name)
     check_reward_specs(config.rewards.functions, config)
     model_path = resolve_model_path(config.model.path)
-    counter = token_counter(model_path) if uses_own_rows(config) else None
-    return task, model_path, load_task_data(config, task, counter)
+    renderer = PromptRenderer.from_config(config, model_path)
+    data = load_task_data(config, task, renderer.count_tokens if uses_own_rows(config) else None)
+    renderer.render(data.train[0]["prompt"])  # a template that cannot render fails here, and warns once
+    check_rewards_on_row(config.rewards.functions, data.train[0], renderer, config)
+    return task, model_path, data, renderer
 
 
 def _note_skipped_rows(data: TaskData, run_dir: Path) -> None:
@@ -323,7 +337,7 @@ def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalR
     """Evaluate the held-out split after `step`: written to metrics.jsonl (with `extra` fields: the first record
     names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
-    result = evaluate(run.actors.fleet, run.task, run.heldout, run.config, seed=run.config.run.seed)
+    result = evaluate(run.actors.fleet, run.task, run.heldout, run.config, run.config.run.seed, run.renderer)
     record = {"eval": True, "step": step, **result.as_record(), **extra}
     run.dir.metrics.write(record)
     run.watch.observe_eval(record)
@@ -355,7 +369,7 @@ def _track_prompts(step: int, collected: Collected, run: Run) -> None:
     passes_P = ((collected.rewards_PG >= run.config.task.pass_reward) & collected.valid_PG).sum(dim=1).tolist()
     samples_P = collected.valid_PG.sum(dim=1).tolist()
     visits = [
-        curriculum.history.observe(step, row["prompt"], n, k)
+        curriculum.history.observe(step, prompt_key(row["prompt"]), n, k)
         for row, n, k in zip(collected.rows, samples_P, passes_P, strict=True)
     ]
     run.dir.write_prompt_visits(visits)
@@ -416,6 +430,7 @@ def _step_record(
         reward_failures=sum(collected.scores.failures.values()),
         worker_restarts=actors.fleet.restarts,
         reward_restarts=actors.rewarders.restarts,
+        reward_log=dict(collected.scores.logged_metrics),
     )
 
 

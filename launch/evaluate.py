@@ -1,6 +1,6 @@
 """Held-out evaluation through the rollout workers: greedy pass@1, unbiased pass@k, and the task's own metrics.
 
-It uses the same engines, prompt strings and tokenizer (BOS included) as the training rollouts, so an eval
+It uses the same engines, rendered prompts (chat template, BOS) and stop tokens as the training rollouts, so an eval
 number and a training reward measure the same thing. pass@k uses the unbiased estimator of Chen et al. (2021)
 from `n_samples` samples per prompt at the eval temperature. Held-out rows with a `reference` column (translation,
 or the user's own data) also get corpus chrF++ and BLEU of the same greedy completions.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rollout.fleet import RolloutFleet
+from shared.chat import PromptRenderer
 from shared.config import Config
 from shared.metrics import pass_at_k, reference_metrics
 from shared.records import SamplingSpec
@@ -42,13 +43,15 @@ class EvalResult:
         return f"pass@1 {self.pass_at_1:.3f}  pass@{self.k} {self.pass_at_k:.3f}{extra}"
 
 
-def evaluate(fleet: RolloutFleet, task: Task, rows: list[dict], config: Config, seed: int) -> EvalResult:
-    prompts = [r["prompt"] for r in rows]
-    max_tokens = config.rollout.max_new_tokens
-    greedy = fleet.generate(prompts, SamplingSpec(n=1, max_tokens=max_tokens, temperature=0.0, seed=seed))
+def evaluate(
+    fleet: RolloutFleet, task: Task, rows: list[dict], config: Config, seed: int, renderer: PromptRenderer
+) -> EvalResult:
+    prompts = [renderer.render(r["prompt"]) for r in rows]
+    max_tokens, stop, n = config.rollout.max_new_tokens, tuple(config.rollout.stop), config.eval.n_samples
+    greedy = fleet.generate(prompts, SamplingSpec(n=1, max_tokens=max_tokens, temperature=0.0, seed=seed, stop=stop))
     sampled = fleet.generate(
         prompts,
-        SamplingSpec(n=config.eval.n_samples, max_tokens=max_tokens, temperature=config.eval.temperature, seed=seed),
+        SamplingSpec(n=n, max_tokens=max_tokens, temperature=config.eval.temperature, seed=seed, stop=stop),
     )
     pass1 = sum(correct_counts(task, greedy, rows))
     passk = sum(pass_at_k(config.eval.n_samples, c, config.eval.k) for c in correct_counts(task, sampled, rows))

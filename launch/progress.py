@@ -1,9 +1,11 @@
 """What the user sees during a run: prolora's own lines on the terminal, everything else in `<run dir>/logs/`.
 
 Progress: a tqdm bar on a terminal, plain log lines otherwise (Ray jobs, CI, nohup). Both show the step, the mean
-reward, the latest held-out pass@1, rollout tokens per second, the adapter hot-load time and the time left; while a
-reward-hacking signature holds (shared/hacking.py) they show `hacking <names>`, and a `[hacking]` warning line with
-the evidence is printed whenever the set of signatures that hold changes. The bar computes its own ETA; the plain
+reward, the latest held-out pass@1, rollout tokens per second, the adapter hot-load time and the time left; when
+most completions of a step hit the token limit, the share truncated too (with a one-time warning: a model that never
+stops learns from cut-off text, and length-aware rewards see only the cap); while a reward-hacking signature holds
+(shared/hacking.py) they show `hacking <names>`, and a `[hacking]` warning line with the evidence is printed
+whenever the set of signatures that hold changes. The bar computes its own ETA; the plain
 lines estimate it from the wall time per step so far, which includes the periodic held-out evaluations and so does
 not undershoot on long runs.
 
@@ -59,9 +61,19 @@ def step_summary(record: dict, pass_at_1: float) -> dict[str, str]:
         "tok/s": f"{record['gen_tokens'] / max(record['gen_s'], 1e-9):.0f}",
         "hotload_ms": "-" if record.get("sync_ms") is None else f"{record['sync_ms']:.0f}",
     }
+    if mostly_truncated(record):
+        summary["truncated"] = f"{record['truncated_frac']:.0%}"
     if record.get(FIRED):
         summary["hacking"] = ",".join(record[FIRED])
     return summary
+
+
+MOSTLY_TRUNCATED = 0.5
+"""Share of a step's completions cut at max_new_tokens above which progress says so."""
+
+
+def mostly_truncated(record: dict) -> bool:
+    return (record.get("truncated_frac") or 0.0) > MOSTLY_TRUNCATED
 
 
 def hacking_warning(record: dict) -> str:
@@ -92,6 +104,7 @@ class Progress:
             else None
         )
         self._line(f"[eval] step {start}: {first_eval.summary()}")
+        self._warned_truncated = False
 
     def update(self, record: dict) -> None:
         summary = step_summary(record, self._pass1)
@@ -100,6 +113,13 @@ class Progress:
             self._fired = list(record.get(FIRED, []))
             if self._fired:
                 self._line(hacking_warning(record))
+        if "truncated" in summary and not self._warned_truncated:
+            self._warned_truncated = True
+            self._line(
+                f"[prolora] warning: step {step}: {summary['truncated']} of completions hit rollout.max_new_tokens "
+                "without an EOS; raise rollout.max_new_tokens, or check that prompts reach the model in its chat "
+                "format (task.prompt_format) so it can end its turn"
+            )
         if self._bar is not None:
             self._bar.set_postfix(summary, refresh=False)
             self._bar.update(1)

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from shared.chat import prompt_key
 from shared.errors import UserError
 
 
@@ -41,7 +42,7 @@ class PromptSampler:
         self.index = index
         self._order = self._permutation(epoch)
         self._retired: set[str] = set()
-        self._prompts = {r["prompt"] for r in rows}
+        self._prompts = {prompt_key(r["prompt"]) for r in rows}
 
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(len(self._rows)))
@@ -56,12 +57,12 @@ class PromptSampler:
                 self._order = self._permutation(self.epoch)
             row = self._rows[self._order[self.index]]
             self.index += 1
-            if row["prompt"] not in self._retired:
+            if prompt_key(row["prompt"]) not in self._retired:
                 batch.append(row)
         return batch
 
     def retire(self, prompts: Iterable[str]) -> None:
-        """Never yield these prompts again."""
+        """Never yield these prompts again (named by `shared.chat.prompt_key`)."""
         self._retired.update(prompts)
         if self._prompts <= self._retired:
             raise UserError(
@@ -89,6 +90,7 @@ class PromptVisit:
 
     step: int
     prompt: str
+    """The prompt string, or its messages as JSON (`shared.chat.prompt_key`)."""
     samples: int
     """Completions with a reward (skipped ones do not count)."""
     passes: int

@@ -43,7 +43,8 @@ class RunDirError(UserError):
 
 def resolve_model_path(path: str) -> str:
     """`builtin:<task>` builds (once, cached) the project's tiny warm-started model, `builtin:<task>@large` the
-    randomly initialised ~25M-parameter one the benchmark uses; anything else must exist."""
+    randomly initialised ~25M-parameter one the benchmark uses; anything else must be a local directory or a hub
+    name (`owner/name`)."""
     if path.startswith("builtin:"):
         from launch.basemodel import SIZES, ensure_base_model
 
@@ -51,9 +52,18 @@ def resolve_model_path(path: str) -> str:
         if size and size not in SIZES:
             raise UserError(f"model.path {path!r}: unknown size {size!r}; sizes: {', '.join(SIZES)}")
         return str(ensure_base_model(task, size=size or "default"))
-    if not Path(path).is_dir():
-        raise UserError(f"model.path {path!r} does not exist (expected a Hugging Face model directory)")
+    if not Path(path).is_dir() and not looks_like_hub_name(path):
+        raise UserError(
+            f"model.path {path!r} does not exist (expected a Hugging Face model directory or a hub name such as "
+            "'Qwen/Qwen2.5-0.5B-Instruct')"
+        )
     return path
+
+
+def looks_like_hub_name(path: str) -> bool:
+    """`owner/name` with no local-path marks: transformers and vLLM download it where the hub is reachable."""
+    owner, sep, name = path.partition("/")
+    return bool(sep and owner and name and "/" not in name and not owner.startswith((".", "~")))
 
 
 class RunDir:
@@ -117,6 +127,8 @@ class RunDir:
         columns: dict[str, list[Any]] = {
             "step": [step] * len(flat),
             "prompt": [g.prompt for g, _ in flat],
+            "messages": [None if g.messages is None else json.dumps(list(g.messages)) for g, _ in flat],
+            "prompt_token_ids": [list(g.prompt_token_ids) for g, _ in flat],
             "completion": [c.text for _, c in flat],
             "completion_token_ids": [list(c.token_ids) for _, c in flat],
             "sampling_logprobs": [list(c.logprobs) for _, c in flat],
@@ -124,6 +136,7 @@ class RunDir:
             "reward": list(scores.total),
             "advantage": advantages_PG.flatten().tolist(),
             "adapter_version": [c.adapter_version for _, c in flat],
+            "log_extra": _logged_per_row(scores.logged_columns, len(flat)),
         }
         for name, values in scores.components.items():
             columns[f"reward/{name}"] = list(values)
@@ -140,3 +153,12 @@ class RunDir:
     def close(self) -> None:
         self.metrics.close()
         self.prompt_history.close()
+
+
+def _logged_per_row(columns: dict[str, tuple], n: int) -> list[str | None]:
+    """Rewards' `log_extra` columns as one JSON object per completion (null where nothing was logged)."""
+    rows: list[str | None] = []
+    for i in range(n):
+        values = {name: column[i] for name, column in columns.items() if column[i] is not None}
+        rows.append(json.dumps(values, default=str) if values else None)
+    return rows

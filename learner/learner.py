@@ -52,13 +52,16 @@ class Learner:
         max_new_tokens: int,
         dtype: str = "float32",
         seed: int = 0,
+        trust_remote_code: bool = False,
     ) -> None:
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
         torch.manual_seed(seed)
         self._generator = torch.Generator().manual_seed(seed)
         self._device = pick_device(train.device)
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        base = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
         base.to(self._device)  # type: ignore[arg-type]  # transformers types `to` through a wrapper
         peft_config = PeftLoraConfig(
             r=lora.rank,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
@@ -26,7 +27,7 @@ from ray.exceptions import GetTimeoutError
 from rollout.probe import check_probe
 from rollout.worker import AdapterNotLoaded, RolloutWorker
 from shared.handles import Actor
-from shared.records import AdapterPayload, Group, HotLoad, SamplingSpec
+from shared.records import AdapterPayload, Group, HotLoad, Prompt, SamplingSpec
 from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, TooManyRestarts, call_when_back
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ class RolloutFleet:
         self._offered: ObjectRef[AdapterPayload] | None = None  # the newest version offered and not loaded yet
         self._lock = threading.RLock()
 
-    def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
+    def generate(
+        self, prompts: Sequence[str | Prompt], sampling: SamplingSpec, version: int | None = None
+    ) -> list[Group]:
         """Deal prompts round-robin across workers and return the groups in prompt order.
 
         Requests always name the adapter version (default: the newest published), so a worker that was restarted

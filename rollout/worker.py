@@ -15,12 +15,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.chat import eos_token_ids
 from shared.devices import pick_device
-from shared.records import AdapterPayload, Completion, Group, HotLoad, SamplingSpec
+from shared.records import AdapterPayload, Completion, Group, HotLoad, Prompt, SamplingSpec
 
 if TYPE_CHECKING:
     from vllm import CompletionOutput, RequestOutput, SamplingParams
@@ -47,6 +48,8 @@ class RolloutWorker:
         tensor_parallel_size: int = 1,
         seed: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         # vLLM reads these when the engine is built; a launcher may already have set them for the actor.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -65,8 +68,12 @@ class RolloutWorker:
                 seed=seed,
                 on_gpu=pick_device("auto").type == "cuda",  # Ray gave this actor a GPU (rollout.num_gpus)
                 engine_kwargs=engine_kwargs,
+                tokenizer=tokenizer,
+                trust_remote_code=trust_remote_code,
             )
         )
+        # Every id the model ends a turn with (an instruct model often has several: <|im_end|>, <|endoftext|>).
+        self.stop_token_ids = eos_token_ids(model_path, self._llm.get_tokenizer(), trust_remote_code)
         self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
         self._requests: dict[int, LoRARequest] = {}  # version -> the engine's handle on it
         self.version = 0  # 0 = base model, no adapter
@@ -131,18 +138,30 @@ class RolloutWorker:
         return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
     # --------------------------------------------------------------------------------------- generation
-    def generate(self, prompts: list[str], sampling: SamplingSpec, version: int | None = None) -> list[Group]:
-        """Sample `sampling.n` completions for every prompt with adapter `version` (default: the newest)."""
+    def generate(
+        self, prompts: Sequence[str | Prompt], sampling: SamplingSpec, version: int | None = None
+    ) -> list[Group]:
+        """Sample `sampling.n` completions for every prompt with adapter `version` (default: the newest).
+
+        A `Prompt` goes to the engine as its token ids (rendered by the driver, shared/chat.py); a string is
+        tokenized by the engine (BOS added). Generation stops at every EOS id of the model and `sampling.stop`."""
+        from vllm.inputs import TokensPrompt
+
         version = self.version if version is None else version
         lora = self._requests.get(version) if version else None
         if version and lora is None:
             raise AdapterNotLoaded(f"adapter version {version} is not loaded here (loaded: {sorted(self._requests)})")
-        params = sampling_params(sampling, len(prompts))
-        outputs = self._llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-        return [_to_group(out, version) for out in outputs]
+        params = sampling_params(sampling, len(prompts), self.stop_token_ids)
+        inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
+        outputs = self._llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
+        return [_to_group(out, version, p) for out, p in zip(outputs, prompts, strict=True)]
 
     def tokenizer_eos_id(self) -> int:
         return self._llm.get_tokenizer().eos_token_id
+
+    def engine_stop_token_ids(self) -> tuple[int, ...]:
+        """The token ids this engine stops every completion at."""
+        return self.stop_token_ids
 
     def shutdown(self) -> None:
         shutil.rmtree(self._adapter_root, ignore_errors=True)
@@ -152,8 +171,12 @@ MAX_NUM_SEQS = 256
 """Sequences an engine runs at once (vLLM's default on CPU)."""
 
 
-def sampling_params(sampling: SamplingSpec, n_prompts: int) -> list[SamplingParams]:
-    """vLLM SamplingParams for `n_prompts` prompts: prompt i gets seed + i, and each sampled token its logprob."""
+def sampling_params(
+    sampling: SamplingSpec, n_prompts: int, stop_token_ids: tuple[int, ...] = ()
+) -> list[SamplingParams]:
+    """vLLM SamplingParams for `n_prompts` prompts: prompt i gets seed + i, and each sampled token its logprob;
+    a completion ends at any of `stop_token_ids` (the token stays in the completion, as an EOS does) or
+    `sampling.stop` strings."""
     from vllm import SamplingParams
 
     return [
@@ -165,6 +188,8 @@ def sampling_params(sampling: SamplingSpec, n_prompts: int) -> list[SamplingPara
             min_tokens=sampling.min_tokens,
             seed=None if sampling.seed is None else sampling.seed + i,
             logprobs=0,
+            stop_token_ids=list(stop_token_ids),
+            stop=list(sampling.stop) or None,
         )
         for i in range(n_prompts)
     ]
@@ -182,6 +207,8 @@ def engine_args(
     tensor_parallel_size: int = 1,
     on_gpu: bool = False,
     engine_kwargs: Mapping[str, Any] | None = None,
+    tokenizer: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike).
 
@@ -192,6 +219,8 @@ def engine_args(
     """
     args: dict[str, Any] = dict(
         model=model_path,
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
         tensor_parallel_size=tensor_parallel_size,
         dtype=dtype,
         seed=seed,
@@ -223,7 +252,7 @@ def engine_args(
     return args
 
 
-def _to_group(output: RequestOutput, version: int) -> Group:
+def _to_group(output: RequestOutput, version: int, prompt: str | Prompt | None = None) -> Group:
     if output.prompt_token_ids is None:  # vLLM sets them for every request to a decoder-only model
         raise RuntimeError(f"vLLM returned no prompt token ids for request {output.request_id}")
     completions = [
@@ -236,10 +265,15 @@ def _to_group(output: RequestOutput, version: int) -> Group:
         )
         for seq in output.outputs
     ]
+    if isinstance(prompt, Prompt):
+        text, messages = prompt.text, prompt.messages
+    else:  # a token-id prompt (the probe's) has no text
+        text, messages = output.prompt or "", None
     return Group(
-        prompt=output.prompt or "",  # a token-id prompt (the probe's) has no text
+        prompt=text,
         prompt_token_ids=tuple(output.prompt_token_ids),
         completions=tuple(completions),
+        messages=messages,
     )
 
 

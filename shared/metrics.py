@@ -7,8 +7,10 @@ sinks the writer forwards each record to (launch/sinks.py), so the driver loop o
 
 Rollout schema (`ROLLOUT_SCHEMA`), one row per completion:
     step                  int64    GRPO step whose batch held this completion
-    prompt                string
-    completion            string
+    prompt                string   the prompt text the model read (the chat template's output for messages)
+    messages              string   the chat messages it was rendered from, as JSON (null for a plain prompt)
+    prompt_token_ids      list<int32>  the prompt's token ids as the engine got them
+    completion            string   the raw completion text
     completion_token_ids  list<int32>
     sampling_logprobs     list<float32>  engine logprob of each generated token
     finish_reason         string   "stop" or "length"
@@ -17,6 +19,8 @@ Rollout schema (`ROLLOUT_SCHEMA`), one row per completion:
                                    apply, failed, or was not in the reward set of that step)
     advantage             float64
     adapter_version       int64    version of the adapter that generated the completion
+    log_extra             string   what rewards reported for it with `log_extra(column, values)`, as a JSON
+                                   object {column: value} (null when none did)
 
 All files of a run share one schema, so `pyarrow.parquet.read_table(run_dir / "rollouts")` reads them all: when a
 reward swap brings in a reward not seen before, `add_reward_columns` rewrites the earlier files with a null column
@@ -39,6 +43,8 @@ ROLLOUT_SCHEMA = pa.schema(
     [
         ("step", pa.int64()),
         ("prompt", pa.string()),
+        ("messages", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
         ("completion", pa.string()),
         ("completion_token_ids", pa.list_(pa.int32())),
         ("sampling_logprobs", pa.list_(pa.float32())),
@@ -46,6 +52,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("reward", pa.float64()),
         ("advantage", pa.float64()),
         ("adapter_version", pa.int64()),
+        ("log_extra", pa.string()),
     ]
 )
 

@@ -31,6 +31,18 @@ class SamplingSpec:
     """Per-request seed; the worker derives one seed per prompt from it so results do not depend on batching."""
     min_tokens: int = 0
     """EOS is suppressed until a completion has this many tokens (0: off; fixed-length benchmarks)."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion (rollout.stop), besides the model's EOS ids, which a worker always stops at."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as the engine gets it: the rendered text and its token ids (shared/chat.py renders them)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    messages: tuple[dict[str, Any], ...] | None = None
+    """The chat messages it was rendered from (system prompt included); None for a plain string prompt."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,11 @@ class Group:
     """The n completions of one prompt."""
 
     prompt: str
+    """The prompt text the model read (the chat template's output for messages)."""
     prompt_token_ids: tuple[int, ...]
     completions: tuple[Completion, ...]
+    messages: tuple[dict[str, Any], ...] | None = None
+    """The chat messages the prompt was rendered from; None for a plain string prompt."""
 
 
 @dataclass(frozen=True)
@@ -164,11 +179,21 @@ class TrainStats:
 
 @dataclass(frozen=True)
 class RewardBatch:
-    """Completions to score, with the data set's other columns (one value per completion)."""
+    """Completions to score, with the data set's other columns (one value per completion).
 
-    prompts: tuple[str, ...]
+    A prompt is a string, or the chat messages it was rendered from (conversational data); the reward actor then
+    hands rewards the completions as TRL does, `[{"role": "assistant", "content": text}]` each.
+    """
+
+    prompts: tuple[str | tuple[dict[str, Any], ...], ...]
     completions: tuple[str, ...]
+    """Raw completion text."""
     columns: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    completion_ids: tuple[tuple[int, ...], ...] | None = None
+    """Generated token ids of every completion (TRL's `completion_ids`); None: not known (scoring a file)."""
+    step: int = 0
+    """The GRPO step the completions are for (rewards see it as `trainer_state.global_step`)."""
+    max_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,3 +208,7 @@ class RewardScores:
     total: tuple[float | None, ...]
     components: dict[str, tuple[float | None, ...]]
     failures: dict[str, int] = field(default_factory=dict)
+    logged_metrics: dict[str, float] = field(default_factory=dict)
+    """Scalars rewards reported with `log_metric(name, value)` (mean of a batch's calls)."""
+    logged_columns: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Per-completion values rewards reported with `log_extra(column, values)` (None where a shard had none)."""

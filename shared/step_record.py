@@ -14,7 +14,7 @@ import inspect
 import sys
 import textwrap
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,10 @@ REWARD_PREFIX = "reward/"
 """A step record's per-reward means are keys `reward/<name>`."""
 HACKING_PREFIX = "hacking/"
 """A step record's reward-hacking figures (`HackingSignals`) are keys `hacking/<field>`."""
+REWARD_LOG_PREFIX = "reward_log/"
+"""What rewards reported with `log_metric(name, value)` is keys `reward_log/<name>`."""
+PREFIXED = {"reward_components": REWARD_PREFIX, "reward_log": REWARD_LOG_PREFIX}
+"""Mapping fields written as one key per entry, `<prefix><name>`."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class StepRecord:
     """Rollout worker restarts so far in the run."""
     reward_restarts: int
     """Reward actor restarts so far in the run."""
+    reward_log: Mapping[str, float] = field(default_factory=dict)
+    """Scalars reward functions reported with `log_metric(name, value)` (TRL's argument), mean of the step's calls,
+    written as `reward_log/<name>`."""
     hacking: HackingSignals = HackingSignals()
     """The reward-hacking watch after this step (shared/hacking.py); flattened as `hacking/<field>`."""
 
@@ -101,8 +108,8 @@ class StepRecord:
             value = getattr(self, f.name)
             if f.name == "train":
                 record.update(asdict(value))
-            elif f.name == "reward_components":
-                record.update({REWARD_PREFIX + name: v for name, v in value.items()})
+            elif f.name in PREFIXED:
+                record.update({PREFIXED[f.name] + name: v for name, v in value.items()})
             elif f.name == "hacking":
                 record.update({HACKING_PREFIX + k: list(v) if k == "fired" else v for k, v in asdict(value).items()})
             else:
@@ -112,7 +119,7 @@ class StepRecord:
 
 def json_keys() -> set[str]:
     """Every fixed key of a step record in metrics.jsonl (the `reward/<name>` keys vary with the reward set)."""
-    return {key for key, _ in _documented_keys() if not key.startswith(REWARD_PREFIX)}
+    return {key for key, _ in _documented_keys() if not key.startswith(tuple(PREFIXED.values()))}
 
 
 def metrics_table() -> str:
@@ -129,8 +136,8 @@ def _documented_keys() -> list[tuple[str, str]]:
             keys += [(t.name, train_docs.get(t.name, "")) for t in fields(TrainStats)]
         elif f.name == "hacking":
             keys += [(HACKING_PREFIX + h.name, hacking_docs.get(h.name, "")) for h in fields(HackingSignals)]
-        elif f.name == "reward_components":
-            keys.append((f"{REWARD_PREFIX}<name>", step_docs[f.name]))
+        elif f.name in PREFIXED:
+            keys.append((f"{PREFIXED[f.name]}<name>", step_docs[f.name]))
         else:
             keys.append((f.name, step_docs[f.name]))
     return keys

@@ -52,3 +52,12 @@ def ray_session():
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random Qwen2, Qwen3, Llama and LFM2 models saved as hub models are (tests/real_models.py), by name."""
+    from tests.real_models import ARCHITECTURES, build_model
+
+    root = tmp_path_factory.mktemp("real-models")
+    return {arch: build_model(arch, root / arch) for arch in ARCHITECTURES}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollout.fleet import RolloutFleet
+from shared.chat import PromptRenderer
 from shared.config import Config, load_config
 from shared.errors import UserError
 from shared.metrics import pass_at_k
@@ -110,9 +111,11 @@ def pass_at_k_table(counts: dict[str, list[int]], n: int, ks: tuple[int, ...]) -
     }
 
 
-def count_correct(fleet: RolloutFleet, task: Task, rows: list[dict], sampling: SamplingSpec, version: int) -> list[int]:
+def count_correct(
+    fleet: RolloutFleet, task: Task, rows: list[dict], sampling: SamplingSpec, version: int, renderer: PromptRenderer
+) -> list[int]:
     """Correct completions per prompt out of sampling.n, generated with adapter `version` (0 = base model)."""
-    groups = fleet.generate([r["prompt"] for r in rows], sampling, version)
+    groups = fleet.generate([renderer.render(r["prompt"]) for r in rows], sampling, version)
     return correct_counts(task, groups, rows)
 
 
@@ -121,28 +124,33 @@ def run_eval(request: EvalRequest) -> dict:
     import ray
 
     from launch.actors import start_ray, start_rollout_workers
-    from launch.datafiles import checked_rows, own_sources, token_counter
+    from launch.datafiles import checked_rows, own_sources
     from launch.rundir import resolve_model_path
 
     config = request.config
     task = get_task(config.task.name)
     model_path = resolve_model_path(config.model.path)
+    renderer = PromptRenderer.from_config(config, model_path)
     own = own_sources(config)[1 if request.split == "heldout" else 0]
     if own:  # the run's own rows; is_correct needs their `answer` column
-        rows = checked_rows(config, own, token_counter(model_path), non_null=["answer"])[0][: request.n_prompts]
+        rows = checked_rows(config, own, renderer.count_tokens, non_null=["answer"])[0][: request.n_prompts]
     else:
         builtin = task.heldout_rows if request.split == "heldout" else task.train_rows
         rows = builtin(request.n_prompts, config.run.seed)
     sampling = SamplingSpec(
-        n=request.n, max_tokens=config.rollout.max_new_tokens, temperature=config.eval.temperature, seed=config.run.seed
+        n=request.n,
+        max_tokens=config.rollout.max_new_tokens,
+        temperature=config.eval.temperature,
+        seed=config.run.seed,
+        stop=tuple(config.rollout.stop),
     )
     payloads = [AdapterPayload.read(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
     start_ray(config)
     fleet = RolloutFleet(start_rollout_workers(config, model_path), config.rollout.max_restarts)
-    counts = {"base": count_correct(fleet, task, rows, sampling, version=0)}
+    counts = {"base": count_correct(fleet, task, rows, sampling, 0, renderer)}
     for (label, _), payload in zip(request.adapters, payloads, strict=True):
         fleet.publish(ray.put(payload))  # one adapter at a time: the fleet keeps only the newest loaded
-        counts[label] = count_correct(fleet, task, rows, sampling, version=payload.version)
+        counts[label] = count_correct(fleet, task, rows, sampling, payload.version, renderer)
     document = _document(request, counts)
     print(format_table(document))
     request.out.parent.mkdir(parents=True, exist_ok=True)

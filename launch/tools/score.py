@@ -1,10 +1,11 @@
 """`prolora score`: score a JSONL file of prompts and completions with a reward set, one JSON line per row.
 
-Users check a reward before they train with it. Each input line is a JSON object with `prompt`, `completion` and
-the columns the rewards read (`answer`, `reference`, `source`, ... as in learner/rewards/README.md); blank lines are
-skipped. Each output line is `{"line": N, "<reward>": value, ..., "total": weighted sum}` for input line N. Rows
-are checked before anything is scored: a line that is not a JSON object, lacks `prompt` or `completion`, or lacks
-a column a chosen built-in reads is an error naming the line and the column.
+Users check a reward before they train with it. Each input line is a JSON object with `prompt`, `completion` and the
+columns the rewards read (`answer`, `reference`, `source`, ... as in learner/rewards/README.md); a prompt may be a list
+of chat messages and a completion a list holding one assistant message (TRL's conversational format), and rewards then
+get them as TRL passes them. Blank lines are skipped. Each output line is `{"line": N, "<reward>": value, ...,
+"total": weighted sum}` for input line N. Rows are checked before anything is scored: a line that is not a JSON object,
+lacks `prompt` or `completion`, or lacks a column a chosen built-in reads is an error naming the line and the column.
 
 The rewards run in this process through the same `RewardWorker` a run uses (same weights, timeout and failure
 policy, from the config or `--set rewards.…`). Rewards that need actors get them: `cycle_consistency` starts
@@ -21,8 +22,9 @@ from typing import Any, TextIO
 
 from launch import datafiles
 from learner.rewards.context import RewardContext
-from learner.rewards.registry import BUILTIN_COLUMNS, resolve_reward
+from learner.rewards.registry import BUILTIN_COLUMNS, resolve_spec
 from learner.rewards.worker import RewardFailure, score_rows
+from shared.chat import check_messages, is_conversational
 from shared.config import Config, RewardSpec
 from shared.errors import UserError
 
@@ -64,8 +66,12 @@ def _check_row(at: str, where: str, row: dict[str, Any], needed: dict[str, str])
             raise ScoreInputError(
                 f"{at}: missing column {column!r} (every row needs prompt and completion); this {where} has: {have}"
             )
-        if not isinstance(row[column], str):
-            raise ScoreInputError(f"{at}: column {column!r} must be a string, got {type(row[column]).__name__}")
+        value = row[column]
+        if not (isinstance(value, str) or (is_conversational(value) and check_messages(value) is None)):
+            raise ScoreInputError(
+                f"{at}: column {column!r} must be a string or a list of chat messages "
+                f'([{{"role": ..., "content": ...}}]), got {value!r:.80}'
+            )
     for column, reward in needed.items():
         if column not in row:
             raise ScoreInputError(
@@ -107,7 +113,7 @@ def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext:
     """Start the actors the rewards need (none for most rewards, and then no Ray either)."""
     from launch.actors import reward_context
 
-    required = {field for spec in specs for field in getattr(resolve_reward(spec.name), "context_requires", ())}
+    required = {field for spec in specs for field in getattr(resolve_spec(spec), "context_requires", ())}
     if not required:
         return reward_context(config, [])
     import ray

@@ -3,7 +3,8 @@
 Rewards that compare against a reference read it from a data set column: `answer` for `exact_match` and
 `math`, `reference` (a string or a list of strings) for `chrf`, `bleu` and `ter`. A missing column is an error
 naming the column; a None value in it means the reward does not apply to that completion (it returns None).
-The `*_reward` factories build variants with other settings for use from user code.
+The `*_reward` factories build variants with other settings for use from user code. Every built-in takes
+completions in both formats TRL uses: strings, or (conversational data) `[{"role": "assistant", "content": ...}]`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from math_verify import parse, verify
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from learner.rewards.protocol import RewardFn, RewardValues
+from shared.chat import message_text
+
+
+def texts(completions: list[Any]) -> list[str]:
+    """The text of every completion, given as strings or as TRL conversational message lists."""
+    return [message_text(c) for c in completions]
 
 
 def require_column(columns: dict[str, Any], name: str, reward: str) -> list[Any]:
@@ -30,7 +37,7 @@ def exact_match(prompts: list[str], completions: list[str], **columns: Any) -> R
     answers = require_column(columns, "answer", "exact_match")
     return [
         None if answer is None else float(completion.strip() == str(answer).strip())
-        for completion, answer in zip(completions, answers, strict=True)
+        for completion, answer in zip(texts(completions), answers, strict=True)
     ]
 
 
@@ -41,7 +48,7 @@ def math_answer(prompts: list[str], completions: list[str], **columns: Any) -> R
     count (1/2, 0.5 and \\frac{1}{2} all match). None where the gold answer itself cannot be parsed.
     """
     answers = require_column(columns, "answer", "math")
-    return [_math_equal(completion, answer) for completion, answer in zip(completions, answers, strict=True)]
+    return [_math_equal(completion, answer) for completion, answer in zip(texts(completions), answers, strict=True)]
 
 
 def _math_equal(completion: str, answer: Any) -> float | None:
@@ -70,7 +77,7 @@ def format_reward(pattern: str) -> RewardFn:
     regex = re.compile(pattern, re.DOTALL)
 
     def format_match(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:
-        return [float(regex.fullmatch(completion.strip()) is not None) for completion in completions]
+        return [float(regex.fullmatch(completion.strip()) is not None) for completion in texts(completions)]
 
     return format_match
 
@@ -99,7 +106,8 @@ def _sentence_scores(
 ) -> list[float | None]:
     # A fresh metric per batch: sacrebleu metrics are cheap, and sharing none keeps threads independent.
     refs = references_column(columns, reward)
-    return [None if r is None else metric.sentence_score(c, r).score for c, r in zip(completions, refs, strict=True)]
+    pairs = zip(texts(completions), refs, strict=True)
+    return [None if r is None else metric.sentence_score(c, r).score for c, r in pairs]
 
 
 def chrf(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:
@@ -176,7 +184,7 @@ def repetition_reward(n: int = 3) -> RewardFn:
         raise ValueError(f"repetition_reward needs n >= 1, got {n}")
 
     def repetition(prompts: list[str], completions: list[str], **columns: Any) -> RewardValues:
-        return [repetition_penalty(completion, n) for completion in completions]
+        return [repetition_penalty(completion, n) for completion in texts(completions)]
 
     return repetition
 

@@ -15,6 +15,7 @@ from sacrebleu.metrics import CHRF
 from learner.rewards.builtin import require_column
 from learner.rewards.context import CONTEXT_HINTS, RewardContext, RewardContextError, generate_greedy
 from learner.rewards.protocol import RewardValues
+from shared.chat import message_text
 
 
 def back_translate(context: RewardContext, completions: list[str]) -> list[str]:
@@ -33,7 +34,7 @@ def cycle_consistency(
     source is None."""
     sources = require_column(columns, "source", "cycle_consistency")
     todo = [i for i, source in enumerate(sources) if source is not None]
-    back = back_translate(reward_context, [completions[i] for i in todo])
+    back = back_translate(reward_context, [message_text(completions[i]) for i in todo])
     metric = CHRF(word_order=2)
     values: RewardValues = [None] * len(completions)
     for i, text in zip(todo, back, strict=True):

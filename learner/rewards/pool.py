@@ -41,11 +41,13 @@ class RewardPool:
             except DEAD_ACTOR_ERRORS as err:
                 self._recover(i, err)  # the restarted actor gets self.specs there
 
-    def score(self, rows: list[dict[str, Any]], groups: list[Group], max_tokens: int) -> RewardScores:
+    def score(
+        self, rows: list[dict[str, Any]], groups: list[Group], max_tokens: int, step: int = 0, max_steps: int = 0
+    ) -> RewardScores:
         """Score every completion, one shard per actor; a shard whose actor died is scored again after the
         restart. Each call names the set in force, so a call Ray queued for an actor that then restarted with the
         run's first set fails loudly (RewardSetMismatch) rather than scoring with the wrong rewards."""
-        shards = _split_batch(reward_batch(rows, groups, max_tokens), len(self.actors))
+        shards = _split_batch(reward_batch(rows, groups, max_tokens, step, max_steps), len(self.actors))
         results: list[RewardScores] = [None] * len(shards)  # type: ignore[list-item]
         pending = {i: self.actors[i].score.remote(shard, self.specs) for i, shard in enumerate(shards)}
         while pending:
@@ -68,22 +70,40 @@ class RewardPool:
         call_when_back(self.actors[i].set_specs, (self.specs,), f"reward actor {i}", err)
 
 
-def reward_batch(rows: list[dict[str, Any]], groups: list[Group], max_tokens: int) -> RewardBatch:
+def reward_batch(
+    rows: list[dict[str, Any]], groups: list[Group], max_tokens: int, step: int = 0, max_steps: int = 0
+) -> RewardBatch:
     """One RewardBatch of every completion; each data set column is repeated per completion, plus
-    `completion_token_count` and `max_tokens` for length-aware rewards."""
+    `completion_token_count` and `max_tokens` for length-aware rewards. A prompt rendered from chat messages is
+    passed as those messages (TRL's conversational format), a plain one as its text."""
     flat_rows = [row for row, g in zip(rows, groups, strict=True) for _ in g.completions]
-    flat = [(g.prompt, c) for g in groups for c in g.completions]
+    flat = [(g, c) for g in groups for c in g.completions]
     columns = {k: tuple(r[k] for r in flat_rows) for k in rows[0] if k != "prompt"}
     columns["completion_token_count"] = tuple(len(c.token_ids) for _, c in flat)
     columns["max_tokens"] = (max_tokens,) * len(flat)
-    return RewardBatch(tuple(p for p, _ in flat), tuple(c.text for _, c in flat), columns)
+    return RewardBatch(
+        prompts=tuple(g.prompt if g.messages is None else g.messages for g, _ in flat),
+        completions=tuple(c.text for _, c in flat),
+        columns=columns,
+        completion_ids=tuple(c.token_ids for _, c in flat),
+        step=step,
+        max_steps=max_steps,
+    )
 
 
 def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
     n = len(batch.completions)
     bounds = [round(i * n / parts) for i in range(parts + 1)]
+    ids = batch.completion_ids
     return [
-        RewardBatch(batch.prompts[a:b], batch.completions[a:b], {k: v[a:b] for k, v in batch.columns.items()})
+        RewardBatch(
+            batch.prompts[a:b],
+            batch.completions[a:b],
+            {k: v[a:b] for k, v in batch.columns.items()},
+            None if ids is None else ids[a:b],
+            batch.step,
+            batch.max_steps,
+        )
         for a, b in zip(bounds, bounds[1:], strict=False)
         if b > a
     ]
@@ -92,8 +112,18 @@ def _split_batch(batch: RewardBatch, parts: int) -> list[RewardBatch]:
 def merge_scores(parts: list[RewardScores]) -> RewardScores:
     """Concatenate the scores of consecutive batches (reward-actor shards, or generation rounds)."""
     names = list(parts[0].components)
+    metrics = {m for p in parts for m in p.logged_metrics}
+    logged = {c for p in parts for c in p.logged_columns}
     return RewardScores(
         total=tuple(t for p in parts for t in p.total),
         components={n: tuple(v for p in parts for v in p.components[n]) for n in names},
         failures={n: sum(p.failures.get(n, 0) for p in parts) for n in names},
+        logged_metrics={m: _mean([p.logged_metrics[m] for p in parts if m in p.logged_metrics]) for m in metrics},
+        logged_columns={
+            c: tuple(v for p in parts for v in p.logged_columns.get(c, (None,) * len(p.total))) for c in logged
+        },
     )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

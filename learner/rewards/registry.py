@@ -91,7 +91,26 @@ def resolve_reward(name: str) -> AnyRewardFn:
     return _import_reward(name)
 
 
+def resolve_spec(spec: RewardSpec) -> AnyRewardFn:
+    """The reward a spec names: `resolve_reward(spec.name)`, or, with `spec.kwargs`, what that factory returns
+    when called with them (e.g. TRL's `get_soft_overlong_punishment(max_completion_len, soft_punish_cache)`)."""
+    target = resolve_reward(spec.name)
+    if spec.kwargs is None:
+        return target
+    try:
+        reward = target(**spec.kwargs)
+    except TypeError as err:
+        raise UnknownRewardError(f"reward {spec.name!r} called with kwargs {spec.kwargs}: {err}") from err
+    if not callable(reward):
+        raise UnknownRewardError(
+            f"reward {spec.name!r} with kwargs returned a {type(reward).__name__}, not a reward function; kwargs are "
+            "for factories that build one"
+        )
+    return reward
+
+
 def _import_reward(path: str) -> AnyRewardFn:
+
     module_name, _, attr_path = path.partition(":")
     if not module_name or not attr_path:
         raise UnknownRewardError(f"reward path {path!r} must look like 'module.path:function'")

@@ -25,6 +25,7 @@ import ray
 from learner.rewards.builtin import references_column
 from learner.rewards.context import CONTEXT_HINTS, RewardContext, RewardContextError
 from learner.rewards.protocol import RewardValues
+from shared.chat import message_text
 from shared.devices import pick_device
 
 PAIR_FORMATS = ("prompt_completion", "reference_candidate", "candidate_reference")
@@ -49,6 +50,8 @@ class RewardModelScorer:
             raise ValueError(f"pair_format must be one of {PAIR_FORMATS}, got {pair_format!r}")
         self._device = pick_device("auto")  # CUDA exactly when the actor was given a GPU (num_gpus > 0)
         self._tokenizer = AutoTokenizer.from_pretrained(path)
+        if self._tokenizer.pad_token is None:  # instruct tokenizers often have none; padding needs one
+            self._tokenizer.pad_token = self._tokenizer.eos_token
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
         self._model = model.to(self._device).eval()
         if self._model.config.num_labels != 1:
@@ -114,7 +117,10 @@ def reward_model(
     if scorer is None:  # check_context refuses such a reward set when it is installed
         raise RewardContextError(f"reward_model: {CONTEXT_HINTS['reward_model']}")
     references = references_column(columns, "reward_model") if "reference" in columns else None
-    return ray.get(scorer.score.remote(list(prompts), list(completions), references))
+    # Conversational prompts reach the model as their messages' text (the rendered template is not kept here).
+    prompt_texts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
+    completion_texts = [message_text(c) for c in completions]
+    return ray.get(scorer.score.remote(prompt_texts, completion_texts, references))
 
 
 reward_model.context_requires = ("reward_model",)  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from learner.rewards.context import RewardContext, check_context, provided_fields
 from learner.rewards.pool import RewardPool
-from learner.rewards.registry import RewardSetError, check_reward_names, resolve_reward
+from learner.rewards.registry import RewardSetError, check_reward_names, resolve_spec
 from shared.config import Config, RewardsConfig, RewardSpec
 from shared.errors import UserError
 from shared.metrics import MetricsWriter, read_metrics
@@ -51,7 +51,7 @@ def check_reward_specs(specs: Sequence[RewardSpec], config: Config) -> None:
     if config.rewards.bertscore.model:
         available |= {"bertscore"}
     for spec in specs:
-        check_context(spec.name, resolve_reward(spec.name), available)
+        check_context(spec.name, resolve_spec(spec), available)
 
 
 def read_rewards_file(path: Path) -> RewardsConfig:
@@ -87,7 +87,7 @@ class RewardSwap:
             rewards = config.rewards.model_copy(update={"functions": functions})
         else:
             rewards = config.rewards
-            path.write_text(yaml.safe_dump(rewards.model_dump(mode="json"), sort_keys=False))
+            path.write_text(yaml.safe_dump(rewards.model_dump(mode="json", exclude_none=True), sort_keys=False))
         return cls(path, config, rewards, resumed)
 
     @property
@@ -133,7 +133,9 @@ class RewardSwap:
         return True
 
     def _record(self, step: int, metrics: MetricsWriter) -> None:
-        metrics.write({"reward_swap": True, "step": step, "rewards": [s.model_dump() for s in self.specs]})
+        metrics.write(
+            {"reward_swap": True, "step": step, "rewards": [s.model_dump(exclude_none=True) for s in self.specs]}
+        )
         print(f"[rewards] from step {step}: {_describe(self.specs)} (from {self.path})", flush=True)
 
 

@@ -30,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from learner.rewards.context import CONTEXT_PARAMETER, RewardContext, check_context, provided_fields, wants_context
-from learner.rewards.protocol import AnyRewardFn, RewardValues
-from learner.rewards.registry import check_reward_names, resolve_reward
+from learner.rewards.protocol import AnyRewardFn, RewardState, RewardValues
+from learner.rewards.registry import check_reward_names, resolve_spec
+from shared.chat import is_conversational, message_text
 from shared.config import RewardSpec
 from shared.records import RewardBatch, RewardScores
 
@@ -76,7 +77,7 @@ class RewardWorker:
     def set_specs(self, specs: Sequence[RewardSpec]) -> None:
         """Replace the reward set (between steps); every name is resolved before anything changes."""
         check_reward_names(specs)
-        functions = {spec.name: resolve_reward(spec.name) for spec in specs}
+        functions = {spec.name: resolve_spec(spec) for spec in specs}
         provided = provided_fields(self._context)
         for name, fn in functions.items():
             check_context(name, fn, provided)
@@ -101,8 +102,9 @@ class RewardWorker:
         if n == 0:
             return RewardScores(total=(), components={s.name: () for s in self._specs})
         # Ray may call this from a thread that already runs an event loop; ours gets a thread of its own.
+        log = RewardLog(n)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            outcomes = pool.submit(asyncio.run, self._run_all(batch, columns)).result()
+            outcomes = pool.submit(asyncio.run, self._run_all(batch, columns, log)).result()
         components: dict[str, tuple[float | None, ...]] = {}
         failures: dict[str, int] = {}
         for spec in self._specs:
@@ -114,21 +116,21 @@ class RewardWorker:
             failures[spec.name] = int(failed)
         skipped = self._failure_policy == "skip_sample" and any(failures.values())
         total = (None,) * n if skipped else _weighted_totals(self._specs, components, n)
-        return RewardScores(total=total, components=components, failures=failures)
+        return RewardScores(total, components, failures, log.mean_metrics(), log.columns())
 
-    async def _run_all(self, batch: RewardBatch, columns: dict[str, list[Any]]) -> dict[str, RewardValues | Exception]:
+    async def _run_all(
+        self, batch: RewardBatch, columns: dict[str, list[Any]], log: RewardLog
+    ) -> dict[str, RewardValues | Exception]:
         names = [spec.name for spec in self._specs]
-        outcomes = await asyncio.gather(*(self._run_one(name, batch, columns) for name in names))
+        outcomes = await asyncio.gather(*(self._run_one(name, batch, columns, log) for name in names))
         return dict(zip(names, outcomes, strict=True))
 
-    async def _run_one(self, name: str, batch: RewardBatch, columns: dict[str, list[Any]]) -> RewardValues | Exception:
+    async def _run_one(
+        self, name: str, batch: RewardBatch, columns: dict[str, list[Any]], log: RewardLog
+    ) -> RewardValues | Exception:
         fn = self._functions[name]
         # Fresh lists per reward: rewards run concurrently and user code may mutate its arguments.
-        kwargs: dict[str, Any] = {
-            "prompts": list(batch.prompts),
-            "completions": list(batch.completions),
-            **{key: list(values) for key, values in columns.items()},
-        }
+        kwargs: dict[str, Any] = {**trl_arguments(batch, log), **{key: list(values) for key, values in columns.items()}}
         if wants_context(fn):
             kwargs[CONTEXT_PARAMETER] = self._context
         try:
@@ -161,11 +163,59 @@ def _checked_columns(batch: RewardBatch) -> dict[str, list[Any]]:
     if len(batch.prompts) != n:
         raise ValueError(f"RewardBatch has {len(batch.prompts)} prompts but {n} completions")
     for key, values in batch.columns.items():
-        if key in ("prompts", "completions", CONTEXT_PARAMETER):
+        if key in ("prompts", "completions", CONTEXT_PARAMETER, *TRL_ARGUMENTS):
             raise ValueError(f"RewardBatch column {key!r} clashes with the reward argument of the same name")
         if len(values) != n:
             raise ValueError(f"RewardBatch column {key!r} has {len(values)} values for {n} completions")
     return {key: list(values) for key, values in batch.columns.items()}
+
+
+TRL_ARGUMENTS = ("completion_ids", "trainer_state", "log_extra", "log_metric")
+"""Keyword arguments TRL's GRPOTrainer passes every reward besides prompts, completions and the data columns."""
+
+
+class RewardLog:
+    """What rewards report through `log_metric(name, value)` and `log_extra(column, values)` during one batch."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._metrics: dict[str, list[float]] = {}
+        self._columns: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def log_metric(self, name: str, value: float) -> None:
+        with self._lock:
+            self._metrics.setdefault(name, []).append(float(value))
+
+    def log_extra(self, column: str, values: list[Any]) -> None:
+        if len(values) != self._n:
+            raise ValueError(f"log_extra({column!r}, ...) got {len(values)} values for {self._n} completions")
+        with self._lock:
+            self._columns[column] = list(values)
+
+    def mean_metrics(self) -> dict[str, float]:
+        return {name: sum(v) / len(v) for name, v in self._metrics.items()}
+
+    def columns(self) -> dict[str, tuple[Any, ...]]:
+        return {name: tuple(values) for name, values in self._columns.items()}
+
+
+def trl_arguments(batch: RewardBatch, log: RewardLog) -> dict[str, Any]:
+    """`prompts`, `completions` and the extra keyword arguments exactly as TRL's GRPOTrainer passes them: for
+    conversational prompts (message lists), each completion is `[{"role": "assistant", "content": text}]`; for
+    string prompts, the text."""
+    conversational = any(is_conversational(p) for p in batch.prompts)
+    texts = list(batch.completions)
+    arguments: dict[str, Any] = {
+        "prompts": [p if isinstance(p, str) else [dict(m) for m in p] for p in batch.prompts],
+        "completions": [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts,
+        "trainer_state": RewardState(global_step=batch.step, max_steps=batch.max_steps),
+        "log_extra": log.log_extra,
+        "log_metric": log.log_metric,
+    }
+    if batch.completion_ids is not None:
+        arguments["completion_ids"] = [list(ids) for ids in batch.completion_ids]
+    return arguments
 
 
 def _is_async(fn: AnyRewardFn) -> bool:
@@ -221,7 +271,8 @@ def score_rows(
     timeout_s: float = 30.0,
     context: RewardContext | None = None,
 ) -> list[dict[str, float | None]]:
-    """Score rows of `{"prompt", "completion", other columns...}` (as read from a JSONL file).
+    """Score rows of `{"prompt", "completion", other columns...}` (as read from a JSONL file). A prompt may be a
+    list of messages and a completion a list holding one assistant message (TRL's conversational format).
 
     Returns one dict per row: each reward's value under its name, and the weighted sum under "total". The
     other keys of the rows become columns; a row without a key that another row has gets None there.
@@ -232,8 +283,8 @@ def score_rows(
             raise ValueError(f"row {i} lacks {', '.join(sorted(missing))}; each row needs prompt and completion")
     keys = dict.fromkeys(key for row in rows for key in row if key not in ("prompt", "completion"))
     batch = RewardBatch(
-        prompts=tuple(row["prompt"] for row in rows),
-        completions=tuple(row["completion"] for row in rows),
+        prompts=tuple(tuple(r["prompt"]) if is_conversational(r["prompt"]) else r["prompt"] for r in rows),
+        completions=tuple(message_text(row["completion"]) for row in rows),
         columns={key: tuple(row.get(key) for row in rows) for key in keys},
     )
     scores = RewardWorker(specs, failure_policy, timeout_s, context).score(batch)

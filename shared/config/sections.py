@@ -51,6 +51,12 @@ class ModelConfig(_Section):
     quantization: Literal["none", "int8", "int4"] = "none"
     """A quantized frozen base (QLoRA-style) for the learner and the engines. Only `none` runs for now: the reason
     is in the error an int8 / int4 config gets (learner/README.md, "Quantized base")."""
+    tokenizer: str | None = None
+    """Where the tokenizer lives when not in model.path (a directory or hub name); engine and prompts both use it."""
+    chat_template: str | None = None
+    """A Jinja chat template file that replaces the tokenizer's own for rendering message prompts."""
+    trust_remote_code: bool = False
+    """Let transformers and vLLM run code shipped with the model or tokenizer (needed by some hub models)."""
 
 
 class LoraConfig(_Section):
@@ -100,6 +106,14 @@ class TaskConfig(_Section):
     columns: dict[str, str] = Field(default_factory=dict)
     """Rename the columns of your own rows (file or data set) before they are checked: old name -> new name, e.g.
     {question: prompt, solution: answer}."""
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    """What a string prompt is: chat wraps it as one user message and renders it with the chat template; plain sends
+    it as-is; auto is plain, with a warning when the model has a chat template. A prompt given as a list of
+    messages is always rendered with the template (shared/chat.py)."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3."""
+    system_prompt: str | None = None
+    """A system message put first in every chat prompt that has none."""
     overlong_prompts: Literal["error", "skip"] = "error"
     """A file row whose prompt tokens + rollout.max_new_tokens exceed model.max_model_len: stop before the run
     starts (error), or leave it out and report the count (skip: printed and written to <run dir>/data.json)."""
@@ -118,6 +132,9 @@ class RolloutConfig(_Section):
     fixed length (`prolora bench --size large`); a real task leaves it at 0."""
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)
+    """Strings that end a completion besides the model's EOS ids (generation_config.json and the tokenizer's), at
+    which generation always stops."""
     kv_cache_gib: int = Field(1, ge=1)
     """KV-cache memory per engine in GiB (on CPU it is host RAM)."""
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
@@ -246,6 +263,10 @@ class RewardSpec(_Section):
     name: str
     """A built-in reward name or a `module:function` path to user code."""
     weight: float = 1.0
+    kwargs: dict[str, Any] | None = None
+    """Arguments of a reward factory: the reward is `function(**kwargs)` (e.g. TRL's
+    `trl.rewards:get_soft_overlong_punishment` with {max_completion_len: 64, soft_punish_cache: 16}); None: `name`
+    is the reward itself."""
 
 
 class RewardModelConfig(_Section):

@@ -28,7 +28,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def no_actors(monkeypatch):
     """A test that got past every check would start Ray here; make that a clear failure instead."""
 
-    def refuse(config):
+    def refuse(*args):
         raise AssertionError("reached start_ray: the input was not refused")
 
     monkeypatch.setattr("launch.driver.start_ray", refuse)
@@ -57,7 +57,8 @@ GOOD = {"prompt": "1+2=", "answer": "3"}
     [
         ({"prompt": "1+2="}, "line 2: missing column 'answer' (every row needs prompt, answer)"),
         ({"answer": "3"}, "line 2: missing column 'prompt'"),
-        ({"prompt": ["1", "+"], "answer": "3"}, "line 2: column 'prompt' must be a string, got list"),
+        ({"prompt": ["1", "+"], "answer": "3"}, "line 2: column 'prompt' holds chat messages, but message 0 is a str"),
+        ({"prompt": 12, "answer": "3"}, "line 2: column 'prompt' must be a string or a list of messages"),
         ({"prompt": "1+2=", "answer": 3}, "line 2: column 'answer' must be a string, got int 3"),
         ({"prompt": "", "answer": "3"}, "line 2: column 'prompt' is empty"),
         ('{"prompt": ', "line 2: not valid JSON"),

@@ -45,7 +45,7 @@ def test_jsonl_rows_keep_their_line_numbers_and_optional_columns_become_none(tmp
         ("[1, 2]", [], "line 2: expected a JSON object, got list"),
         ({"answer": "2"}, [], "line 2: missing column 'prompt'"),
         ({"prompt": "1+1="}, ["answer"], "line 2: missing column 'answer' (every row needs prompt, answer)"),
-        ({"prompt": 12, "answer": "2"}, [], "line 2: column 'prompt' must be a string, got int"),
+        ({"prompt": 12, "answer": "2"}, [], "line 2: column 'prompt' must be a string or a list of messages"),
         ({"prompt": "  ", "answer": "2"}, [], "line 2: column 'prompt' is empty"),
         ({"prompt": "1+1=", "answer": 2}, [], "line 2: column 'answer' must be a string, got int 2"),
         ({"prompt": "1+1=", "max_tokens": 2}, [], "column name 'max_tokens' is reserved"),

@@ -44,6 +44,8 @@ def test_a_gpu_engine_gets_vllm_defaults_and_the_cpu_its_workarounds():
     assert not any(key in gpu for key in CPU_WORKAROUNDS)  # CUDA graphs, prefix caching, chunked prefill: vLLM's
     assert gpu == {
         "model": "/models/m",
+        "tokenizer": None,
+        "trust_remote_code": False,
         "tensor_parallel_size": 1,
         "dtype": "bfloat16",
         "seed": 7,

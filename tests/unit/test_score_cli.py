@@ -78,7 +78,7 @@ def test_score_prints_components_and_total_per_row(tmp_path):
         (
             [{"prompt": "p", "completion": 3, "answer": "3"}],
             "exact_match",
-            "in.jsonl, line 1: column 'completion' must be a string, got int",
+            "in.jsonl, line 1: column 'completion' must be a string or a list of chat messages",
         ),
         ([{"prompt": "p", "completion": "x"}], "exact_mach", "unknown reward 'exact_mach'"),
         ([{"prompt": "p", "completion": "x"}], "chrf=high", "--reward 'chrf=high': the weight"),
