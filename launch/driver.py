@@ -61,13 +61,13 @@ from launch.collect import Collected, Rollouts, collect_batch
 from launch.datafiles import TaskData, load_task_data, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
-from launch.preflight import check_rewards_on_row
 from launch.progress import Progress, driver_output_to
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
 from learner.advantages import zero_std_fraction
 from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.builtin import repetition_penalty
+from learner.rewards.pool import check_rewards_on_row
 from learner.rewards.swap import RewardSwap, check_reward_specs
 from rollout.probe import StaleAdapterError, probe_prompts
 from shared.chat import PromptRenderer, prompt_key

@@ -1,4 +1,5 @@
-"""The reward actors of a run, driven from the driver: split a batch of completions across them, survive a dead one.
+"""The reward actors of a run, driven from the driver: split a batch of completions across them, survive a dead one;
+and, before any actor starts, the reward set tried on one row of the data (`check_rewards_on_row`).
 
 A reward actor restarted by Ray comes back with the reward set of the run's start, not the one in force after a
 reward swap (learner/rewards/swap.py), so the pool keeps the set in force, re-sends it to a restarted actor and
@@ -13,10 +14,14 @@ from typing import Any
 
 import ray
 
-from learner.rewards.worker import RewardSetMismatch, RewardWorker
-from shared.config import RewardSpec
+from learner.rewards.context import wants_context
+from learner.rewards.registry import resolve_spec
+from learner.rewards.worker import RewardFailure, RewardSetMismatch, RewardWorker
+from shared.chat import PromptRenderer
+from shared.config import Config, RewardSpec
+from shared.errors import UserError
 from shared.handles import Actor
-from shared.records import Group, RewardBatch, RewardScores
+from shared.records import Completion, Group, RewardBatch, RewardScores
 from shared.restarts import DEAD_ACTOR_ERRORS, TooManyRestarts, call_when_back
 
 log = logging.getLogger(__name__)
@@ -127,3 +132,45 @@ def merge_scores(parts: list[RewardScores]) -> RewardScores:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
+
+
+# The reward set tried on one row of the data before any actor starts. A reward written for another data format
+# (TRL's `accuracy_reward` indexes `completion[0]["content"]`, a plain-text reward calls `.strip()`) fails on every
+# batch; found at step 1 that costs an engine start-up, and under failure_policy=zero it is never found. So the
+# driver calls every reward once on the first training row, in exactly the form a run passes it.
+
+SAMPLE_COMPLETION = "The answer is 42."
+"""The completion tried when the row has no string `answer`."""
+
+
+class RewardFormatError(UserError):
+    """A reward raised on the first row of the data in the form a run passes it."""
+
+
+def check_rewards_on_row(
+    specs: Sequence[RewardSpec], row: dict[str, Any], renderer: PromptRenderer, config: Config
+) -> None:
+    """Call every reward that needs no actors once on `row`; raise RewardFormatError naming the reward, the
+    format it was given and its error."""
+    runnable = [spec for spec in specs if not wants_context(resolve_spec(spec))]
+    if not runnable:
+        return
+    prompt = renderer.render(row["prompt"])
+    text = row["answer"] if isinstance(row.get("answer"), str) else SAMPLE_COMPLETION
+    ids = tuple(renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+    completion = Completion(text, ids, (0.0,) * len(ids), "stop", 0)
+    group = Group(prompt.text, prompt.token_ids, (completion,), prompt.messages)
+    batch = reward_batch([row], [group], config.rollout.max_new_tokens, step=1, max_steps=config.run.steps)
+    worker = RewardWorker(runnable, "fail_run", config.rewards.timeout_s)
+    try:
+        worker.score(batch)
+    except RewardFailure as err:
+        shape = (
+            'prompts as lists of messages and completions as [{"role": "assistant", "content": text}]'
+            if prompt.messages is not None
+            else "prompts and completions as strings"
+        )
+        raise RewardFormatError(
+            f"{err}\n(tried before the run started, on the first training row, with {shape}, as TRL passes them for "
+            f"this data; completion tried: {text!r})"
+        ) from err.__cause__

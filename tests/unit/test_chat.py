@@ -9,9 +9,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from launch.preflight import RewardFormatError, check_rewards_on_row
 from launch.progress import Progress
 from launch.tools.score import score_file
+from learner.rewards.pool import RewardFormatError, check_rewards_on_row
 from learner.rewards.worker import RewardWorker
 from shared.chat import PromptFormatError, PromptRenderer, eos_token_ids, message_text
 from shared.config import Config, RewardSpec, load_config
