@@ -28,7 +28,7 @@ from rollout.probe import check_probe
 from rollout.worker import AdapterNotLoaded, RolloutWorker
 from shared.handles import Actor
 from shared.records import AdapterPayload, Group, HotLoad, Prompt, SamplingSpec
-from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, TooManyRestarts, call_when_back
+from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, call_when_back, check_restart_limit
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,7 @@ class RolloutFleet:
 
     def _reload(self, i: int, err: Exception) -> None:
         self.restarts += 1
-        if self.restarts > self.max_restarts:
-            raise TooManyRestarts(
-                f"rollout workers died {self.restarts} times (limit rollout.max_restarts={self.max_restarts}); "
-                f"last error: {err}"
-            ) from err
+        check_restart_limit(self.restarts, self.max_restarts, "rollout workers", "rollout.max_restarts", err)
         log.warning("rollout worker %d died (%s); reloading its adapters and retrying", i, type(err).__name__)
         for payload in self._payloads:
             call_when_back(self.workers[i].load_adapter, (payload, self.keep_versions), f"rollout worker {i}", err)

@@ -36,3 +36,9 @@ def call_when_back(method: ActorMethod, args: tuple[Any, ...], what: str, err: E
             if time.monotonic() > deadline:
                 raise TooManyRestarts(f"{what} did not come back in {RESTART_TIMEOUT_S} s") from err
             time.sleep(0.5)
+
+
+def check_restart_limit(restarts: int, limit: int, what: str, limit_key: str, err: Exception) -> None:
+    """Raise TooManyRestarts once a fleet's actors have died more than `limit` times (config key `limit_key`)."""
+    if restarts > limit:
+        raise TooManyRestarts(f"{what} died {restarts} times (limit {limit_key}={limit}); last error: {err}") from err

@@ -22,7 +22,7 @@ from shared.config import Config, RewardSpec
 from shared.errors import UserError
 from shared.handles import Actor
 from shared.records import Completion, Group, RewardBatch, RewardScores
-from shared.restarts import DEAD_ACTOR_ERRORS, TooManyRestarts, call_when_back
+from shared.restarts import DEAD_ACTOR_ERRORS, call_when_back, check_restart_limit
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ class RewardPool:
 
     def _recover(self, i: int, err: Exception) -> None:
         self.restarts += 1
-        if self.restarts > self.max_restarts:
-            raise TooManyRestarts(
-                f"reward actors died {self.restarts} times (limit rewards.max_restarts={self.max_restarts}); "
-                f"last error: {err}"
-            ) from err
+        check_restart_limit(self.restarts, self.max_restarts, "reward actors", "rewards.max_restarts", err)
         log.warning("reward actor %d died (%s); re-sending the reward set in force and retrying", i, type(err).__name__)
         call_when_back(self.actors[i].set_specs, (self.specs,), f"reward actor {i}", err)
 
