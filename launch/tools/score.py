@@ -7,6 +7,10 @@ get them as TRL passes them. Blank lines are skipped. Each output line is `{"lin
 "total": weighted sum}` for input line N. Rows are checked before anything is scored: a line that is not a JSON object,
 lacks `prompt` or `completion`, or lacks a column a chosen built-in reads is an error naming the line and the column.
 
+User rewards (`module:function`) get TRL's `completion_ids` too: each completion's text encoded by the run's tokenizer
+(`model.tokenizer`, else `model.path`'s) without special tokens, since a file holds text and not the ids that were
+sampled. Built-in rewards read no ids, so a set of built-ins loads no tokenizer.
+
 The rewards run in this process through the same `RewardWorker` a run uses (same weights, timeout and failure
 policy, from the config or `--set rewards.…`). Rewards that need actors get them: `cycle_consistency` starts
 rollout workers on `model.path` (the base model, no adapter) and `reward_model` starts the reward-model actor
@@ -22,7 +26,7 @@ from typing import Any, TextIO
 
 from launch import datafiles
 from learner.rewards.context import RewardContext
-from learner.rewards.registry import BUILTIN_COLUMNS, resolve_spec
+from learner.rewards.registry import BUILTIN_COLUMNS, BUILTIN_REWARDS, resolve_spec
 from learner.rewards.worker import RewardFailure, score_rows
 from shared.chat import check_messages, is_conversational
 from shared.config import Config, RewardSpec
@@ -86,6 +90,9 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
 
     check_reward_specs(specs, config)
     line_numbers, rows = read_rows(path, specs)
+    completion_ids = None
+    if any(spec.name not in BUILTIN_REWARDS for spec in specs):
+        completion_ids = encode_completions(config, rows)
     context = _start_context(config, specs)
     try:
         scored = score_rows(
@@ -94,6 +101,7 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
             failure_policy=config.rewards.failure_policy,
             timeout_s=config.rewards.timeout_s,
             context=context,
+            completion_ids=completion_ids,
         )
     except RewardFailure as err:
         raise ScoreInputError(
@@ -107,6 +115,17 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
     for number, values in zip(line_numbers, scored, strict=True):
         out.write(json.dumps({"line": number, **values}) + "\n")
     return len(rows)
+
+
+def encode_completions(config: Config, rows: list[dict[str, Any]]) -> list[list[int]]:
+    """Each row's completion text as the run's tokenizer encodes it (no BOS or other added special tokens)."""
+    from launch.rundir import resolve_model_path
+    from shared.chat import load_tokenizer, message_text
+
+    tokenizer = load_tokenizer(
+        config.model.tokenizer or resolve_model_path(config.model.path), config.model.trust_remote_code
+    )
+    return [tokenizer.encode(message_text(row["completion"]), add_special_tokens=False) for row in rows]
 
 
 def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext:

@@ -270,9 +270,11 @@ def score_rows(
     failure_policy: str = "fail_run",
     timeout_s: float = 30.0,
     context: RewardContext | None = None,
+    completion_ids: Sequence[Sequence[int]] | None = None,
 ) -> list[dict[str, float | None]]:
     """Score rows of `{"prompt", "completion", other columns...}` (as read from a JSONL file). A prompt may be a
     list of messages and a completion a list holding one assistant message (TRL's conversational format).
+    `completion_ids`, one list per row, is what rewards get as TRL's `completion_ids` (None: not known).
 
     Returns one dict per row: each reward's value under its name, and the weighted sum under "total". The
     other keys of the rows become columns; a row without a key that another row has gets None there.
@@ -286,6 +288,7 @@ def score_rows(
         prompts=tuple(tuple(r["prompt"]) if is_conversational(r["prompt"]) else r["prompt"] for r in rows),
         completions=tuple(message_text(row["completion"]) for row in rows),
         columns={key: tuple(row.get(key) for row in rows) for key in keys},
+        completion_ids=None if completion_ids is None else tuple(tuple(ids) for ids in completion_ids),
     )
     scores = RewardWorker(specs, failure_policy, timeout_s, context).score(batch)
     return [

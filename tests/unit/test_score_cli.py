@@ -92,13 +92,40 @@ def test_bad_input_is_a_clear_error_naming_line_and_column(tmp_path, lines, rewa
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
-def test_failing_user_reward_follows_the_configured_policy(tmp_path):
+def test_user_rewards_get_completion_ids_from_the_run_tokenizer(tmp_path, real_models):
+    from transformers import AutoTokenizer
+
+    (tmp_path / "id_rewards.py").write_text(
+        "def n_ids(prompts, completions, completion_ids, **kw):\n"
+        "    assert completions[0][0]['role'] == 'assistant'\n"
+        "    return [float(len(ids)) for ids in completion_ids]\n"
+    )
+    text = "The answer is 12345."
+    row = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": text}]}
+    proc = _score(
+        "--input",
+        _write(tmp_path / "in.jsonl", [row]),
+        "--reward",
+        "id_rewards:n_ids",
+        "--set",
+        f"model.tokenizer={real_models['qwen2']}",
+        pythonpath=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = AutoTokenizer.from_pretrained(real_models["qwen2"]).encode(text, add_special_tokens=False)
+    assert len(expected) > len(text.split())  # digits one per token: ids, not words
+    assert json.loads(proc.stdout)["id_rewards:n_ids"] == len(expected)
+
+
+def test_failing_user_reward_follows_the_configured_policy(tmp_path, real_models):
     (tmp_path / "my_rewards.py").write_text("def boom(prompts, completions, **kw):\n    raise RuntimeError('bad')\n")
     args = (
         "--input",
         _write(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "a b c a b c"}]),
         "--reward",
         "my_rewards:boom,repetition=2",
+        "--set",
+        f"model.tokenizer={real_models['qwen2']}",
     )
     proc = _score(*args, pythonpath=str(tmp_path))
     assert proc.returncode == 2 and "reward 'my_rewards:boom' failed: RuntimeError: bad" in proc.stderr
