@@ -30,6 +30,8 @@ CHATML = (
 VOCAB_SIZE = 1024
 EOS_LOGIT = 4.0
 """Logit each EOS id gets at every position (the others are near 0): about 11% each with the ~380-token vocabulary."""
+PAD_LOGIT = 30.0
+"""How far below the others the padded vocabulary rows' logits sit: never sampled."""
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. What is 12 + 35? The answer is 47. "
     "Translate to English: hello world, good morning, thank you very much. "
@@ -107,22 +109,24 @@ def model_config(arch: str, vocab_size: int):
     return config
 
 
-def build_model(arch: str, out_dir: Path, seed: int = 0, eos_bias: bool = True) -> Path:
+def build_model(arch: str, out_dir: Path, seed: int = 0, eos_bias: bool = True, vocab_size: int | None = None) -> Path:
     """Save a tiny random `arch` model with its tokenizer and generation config into `out_dir` (with `eos_bias`,
-    both EOS ids are likely at every position)."""
+    both EOS ids are likely at every position). `vocab_size` above the tokenizer's length pads the embedding and
+    output head as hub models do (Qwen2.5's 151,936 rows for 151,665 tokens); the padded ids are never sampled, as
+    in a trained model."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     tokenizer = build_tokenizer(arch)
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     torch.manual_seed(seed)
-    config = model_config(arch, len(tokenizer))
+    config = model_config(arch, vocab_size or len(tokenizer))
     config.eos_token_id = eos_ids[0]
     config.bos_token_id = tokenizer.bos_token_id
     config.pad_token_id = None
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if eos_bias:
-        _bias_eos(model, eos_ids)
+        _bias_eos(model, eos_ids, len(tokenizer))
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     model_config_path = out_dir / "config.json"
@@ -136,9 +140,9 @@ def build_model(arch: str, out_dir: Path, seed: int = 0, eos_bias: bool = True) 
     return out_dir
 
 
-def _bias_eos(model, eos_ids: list[int]) -> None:
+def _bias_eos(model, eos_ids: list[int], n_tokens: int) -> None:
     """Make each EOS id likely at every position: a constant embedding dimension the final norm keeps positive,
-    read only by the EOS rows of the output head."""
+    read only by the EOS rows of the output head (and, negatively, by the padding rows past `n_tokens`)."""
     import torch
 
     with torch.no_grad():
@@ -150,6 +154,7 @@ def _bias_eos(model, eos_ids: list[int]) -> None:
         scale = embed.shape[1] ** 0.5
         for eos in eos_ids:
             head[eos, dim] = EOS_LOGIT / scale
+        head[n_tokens:, dim] = -PAD_LOGIT / scale
 
 
 def _plain_tokenizer_class(out_dir: Path) -> None:
