@@ -297,12 +297,17 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from launch.progress import driver_output_to, log_dir, quiet_libraries
     from launch.tools.passk import EvalRequest, run_eval
 
     request = EvalRequest.from_args(
         args.target, args.k, args.n, args.split, args.prompts, args.adapters, args.out, args.overrides
     )
-    run_eval(request)
+    if not request.config.log.verbose:
+        quiet_libraries()
+        print(f"engine and Ray logs: {log_dir(request.out.parent)}/ (--set log.verbose=true shows them)")
+    with driver_output_to(request.out.parent, request.config.log.verbose):
+        run_eval(request)
     return 0
 
 

@@ -145,7 +145,7 @@ def run_eval(request: EvalRequest) -> dict:
         stop=tuple(config.rollout.stop),
     )
     payloads = [AdapterPayload.read(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
-    start_ray(config)
+    start_ray(config, request.out.parent)  # engine and Ray output to logs/ beside the table, unless log.verbose
     fleet = RolloutFleet(start_rollout_workers(config, model_path), config.rollout.max_restarts)
     counts = {"base": count_correct(fleet, task, rows, sampling, 0, renderer)}
     for (label, _), payload in zip(request.adapters, payloads, strict=True):

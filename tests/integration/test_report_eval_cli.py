@@ -90,8 +90,12 @@ def _pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def test_eval_of_a_real_adapter(run_dir):
+    actors_log = run_dir / "logs" / "actors.log"
+    logged_before = actors_log.stat().st_size
     proc = _prolora("eval", str(run_dir), "--k", "1,4", "--n", "6", "--prompts", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LLM engine" not in proc.stdout + proc.stderr  # the engine's start-up lines go to RUN_DIR/logs/
+    assert "LLM engine" in actors_log.read_text()[logged_before:]
     table = json.loads((run_dir / "eval_heldout.json").read_text())
     assert table["k"] == [1, 4] and table["n"] == 6 and table["n_prompts"] == 8
     assert [row["model"] for row in table["rows"]] == ["base", "final"]
