@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -36,6 +36,7 @@ from rollout.worker import RolloutWorker
 from shared.config import Config, RewardSpec
 from shared.errors import UserError
 from shared.handles import Actor, as_actor
+from shared.records import Prompt
 from shared.tasks import get_task
 
 
@@ -113,12 +114,15 @@ class Actors:
     bertscore: Actor[BertScorer] | None = None
 
 
-def start_actors(config: Config, model_path: str, reward_specs: Sequence[RewardSpec]) -> Actors:
-    """Every actor of a run; the reward actors get a RewardContext holding the rollout workers and model actors."""
+def start_actors(
+    config: Config, model_path: str, reward_specs: Sequence[RewardSpec], render: Callable[[str], Prompt] | None = None
+) -> Actors:
+    """Every actor of a run; the reward actors get a RewardContext holding the rollout workers and model actors, and
+    `render`, how prompts a reward builds reach the engine (see RewardContext.render)."""
     workers = start_rollout_workers(config, model_path)
     reward_model = start_reward_model(config)
     bertscore = start_bertscore(config)
-    context = reward_context(config, workers, reward_model, bertscore, model_path)
+    context = reward_context(config, workers, reward_model, bertscore, model_path, render)
     return Actors(
         fleet=RolloutFleet(
             workers,
@@ -278,10 +282,12 @@ def reward_context(
     reward_model: Actor[RewardModelScorer] | None = None,
     bertscore: Actor[BertScorer] | None = None,
     model_path: str | None = None,
+    render: Callable[[str], Prompt] | None = None,
 ) -> RewardContext:
     return RewardContext(
         rollout_workers=tuple(workers),
         back_translation_prompt=get_task(config.task.name).back_translation_prompt,
+        render=render,
         max_new_tokens=config.rollout.max_new_tokens,
         reward_model=reward_model,
         bertscore=bertscore,

@@ -213,7 +213,9 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
     _note_skipped_rows(data, run_dir.path)
     rewards = RewardSwap.open(run_dir.path, config)
     start_ray(config, run_dir.path)
-    actors = start_actors(config, model_path, rewards.specs)
+    # Prompts a reward builds (cycle_consistency's back-translation) go to the engine as the run's own prompts do.
+    render = renderer.render_user_turn if renderer.uses_chat(data.train[0]["prompt"]) else None
+    actors = start_actors(config, model_path, rewards.specs, render)
     curriculum = Curriculum(
         PromptFeed(PromptSampler(data.train, config.run.seed), config.rollout.max_staleness),
         PassRateHistory(config.task.retire_after),

@@ -148,6 +148,10 @@ class PromptRenderer:
             ids = ids["input_ids"]
         return Prompt(text, tuple(ids), tuple(messages))
 
+    def render_user_turn(self, text: str) -> Prompt:
+        """`text` rendered as one user message (the system prompt added as for the run's prompts)."""
+        return self.render([{"role": "user", "content": text}])
+
     def count_tokens(self, prompt: str | Sequence[dict[str, Any]]) -> int:
         """Prompt length in tokens as the engine gets it."""
         return len(self.render(prompt).token_ids)

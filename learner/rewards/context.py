@@ -25,7 +25,7 @@ import ray
 from shared.config import RougeConfig
 from shared.errors import UserError
 from shared.handles import Actor
-from shared.records import SamplingSpec
+from shared.records import Prompt, SamplingSpec
 
 if TYPE_CHECKING:
     from learner.rewards.bertscore import BertScorer
@@ -43,6 +43,9 @@ class RewardContext:
     (it serves the newest adapter)."""
     back_translation_prompt: Callable[[str], str] | None = None
     """The task's reverse prompt: the prompt asking the model to translate a completion back to the source."""
+    render: Callable[[str], Prompt] | None = None
+    """How a prompt a reward builds (the back-translation prompt) reaches the engine: rendered like the run's own
+    prompts, e.g. through the chat template as one user message when those are chat messages; None: as plain text."""
     max_new_tokens: int = 32
     """Completion budget for generations a reward asks for."""
     reward_model: Actor[RewardModelScorer] | None = None
@@ -93,10 +96,12 @@ CONTEXT_HINTS = {
 
 
 def generate_greedy(context: RewardContext, prompts: list[str]) -> list[str]:
-    """Greedy completions of `prompts` from the rollout workers' newest adapter, dealt round-robin."""
+    """Greedy completions of `prompts` (rendered by `context.render`) from the rollout workers' newest adapter,
+    dealt round-robin."""
     workers = context.rollout_workers
+    rendered: list[str | Prompt] = [context.render(p) for p in prompts] if context.render else list(prompts)
     sampling = SamplingSpec(n=1, max_tokens=context.max_new_tokens, temperature=0.0)
-    shards = [prompts[i :: len(workers)] for i in range(len(workers))]
+    shards = [rendered[i :: len(workers)] for i in range(len(workers))]
     refs = [(i, w.generate.remote(s, sampling)) for i, (w, s) in enumerate(zip(workers, shards, strict=True)) if s]
     texts: list[str] = [""] * len(prompts)
     for i, ref in refs:

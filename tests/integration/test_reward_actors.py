@@ -163,3 +163,32 @@ def test_cycle_consistency_scores_the_models_own_back_translation(translate_flee
     assert scores.failures == {"cycle_consistency": 0}
     assert max(expected) > 0, f"no back-translation overlaps its source, a trivial comparison: {back}"
     ray_session.kill(rewarder)
+
+
+def test_cycle_consistency_renders_its_prompts_as_the_run_does(translate_fleet, tiny_translate_model, ray_session):
+    """With chat prompts, the back-translation prompt goes to the engine through the chat template as a user turn."""
+    from shared.chat import PromptRenderer, load_tokenizer
+
+    config, workers = translate_fleet
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    renderer = PromptRenderer(load_tokenizer(str(tiny_translate_model)), chat_template=template)
+    rows = get_task("translate").heldout_rows(4, 0)
+    completions = [r["reference"] for r in rows]
+    context = reward_context(config, workers, render=renderer.render_user_turn)
+    (rewarder,) = start_reward_actors(config, [RewardSpec(name="cycle_consistency")], context)
+    batch = RewardBatch(
+        tuple(r["prompt"] for r in rows), tuple(completions), {"source": tuple(r["source"] for r in rows)}
+    )
+    scores = ray_session.get(rewarder.score.remote(batch))
+
+    greedy = SamplingSpec(n=1, max_tokens=32, temperature=0.0)
+    rendered = [renderer.render_user_turn(f"T:{c.strip()}\nS:") for c in completions]
+    assert rendered[0].text.startswith("<user>T:") and rendered[0].messages == (
+        {"role": "user", "content": f"T:{completions[0].strip()}\nS:"},
+    )
+    back = [g.completions[0].text.strip() for g in ray_session.get(workers[0].generate.remote(rendered, greedy))]
+    expected = [
+        CHRF(word_order=2).sentence_score(b, [r["source"]]).score / 100 for b, r in zip(back, rows, strict=True)
+    ]
+    assert scores.components["cycle_consistency"] == pytest.approx(expected)
+    ray_session.kill(rewarder)
