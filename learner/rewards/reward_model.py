@@ -5,7 +5,10 @@ large model is loaded once per run, not once per reward actor, and sits on a GPU
 model must have one output (`num_labels == 1`); a completion's score is that logit. What the model reads is
 `rewards.reward_model.pair_format`:
 
-- `prompt_completion` (a reward model): the text `prompt + completion`;
+- `prompt_completion` (a reward model): the text `prompt + completion`; for chat prompts (message lists), the
+  conversation with the completion as the assistant's reply, rendered by the reward model's own chat template (as TRL
+  feeds reward models; its special tokens come from the template, none are added), or, when its tokenizer has no
+  template, the messages' contents joined by newlines followed by the completion;
 - `reference_candidate` (a learned metric such as BLEURT): the tokenizer's text pair (reference, completion), i.e.
   `[CLS] reference [SEP] completion [SEP]` with segment ids for a BERT-style model, the way BLEURT-20's PyTorch
   ports are called (`model(**tokenizer(references, candidates))`);
@@ -66,12 +69,19 @@ class RewardModelScorer:
         self.pair_format = pair_format
 
     def score(
-        self, prompts: list[str], completions: list[str], references: list[list[str] | None] | None = None
+        self,
+        prompts: list[str] | list[Any],
+        completions: list[str],
+        references: list[list[str] | None] | None = None,
     ) -> list[float | None]:
         """One score per completion: the model's single logit for its text or its best (reference, completion)
-        pair; None where a pair format has no reference."""
+        pair; None where a pair format has no reference. A prompt is a string or a list of chat messages."""
         if self.pair_format == "prompt_completion":
-            return list(self._logits([p + c for p, c in zip(prompts, completions, strict=True)]))
+            if any(not isinstance(p, str) for p in prompts) and self._tokenizer.chat_template:
+                texts = [self._conversation(p, c) for p, c in zip(prompts, completions, strict=True)]
+                return list(self._logits(texts, add_special_tokens=False))
+            texts = [_joined(p) + c for p, c in zip(prompts, completions, strict=True)]
+            return list(self._logits(texts))
         if references is None:
             raise ValueError(f"pair_format={self.pair_format!r} needs the references of the completions")
         pairs = [(i, r, c) for i, (c, refs) in enumerate(zip(completions, references, strict=True)) for r in refs or ()]
@@ -84,7 +94,14 @@ class RewardModelScorer:
             best[i] = s if previous is None else max(previous, s)
         return best
 
-    def _logits(self, first: list[str], second: list[str] | None = None) -> list[float]:
+    def _conversation(self, prompt: str | list[Any], completion: str) -> str:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        messages.append({"role": "assistant", "content": completion})
+        return str(self._tokenizer.apply_chat_template(messages, tokenize=False))
+
+    def _logits(
+        self, first: list[str], second: list[str] | None = None, add_special_tokens: bool = True
+    ) -> list[float]:
         import torch
 
         scores: list[float] = []
@@ -98,6 +115,7 @@ class RewardModelScorer:
                     padding_side="right",
                     truncation=True,
                     max_length=self._max_length,
+                    add_special_tokens=add_special_tokens,
                     return_tensors="pt",
                 ).to(self._device)
                 logits_B1 = self._model(**enc).logits
@@ -117,10 +135,13 @@ def reward_model(
     if scorer is None:  # check_context refuses such a reward set when it is installed
         raise RewardContextError(f"reward_model: {CONTEXT_HINTS['reward_model']}")
     references = references_column(columns, "reward_model") if "reference" in columns else None
-    # Conversational prompts reach the model as their messages' text (the rendered template is not kept here).
-    prompt_texts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
+    prompts_sent = [p if isinstance(p, str) else [dict(m) for m in p] for p in prompts]
     completion_texts = [message_text(c) for c in completions]
-    return ray.get(scorer.score.remote(prompt_texts, completion_texts, references))
+    return ray.get(scorer.score.remote(prompts_sent, completion_texts, references))
+
+
+def _joined(prompt: str | list[Any]) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt) + "\n"
 
 
 reward_model.context_requires = ("reward_model",)  # type: ignore[attr-defined]

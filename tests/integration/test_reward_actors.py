@@ -72,6 +72,37 @@ def test_reward_model_actor_matches_a_direct_forward(reward_model_dir, ray_sessi
     ray_session.kill(actor)
 
 
+def test_reward_model_reads_chat_prompts_through_its_own_template(reward_model_dir, tmp_path, ray_session):
+    """TRL's conversational rows: the reward model sees the conversation with the completion as the assistant's turn,
+    rendered by its own chat template, with no special tokens added on top."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path / "chat-reward-model"
+    shutil.copytree(reward_model_dir, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(path)
+    actor = start_reward_model(load_config(overrides=[f"rewards.reward_model.path={path}"]))
+    prompts = (
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}],
+        [{"role": "user", "content": "2+2="}],
+    )
+    completions = ("2", "4")
+    worker = RewardWorker([RewardSpec(name="reward_model")], "fail_run", 60.0, RewardContext(reward_model=actor))
+    scores = worker.score(RewardBatch(prompts, completions))
+
+    texts = ["[system] Be brief.\n[user] 1+1=\n[assistant] 2\n", "[user] 2+2=\n[assistant] 4\n"]
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = [
+            model(**tokenizer(t, add_special_tokens=False, return_tensors="pt")).logits[0, 0].item() for t in texts
+        ]
+    assert scores.components["reward_model"] == pytest.approx(expected, abs=1e-4)
+    ray_session.kill(actor)
+
+
 def test_learned_metric_scores_reference_candidate_pairs(tmp_path, ray_session):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
