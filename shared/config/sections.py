@@ -281,8 +281,8 @@ class RewardModelConfig(_Section):
     """GPUs for the reward-model actor (0 on CPU machines)."""
     pair_format: PairFormat = "prompt_completion"
     """What the model reads: `prompt_completion` the text prompt + completion (a reward model; for chat prompts the
-    conversation with the completion as the assistant's turn, through the reward model's own chat template); `reference_candidate`
-    the tokenizer's text pair (reference, completion), as BLEURT-style learned metrics are trained;
+    conversation with the completion as the assistant's turn, through the reward model's own chat template);
+    `reference_candidate` the tokenizer's text pair (reference, completion), as BLEURT-style metrics are trained;
     `candidate_reference` the pair the other way round. The pair formats read the `reference` column."""
 
 
