@@ -211,7 +211,9 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
     """Start Ray and the actors for a run whose inputs are checked and whose directory is open."""
     task, model_path, data, renderer = inputs
     _note_skipped_rows(data, run_dir.path)
-    rewards = RewardSwap.open(run_dir.path, config)
+    # A rewards.yaml edited mid-run is tried on the first training row, as the config's set was before the start.
+    tryout = partial(check_rewards_on_row, row=data.train[0], renderer=renderer, config=config)
+    rewards = RewardSwap.open(run_dir.path, config, tryout)
     start_ray(config, run_dir.path)
     # Prompts a reward builds (cycle_consistency's back-translation) go to the engine as the run's own prompts do.
     render = renderer.render_user_turn if renderer.uses_chat(data.train[0]["prompt"]) else None

@@ -8,9 +8,11 @@ re-sends it to a reward actor Ray restarts later). Rollout workers and the learn
 completions are the first scored by the new set is recorded in `metrics.jsonl` as
 `{"reward_swap": true, "step": S, "rewards": [{"name": ..., "weight": ...}, ...]}`.
 
-A file that cannot be used (bad YAML, an unknown key, an unknown reward, a reward whose needs the run cannot meet)
-never stops the run: the set in force stays, and a warning says why. Only `functions` is read from the file; a
-change to another key (failure_policy, timeout_s, ...) is reported and ignored (those come from the config). The file
+A file that cannot be used (bad YAML, an unknown key, an unknown reward, a reward whose needs the run cannot meet, a
+reward that raises when tried on the data's first row as the run passes it: the driver's `tryout`, the same check a
+run makes before it starts) never stops the run: the set in force stays, and a warning says why. Only `functions`
+is read from the file; a change to another key (failure_policy, timeout_s, ...) is reported and ignored (those come
+from the config). The file
 always holds what the user last wrote, so a resumed run reads the set in force from it (an unusable file is then
 an error, before any actor starts). Resuming drops the records of steps after the checkpoint, a swap record among
 them; so on its first step a resumed run compares the file's set with the last one metrics.jsonl records (or the
@@ -20,7 +22,7 @@ config's) and records a swap at that step if they differ.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -69,16 +71,27 @@ def read_rewards_file(path: Path) -> RewardsConfig:
 class RewardSwap:
     """Watches one run's rewards.yaml and installs changed reward sets between steps."""
 
-    def __init__(self, path: Path, config: Config, rewards: RewardsConfig, resumed: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: Config,
+        rewards: RewardsConfig,
+        resumed: bool = False,
+        tryout: Callable[[Sequence[RewardSpec]], None] | None = None,
+    ) -> None:
         self.path = path
         self._config = config
+        self._tryout = tryout
         self._rewards = rewards
         self._signature = _signature(path)
         self._resumed = resumed
 
     @classmethod
-    def open(cls, run_dir: Path, config: Config) -> RewardSwap:
-        """Write the config's rewards to run_dir/rewards.yaml, or take the set in force from it when it exists."""
+    def open(
+        cls, run_dir: Path, config: Config, tryout: Callable[[Sequence[RewardSpec]], None] | None = None
+    ) -> RewardSwap:
+        """Write the config's rewards to run_dir/rewards.yaml, or take the set in force from it when it exists.
+        `tryout(specs)` raises a UserError for a set that fails on the run's data; every new set is tried with it."""
         path = run_dir / REWARDS_FILE
         resumed = path.exists()
         if resumed:
@@ -88,7 +101,7 @@ class RewardSwap:
         else:
             rewards = config.rewards
             path.write_text(yaml.safe_dump(rewards.model_dump(mode="json", exclude_none=True), sort_keys=False))
-        return cls(path, config, rewards, resumed)
+        return cls(path, config, rewards, resumed, tryout)
 
     @property
     def specs(self) -> list[RewardSpec]:
@@ -108,6 +121,8 @@ class RewardSwap:
         try:
             new = read_rewards_file(self.path)
             check_reward_specs(new.functions, self._config)
+            if self._tryout is not None and list(new.functions) != self.specs:
+                self._tryout(new.functions)
         except UserError as err:
             logger.warning("step %d: %s; keeping rewards %s", step, err, _describe(self.specs))
             return False

@@ -133,3 +133,34 @@ def test_a_failed_install_keeps_the_set_in_force_unless_the_actors_stay_dead(tmp
     assert swap.specs == load_config().rewards.functions
     metrics.close()
     assert not [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("reward_swap")]
+
+
+def test_a_set_that_fails_on_the_data_is_not_installed(tmp_path):
+    """The driver's tryout (the first training row, as the run passes it) runs on every new set before install."""
+    from learner.rewards.pool import RewardFormatError
+
+    tried = []
+
+    def tryout(specs):
+        tried.append([s.name for s in specs])
+        if any(s.name == "repetition" for s in specs):
+            raise RewardFormatError("reward 'repetition' failed: TypeError: string indices must be integers")
+
+    class Pool:
+        installs: list[list[str]] = []
+
+        def set_specs(self, specs) -> None:
+            self.installs.append([s.name for s in specs])
+
+    swap = RewardSwap.open(tmp_path, load_config(), tryout)
+    metrics = MetricsWriter(tmp_path / "metrics.jsonl")
+    pool = Pool()
+    (tmp_path / REWARDS_FILE).write_text("functions: [{name: repetition, weight: 0.5}]\n")
+    assert not swap.poll(2, pool, metrics)
+    assert tried == [["repetition"]] and pool.installs == []
+    assert swap.specs == load_config().rewards.functions
+    (tmp_path / REWARDS_FILE).write_text("functions: [{name: exact_match, weight: 3}]\n")
+    assert swap.poll(3, pool, metrics)
+    assert tried[-1] == ["exact_match"] and pool.installs == [["exact_match"]]
+    assert swap.specs == [RewardSpec(name="exact_match", weight=3.0)]
+    metrics.close()
