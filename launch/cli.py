@@ -1,7 +1,7 @@
 """The `prolora` command.
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR] [--verbose]
-    prolora bench [CONFIG] [--set key=value ...] [--size default|large] [--quick] [--rounds N] [--steps N]
+    prolora bench [CONFIG] [--set key=value ...] [--size default|large|real] [--quick] [--rounds N] [--steps N]
                   [--out FILE]
     prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora jobs [--address URL]
@@ -137,9 +137,10 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser)
     parser.add_argument(
         "--size",
-        choices=["default", "large"],
+        choices=["default", "large", "real"],
         default="default",
-        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions",
+        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions; real: the "
+        "adapter hot-load at Qwen2.5-1.5B's shapes (random weights, rank-32 adapter; launch/tools/bench_real.py)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run for CI (4 prompts, 3 steps, 3 rounds)")
     parser.add_argument("--rounds", type=int, help="timed generation rounds per engine (default 5; quick 3)")
@@ -151,6 +152,12 @@ def _bench(args: argparse.Namespace) -> int:
     from launch.tools.bench import QUICK_ROUNDS, QUICK_STEPS, bench_overrides, run_bench
 
     config_file = resolve_config(args.config)
+    if args.size == "real":
+        from launch.tools.bench_real import REAL_OVERRIDES, run_real_bench
+
+        config = load_config(config_file, [*REAL_OVERRIDES, *args.overrides])
+        run_real_bench(config, Path(args.out), steps=args.steps or (1 if args.quick else 2))
+        return 0
     task = load_config(config_file, args.overrides).task.name
     config = load_config(config_file, [*bench_overrides(args.size, args.quick, task), *args.overrides])
     steps = args.steps or (QUICK_STEPS if args.quick else 10)

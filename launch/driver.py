@@ -42,7 +42,7 @@ from pathlib import Path
 import ray
 from ray.exceptions import RayActorError
 
-from launch.actors import Actors, start_actors, start_ray
+from launch.actors import Actors, gpu_total_bytes, start_actors, start_ray
 from launch.checkpoint import (
     CheckpointError,
     DriverState,
@@ -73,6 +73,7 @@ from rollout.probe import StaleAdapterError, probe_prompts
 from shared.chat import PromptRenderer, prompt_key
 from shared.config import Config
 from shared.hacking import HackingSignals, HackingWatch, describe
+from shared.memplan import MemoryPlan, ModelShape, check_plan, plan_for_config
 from shared.metrics import read_metrics
 from shared.records import AdapterPayload, TrainStats
 from shared.restarts import TooManyRestarts
@@ -184,6 +185,7 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     t1 = time.perf_counter()
     versions = [c.adapter_version for g in collected.groups for c in g.completions]
     staleness = check_staleness(step, versions, config.rollout.max_staleness)
+    run.actors.fleet.sleep()  # rollout.sleep_level: the engines free the GPU while the learner trains
     stats = ray.get(learner.train_step.remote(collected.batch))
     probe = (
         probe_prompts(collected.groups, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
@@ -213,6 +215,7 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
     _note_skipped_rows(data, run_dir.path)
     rewards = RewardSwap.open(run_dir.path, config)
     start_ray(config, run_dir.path)
+    check_memory(config, model_path)
     actors = start_actors(config, model_path, rewards.specs)
     curriculum = Curriculum(
         PromptFeed(PromptSampler(data.train, config.run.seed), config.rollout.max_staleness),
@@ -220,6 +223,32 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
         ResetTriggers(config.reference),
     )
     return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
+
+
+def check_memory(config: Config, model_path: str) -> MemoryPlan | None:
+    """Print the learner GPU's memory plan and refuse one that does not fit (UserError naming the settings); on
+    the CPU, nothing. Returns the plan."""
+    plan = memory_plan(config, model_path)
+    if plan is not None:
+        print(f"[prolora] {plan.describe()}", flush=True)
+        check_plan(plan, sleeping=bool(config.rollout.sleep_level))
+    return plan
+
+
+def memory_plan(config: Config, model_path: str) -> MemoryPlan | None:
+    """The memory plan of the learner's GPU (shared/memplan.py) with the engines that may share it; None when the
+    learner trains on the CPU, or for a model whose config lacks a LLaMA-style decoder's sizes."""
+    if not config.train.num_gpus:
+        return None
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
+    try:
+        shape = ModelShape.from_hf_config(hf_config)
+    except AttributeError as err:
+        print(f"[prolora] no memory plan for model type {hf_config.model_type!r}: {err}", flush=True)
+        return None
+    return plan_for_config(config, shape, gpu_total_bytes(config.train.num_gpus))
 
 
 Inputs = tuple[Task, str, TaskData, PromptRenderer]
