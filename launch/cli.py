@@ -11,12 +11,13 @@
     prolora inspect RUN_DIR [--adapter NAME ...] [--out DIR]
     prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
+    prolora doctor --gpu [--sleep]
 
 The cluster commands take the dashboard address from --address or RAY_ADDRESS; the Ray auth token comes from the
 environment or the token file (see launch/cluster.py), never from the command line.
 
 With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). CONFIG is a
-file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate, korean_qa:
+file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate, korean_qa, one_gpu:
 launch/configs/<name>.yaml).
 Errors the user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message
 naming what is wrong, with no traceback, and exit with status 2.
@@ -337,6 +338,22 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        required=True,
+        help="check the GPU path: a short real run on the built-in model with engine and learner on one GPU",
+    )
+    parser.add_argument("--sleep", action="store_true", help="with vLLM sleep mode (rollout.sleep_level=1)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from launch.tools.doctor import doctor_gpu
+
+    return doctor_gpu(sleep=args.sleep)
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("run GRPO training", _train_args, _train),
     "bench": ("raw vLLM, rollout workers, sync and async training and TRL on the same work", _bench_args, _bench),
@@ -348,6 +365,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "inspect": ("where the run's LoRA updates move the base model, per layer and module", _inspect_args, _inspect),
     "eval": ("pass@k table of the base model and a run's adapters", _eval_args, _eval),
     "score": ("score a JSONL file of completions with rewards, one JSON line per row", _score_args, _score),
+    "doctor": ("check that the GPU path works on this machine (a short real run)", _doctor_args, _doctor),
 }
 
 

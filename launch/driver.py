@@ -147,7 +147,7 @@ def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> Run
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
         state = _restore(run) if resume else DriverState()
         if state.first_eval is None:
-            _record_eval(run, state, step=0, learner_device=ray.get(run.actors.learner.device.remote()))
+            _record_eval(run, state, step=0, **_devices(run.actors))
     progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
     # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
     batches = Prefetcher(
@@ -362,7 +362,7 @@ def _stop_reason(
     return None
 
 
-def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalResult:
+def _record_eval(run: Run, state: DriverState, step: int, **extra: str | int) -> EvalResult:
     """Evaluate the held-out split after `step`: written to metrics.jsonl (with `extra` fields: the first record
     names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
@@ -374,6 +374,16 @@ def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalR
     state.first_eval = state.first_eval or state.last_eval
     run.curriculum.resets.observe_eval(result.pass_at_1)
     return result
+
+
+def _devices(actors: Actors) -> dict[str, str | int]:
+    """Where the learner and the engines compute, and the KV cache vLLM gave an engine: the first record's extras."""
+    engine = ray.get(actors.fleet.workers[0].engine_info.remote())
+    return {
+        "learner_device": ray.get(actors.learner.device.remote()),
+        "engine_device": engine["device"],
+        "engine_kv_cache_tokens": engine["kv_cache_blocks"] * engine["block_size"],
+    }
 
 
 def _evals(state: DriverState) -> tuple[EvalResult, EvalResult]:

@@ -23,11 +23,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.config import Config
 from shared.records import SamplingSpec, TrainBatch, TrainSample
 
-QWEN25_1_5B = {
+QWEN25_1_5B: dict[str, Any] = {
     "vocab_size": 151_936,
     "hidden_size": 1536,
     "num_hidden_layers": 28,
@@ -76,7 +77,7 @@ class RealStep:
         return self.gen_s + self.train_s + (self.export_ms + self.publish_ms) / 1e3
 
 
-def layers_that_fit(available_bytes: int, kv_cache_bytes: int, shapes: dict = QWEN25_1_5B) -> int:
+def layers_that_fit(available_bytes: int, kv_cache_bytes: int, shapes: dict[str, Any] = QWEN25_1_5B) -> int:
     """The most decoder layers (up to the real count) whose model fits twice (engine + learner, bfloat16) in
     `available_bytes`, beside the KV cache, the learner's LoRA state and HEADROOM_BYTES."""
     from shared.memplan import ModelShape
@@ -128,7 +129,7 @@ def real_model(cache: Path, layers: int) -> Path:
         dtype="bfloat16",
     )
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]  # transformers types `to` oddly
     model.save_pretrained(tmp)
     GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(tmp)
     _save_tokenizer(build_tokenizer(), tmp)
@@ -182,6 +183,7 @@ def run_real_bench(config: Config, out: Path, steps: int) -> dict:
     from shared.memplan import ModelShape
     from shared.tasks import get_task
 
+    load_before = os.getloadavg()[0]
     available = available_memory_bytes()
     layers = layers_that_fit(available, config.rollout.kv_cache_gib * 1024**3)
     start = time.perf_counter()
@@ -202,7 +204,7 @@ def run_real_bench(config: Config, out: Path, steps: int) -> dict:
     result.update(
         {"model_path": str(model_path), "model_build_s": build_s, "available_memory_gib": available / 1024**3}
     )
-    result["machine"] = machine()
+    result["machine"] = {**machine(), "load_avg_1min_before": load_before, "load_avg_1min_after": os.getloadavg()[0]}
     out.write_text(json.dumps(result, indent=2))
     print(format_real(result))
     print(f"wrote {out}")
@@ -232,7 +234,7 @@ def _summary(steps: list[RealStep], shape, layers: int, config: Config) -> dict:
 
 def format_real(result: dict) -> str:
     """The printed summary."""
-    r = result
+    r, m = result, result["machine"]
     fewer = (
         ""
         if r["layers"] == r["full_layers"]
@@ -250,5 +252,6 @@ def format_real(result: dict) -> str:
         f"  publish             {r['publish_ms_mean']:9.0f} ms  (write + add_lora {r['load_ms_mean']:.0f} ms; "
         f"the rest: object-store transfer and probe decode)\n"
         f"  step                {r['step_s_mean']:9.2f} s\n"
-        f"sync_share (export + publish) / step: {r['sync_share']:.3f}; probe max |diff| {r['probe_max_diff']:.4f}"
+        f"sync_share (export + publish) / step: {r['sync_share']:.3f}; probe max |diff| {r['probe_max_diff']:.4f}\n"
+        f"{m['cpu']}, {m['cores']} cores, load {m['load_avg_1min_before']:.1f} -> {m['load_avg_1min_after']:.1f}"
     )

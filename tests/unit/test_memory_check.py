@@ -28,7 +28,12 @@ def qwen_1_5b(tmp_path):
 
 def _gpu(monkeypatch, gib: int) -> list[float]:
     asked: list[float] = []
-    monkeypatch.setattr(driver, "gpu_total_bytes", lambda n: asked.append(n) or gib * GIB)
+
+    def gpu_total_bytes(num_gpus: float) -> int:
+        asked.append(num_gpus)
+        return gib * GIB
+
+    monkeypatch.setattr(driver, "gpu_total_bytes", gpu_total_bytes)
     return asked
 
 

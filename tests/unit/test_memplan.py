@@ -3,6 +3,8 @@ same config, the rows add up, and a plan that does not fit is refused naming the
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared.config import load_config
@@ -49,7 +51,7 @@ def test_parameter_and_lora_counts_match_transformers_and_peft(tied):
 QWEN_1_5B = ModelShape(
     vocab=151936, hidden=1536, layers=28, heads=12, kv_heads=2, head_dim=128, intermediate=8960, tied=True
 )
-PLAN_ARGS = dict(
+PLAN_ARGS: dict[str, Any] = dict(
     gpu_bytes=80 * GIB,
     dtype="bfloat16",
     lora_rank=32,
