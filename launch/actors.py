@@ -112,7 +112,7 @@ def gpu_total_bytes(num_gpus: float) -> int:
     return ray.get(_gpu_bytes.options(num_gpus=num_gpus, num_cpus=0).remote())
 
 
-@ray.remote
+@ray.remote(max_calls=1)  # the worker process exits after it, so its CUDA context does not stay on the GPU
 def _gpu_bytes() -> int:
     import torch
 

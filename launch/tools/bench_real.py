@@ -53,8 +53,9 @@ REAL_OVERRIDES = [
 ]
 """A small batch (16 completions of at most 16 tokens): generation and training on 2 CPU cores at this size take
 seconds per token; the hot-load does not depend on the batch."""
-HEADROOM_BYTES = 4 * 1024**3
-"""Host memory left free beyond the estimate: Ray, the driver, vLLM's own buffers and other processes."""
+HEADROOM_BYTES = 6 * 1024**3
+"""Host memory left free beyond weights, KV cache and LoRA state: the engine's and the learner's runtime buffers
+(each process holds more than its tensors), Ray, the driver and other processes."""
 
 
 @dataclass(frozen=True)
