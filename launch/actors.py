@@ -36,6 +36,7 @@ from rollout.worker import RolloutWorker
 from shared.config import Config, RewardSpec
 from shared.errors import UserError
 from shared.handles import Actor, as_actor
+from shared.memplan import engines_beside_learner
 from shared.records import Prompt
 from shared.tasks import get_task
 
@@ -101,6 +102,24 @@ def check_fits(config: Config, nodes: list[dict[str, float]], where: str) -> Non
         )
 
 
+def gpu_total_bytes(num_gpus: float) -> int:
+    """Memory of the GPU an actor asking for `num_gpus` gets: a task with the same ask reads it."""
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if have < num_gpus:
+        raise UserError(
+            f"train.num_gpus={num_gpus:g} but the Ray cluster has {have:g} GPUs (is this a GPU machine with CUDA "
+            f"torch? `prolora doctor --gpu` checks): set train.num_gpus=0 and rollout.num_gpus=0 to run on the CPU"
+        )
+    return ray.get(_gpu_bytes.options(num_gpus=num_gpus, num_cpus=0).remote())
+
+
+@ray.remote(max_calls=1)  # the worker process exits after it, so its CUDA context does not stay on the GPU
+def _gpu_bytes() -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+
 def _describe_node(node: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k} {node.get(k, 0.0):g}" for k in ("CPU", "GPU")) + "}"
 
@@ -120,6 +139,10 @@ def start_actors(
     """Every actor of a run; the reward actors get a RewardContext holding the rollout workers and model actors, and
     `render`, how prompts a reward builds reach the engine (see RewardContext.render)."""
     workers = start_rollout_workers(config, model_path)
+    r = config.rollout
+    if engines_beside_learner(r.num_workers, r.num_gpus, config.train.num_gpus):
+        # vLLM sizes its KV cache from the GPU memory free while it profiles: the learner loads after that.
+        ray.get([w.engine_info.remote() for w in workers])
     reward_model = start_reward_model(config)
     bertscore = start_bertscore(config)
     context = reward_context(config, workers, reward_model, bertscore, model_path, render)
@@ -129,6 +152,7 @@ def start_actors(
             config.rollout.max_restarts,
             keep_versions=config.rollout.max_staleness + 1,
             probe_tolerance=config.rollout.probe_tolerance or PROBE_TOLERANCE[config.model.dtype],
+            sleep_level=config.rollout.sleep_level,
         ),
         learner=start_learner(config, model_path),
         rewarders=RewardPool(
@@ -223,6 +247,7 @@ def start_rollout_workers(config: Config, model_path: str) -> list[Actor[Rollout
                 engine_kwargs=dict(config.rollout.engine_kwargs),
                 tokenizer=config.model.tokenizer,
                 trust_remote_code=config.model.trust_remote_code,
+                sleep_level=config.rollout.sleep_level,
             )
         )
         for i in range(config.rollout.num_workers)

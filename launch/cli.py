@@ -1,7 +1,7 @@
 """The `prolora` command.
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR] [--verbose]
-    prolora bench [CONFIG] [--set key=value ...] [--size default|large] [--quick] [--rounds N] [--steps N]
+    prolora bench [CONFIG] [--set key=value ...] [--size default|large|real] [--quick] [--rounds N] [--steps N]
                   [--out FILE]
     prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora jobs [--address URL]
@@ -11,12 +11,13 @@
     prolora inspect RUN_DIR [--adapter NAME ...] [--out DIR]
     prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
+    prolora doctor --gpu [--sleep]
 
 The cluster commands take the dashboard address from --address or RAY_ADDRESS; the Ray auth token comes from the
 environment or the token file (see launch/cluster.py), never from the command line.
 
 With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). CONFIG is a
-file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate, korean_qa:
+file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate, korean_qa, one_gpu:
 launch/configs/<name>.yaml).
 Errors the user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message
 naming what is wrong, with no traceback, and exit with status 2.
@@ -137,9 +138,10 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser)
     parser.add_argument(
         "--size",
-        choices=["default", "large"],
+        choices=["default", "large", "real"],
         default="default",
-        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions",
+        help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions; real: the "
+        "adapter hot-load at Qwen2.5-1.5B's shapes (random weights, rank-32 adapter; launch/tools/bench_real.py)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run for CI (4 prompts, 3 steps, 3 rounds)")
     parser.add_argument("--rounds", type=int, help="timed generation rounds per engine (default 5; quick 3)")
@@ -151,6 +153,12 @@ def _bench(args: argparse.Namespace) -> int:
     from launch.tools.bench import QUICK_ROUNDS, QUICK_STEPS, bench_overrides, run_bench
 
     config_file = resolve_config(args.config)
+    if args.size == "real":
+        from launch.tools.bench_real import REAL_OVERRIDES, run_real_bench
+
+        config = load_config(config_file, [*REAL_OVERRIDES, *args.overrides])
+        run_real_bench(config, Path(args.out), steps=args.steps or (1 if args.quick else 2))
+        return 0
     task = load_config(config_file, args.overrides).task.name
     config = load_config(config_file, [*bench_overrides(args.size, args.quick, task), *args.overrides])
     steps = args.steps or (QUICK_STEPS if args.quick else 10)
@@ -330,6 +338,22 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        required=True,
+        help="check the GPU path: a short real run on the built-in model with engine and learner on one GPU",
+    )
+    parser.add_argument("--sleep", action="store_true", help="with vLLM sleep mode (rollout.sleep_level=1)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from launch.tools.doctor import doctor_gpu
+
+    return doctor_gpu(sleep=args.sleep)
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("run GRPO training", _train_args, _train),
     "bench": ("raw vLLM, rollout workers, sync and async training and TRL on the same work", _bench_args, _bench),
@@ -341,6 +365,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "inspect": ("where the run's LoRA updates move the base model, per layer and module", _inspect_args, _inspect),
     "eval": ("pass@k table of the base model and a run's adapters", _eval_args, _eval),
     "score": ("score a JSONL file of completions with rewards, one JSON line per row", _score_args, _score),
+    "doctor": ("check that the GPU path works on this machine (a short real run)", _doctor_args, _doctor),
 }
 
 

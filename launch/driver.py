@@ -42,7 +42,7 @@ from pathlib import Path
 import ray
 from ray.exceptions import RayActorError
 
-from launch.actors import Actors, start_actors, start_ray
+from launch.actors import Actors, gpu_total_bytes, start_actors, start_ray
 from launch.checkpoint import (
     CheckpointError,
     DriverState,
@@ -73,6 +73,7 @@ from rollout.probe import StaleAdapterError, probe_prompts
 from shared.chat import PromptRenderer, prompt_key
 from shared.config import Config
 from shared.hacking import HackingSignals, HackingWatch, describe
+from shared.memplan import MemoryPlan, ModelShape, check_plan, plan_for_config
 from shared.metrics import read_metrics
 from shared.records import AdapterPayload, TrainStats
 from shared.restarts import TooManyRestarts
@@ -146,7 +147,7 @@ def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> Run
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
         state = _restore(run) if resume else DriverState()
         if state.first_eval is None:
-            _record_eval(run, state, step=0, learner_device=ray.get(run.actors.learner.device.remote()))
+            _record_eval(run, state, step=0, **_devices(run.actors))
     progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
     # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
     batches = Prefetcher(
@@ -184,6 +185,7 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     t1 = time.perf_counter()
     versions = [c.adapter_version for g in collected.groups for c in g.completions]
     staleness = check_staleness(step, versions, config.rollout.max_staleness)
+    run.actors.fleet.sleep()  # rollout.sleep_level: the engines free the GPU while the learner trains
     stats = ray.get(learner.train_step.remote(collected.batch))
     probe = (
         probe_prompts(collected.groups, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
@@ -215,6 +217,7 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
     tryout = partial(check_rewards_on_row, row=data.train[0], renderer=renderer, config=config)
     rewards = RewardSwap.open(run_dir.path, config, tryout)
     start_ray(config, run_dir.path)
+    check_memory(config, model_path)
     # Prompts a reward builds (cycle_consistency's back-translation) go to the engine as the run's own prompts do.
     render = renderer.render_user_turn if renderer.uses_chat(data.train[0]["prompt"]) else None
     actors = start_actors(config, model_path, rewards.specs, render)
@@ -224,6 +227,32 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
         ResetTriggers(config.reference),
     )
     return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
+
+
+def check_memory(config: Config, model_path: str) -> MemoryPlan | None:
+    """Print the learner GPU's memory plan and refuse one that does not fit (UserError naming the settings); on
+    the CPU, nothing. Returns the plan."""
+    plan = memory_plan(config, model_path)
+    if plan is not None:
+        print(f"[prolora] {plan.describe()}", flush=True)
+        check_plan(plan, sleeping=bool(config.rollout.sleep_level))
+    return plan
+
+
+def memory_plan(config: Config, model_path: str) -> MemoryPlan | None:
+    """The memory plan of the learner's GPU (shared/memplan.py) with the engines that may share it; None when the
+    learner trains on the CPU, or for a model whose config lacks a LLaMA-style decoder's sizes."""
+    if not config.train.num_gpus:
+        return None
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
+    try:
+        shape = ModelShape.from_hf_config(hf_config)
+    except AttributeError as err:
+        print(f"[prolora] no memory plan for model type {hf_config.model_type!r}: {err}", flush=True)
+        return None
+    return plan_for_config(config, shape, gpu_total_bytes(config.train.num_gpus))
 
 
 Inputs = tuple[Task, str, TaskData, PromptRenderer]
@@ -337,7 +366,7 @@ def _stop_reason(
     return None
 
 
-def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalResult:
+def _record_eval(run: Run, state: DriverState, step: int, **extra: str | int) -> EvalResult:
     """Evaluate the held-out split after `step`: written to metrics.jsonl (with `extra` fields: the first record
     names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
@@ -349,6 +378,16 @@ def _record_eval(run: Run, state: DriverState, step: int, **extra: str) -> EvalR
     state.first_eval = state.first_eval or state.last_eval
     run.curriculum.resets.observe_eval(result.pass_at_1)
     return result
+
+
+def _devices(actors: Actors) -> dict[str, str | int]:
+    """Where the learner and the engines compute, and the KV cache vLLM gave an engine: the first record's extras."""
+    engine = ray.get(actors.fleet.workers[0].engine_info.remote())
+    return {
+        "learner_device": ray.get(actors.learner.device.remote()),
+        "engine_device": engine["device"],
+        "engine_kv_cache_tokens": engine["kv_cache_blocks"] * engine["block_size"],
+    }
 
 
 def _evals(state: DriverState) -> tuple[EvalResult, EvalResult]:

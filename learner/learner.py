@@ -21,6 +21,7 @@ import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -109,6 +110,8 @@ class Learner:
         if not samples:
             self.version += 1
             return _summarise([], [], skipped=0)
+        if self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
         n_mb = min(self._train.minibatches, len(samples))
         single_pass = self._train.epochs == 1 and n_mb == 1
         # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.
@@ -125,7 +128,16 @@ class Learner:
         finally:
             self.model.eval()
         self.version += 1
-        return _summarise(stats, grad_norms, skipped)
+        return replace(_summarise(stats, grad_norms, skipped), peak_memory_gib=self._release_cuda_memory())
+
+    def _release_cuda_memory(self) -> float | None:
+        """The step's peak CUDA memory in GiB (None on the CPU); then the allocator's cache goes back to the GPU,
+        which an engine waking from sleep on the same GPU (rollout.sleep_level) needs."""
+        if self._device.type != "cuda":
+            return None
+        peak = torch.cuda.max_memory_allocated(self._device) / 1024**3
+        torch.cuda.empty_cache()
+        return peak
 
     def _update(
         self,

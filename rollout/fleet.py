@@ -10,6 +10,11 @@ rollout producer before each batch, the driver before an evaluation. With asynch
 the fleet is used from two threads: a lock guards its bookkeeping (and serialises loads),
 a new version becomes the default only once every worker holds it, and a worker death seen by both threads is
 recovered (and counted) once. Each worker keeps the k+1 newest versions, every one a batch in flight may name.
+
+With vLLM sleep mode (rollout.sleep_level = 1, one GPU shared with the learner) the driver puts the engines to sleep
+before the learner trains (`sleep`); whatever uses them next (generate, publish) wakes them first (`wake`), and
+the wake decodes the served version's probe again: a level-1 wake has been reported to leave an engine answering
+without its adapter, which only such a check sees.
 """
 
 from __future__ import annotations
@@ -54,8 +59,11 @@ class RolloutFleet:
         max_restarts: int = 3,
         keep_versions: int = 1,
         probe_tolerance: float = 0.05,
+        sleep_level: int = 0,
     ) -> None:
         self.workers = workers
+        self.sleep_level = sleep_level
+        self.asleep = False
         self.max_restarts = max_restarts
         self.keep_versions = keep_versions
         self.probe_tolerance = probe_tolerance
@@ -73,6 +81,7 @@ class RolloutFleet:
         Requests always name the adapter version (default: the newest published), so a worker that was restarted
         and lost its adapters fails loudly (AdapterNotLoaded) instead of silently serving the base model.
         """
+        self.wake()
         version = self.version if version is None else version
         n = len(self.workers)
         shards = {i: prompts[i::n] for i in range(n) if prompts[i::n]}
@@ -110,6 +119,7 @@ class RolloutFleet:
         after it, so with asynchronous rollouts `publish_ms` includes that wait. Raises StaleAdapterError if a worker's
         engine disagrees with the learner on the probe tokens; the version then never becomes the default.
         """
+        self.wake()
         payload = ray.get(payload_ref)
         with self._lock:
             self._payloads = (self._payloads + [payload_ref])[-self.keep_versions :]
@@ -125,6 +135,44 @@ class RolloutFleet:
         probe_diff = None if payload.probe is None else check_probe(payload.probe, reports, self.probe_tolerance)
         self.version = payload.version  # only now may a request name it: every worker holds it
         return Published(max(r.load_ms for r in reports), publish_ms, probe_diff)
+
+    def sleep(self) -> None:
+        """With rollout.sleep_level > 0, put every engine to sleep (the learner is about to train on their GPU);
+        otherwise nothing. A worker that died comes back awake, and the next request recovers it."""
+        if not self.sleep_level:
+            return
+        with self._lock:
+            for ref in [w.sleep.remote() for w in self.workers]:
+                try:
+                    ray.get(ref)
+                except DEAD_ACTOR_ERRORS:
+                    pass
+            self.asleep = True
+
+    def wake(self) -> float | None:
+        """Wake every engine if they sleep, and check the probe of the version they serve again. Returns the probe's
+        largest |engine - learner| logprob difference (None: nothing was asleep, or the version has no probe);
+        raises StaleAdapterError when a woken engine no longer serves the adapter."""
+        with self._lock:
+            if not self.asleep:
+                return None
+            served = self._payloads[-1] if self._payloads and self.version else None
+            reports: list[HotLoad | None] = []
+            for i, ref in enumerate([w.wake_up.remote(served) for w in self.workers]):
+                try:
+                    reports.append(ray.get(ref))
+                except DEAD_ACTOR_ERRORS as err:
+                    self._recover(i, err)
+                    reports.append(ray.get(self.workers[i].wake_up.remote(served)))
+            self.asleep = False
+            probe = None if served is None else ray.get(served).probe
+            if probe is None:
+                return None
+            # A worker that answered without decoding the probe fails the check (its report has no probe tokens).
+            woken = [r or HotLoad(self.version, 0.0) for r in reports]
+            diff = check_probe(probe, woken, self.probe_tolerance)
+            log.info("engines woke up; probe of adapter version %d max diff %.4f", self.version, diff)
+            return diff
 
     def _recover(self, i: int, err: Exception) -> None:
         with self._lock:

