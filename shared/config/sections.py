@@ -257,6 +257,13 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the learner trains: auto is CUDA when its actor was given a GPU (train.num_gpus > 0), else the CPU;
     cuda fails without a GPU. (The reward model is on CUDA exactly when rewards.reward_model.num_gpus > 0.)"""
+    num_learners: int = Field(1, ge=1)
+    """Data-parallel learner ranks (one actor each, with train.num_gpus GPUs), joined in a torch.distributed group
+    (gloo on the CPU, NCCL on GPUs) and placed together on one node where they fit. Each rank trains on its share of
+    every minibatch and the LoRA gradients are summed, so the update is the one a single learner makes on the whole
+    batch. A checkpoint resumes with any number of ranks."""
+    shard_base: bool = False
+    """Shard the frozen base model across the learner ranks (FSDP2). Refused for now: see the error it gives."""
 
 
 class RewardSpec(_Section):
@@ -417,6 +424,14 @@ DORA_REFUSAL = (
     "lora.use_dora=false (see learner/README.md, DoRA)."
 )
 
+SHARD_BASE_REFUSAL = (
+    "train.shard_base=true cannot run yet: the installed torch has FSDP2 (fully_shard works with gloo on the CPU), but "
+    "prolora does not wire it: sharding the base through peft's LoRA layers turns the adapter weights into DTensors, "
+    "and the adapter export, the probe's greedy decoding (a forward pass that every rank must then join), the "
+    "checkpoint and the reference adapter all read whole tensors on rank 0 only. Every rank holds the whole base "
+    "for now: set train.shard_base=false and use train.num_learners for data parallelism."
+)
+
 QUANTIZATION_REFUSAL = (
     "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
     "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "
@@ -447,6 +462,8 @@ class Config(_Section):
             raise ValueError(DORA_REFUSAL)
         if self.model.quantization != "none":
             raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
+        if self.train.shard_base:
+            raise ValueError(SHARD_BASE_REFUSAL)
         return self
 
     @model_validator(mode="after")

@@ -41,7 +41,7 @@ def test_too_few_cpus():
     problems = unmet_demands(run_demands(config), [{"CPU": 2.0}, {"CPU": 2.0}])
     assert problems == [
         "CPU: the run needs 7 (4 rollout x 1 (rollout.num_workers, rollout.num_gpus), 1 learner x 1 "
-        "(train.num_gpus), 2 reward x 1 (rewards.num_actors)) but the cluster has 4"
+        "(train.num_learners, train.num_gpus), 2 reward x 1 (rewards.num_actors)) but the cluster has 4"
     ]
 
 
@@ -49,7 +49,9 @@ def test_an_actor_larger_than_any_node():
     # Enough GPUs in total, but the learner's 2 must sit on one node.
     config = load_config(overrides=["train.num_gpus=2"])
     problems = unmet_demands(run_demands(config), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
-    assert problems == ["GPU: one learner actor asks for 2 GPU (train.num_gpus) but the largest node has 1"]
+    assert problems == [
+        "GPU: one learner actor asks for 2 GPU (train.num_learners, train.num_gpus) but the largest node has 1"
+    ]
 
 
 def test_gpus_per_rollout_worker_set_the_engines_tensor_parallel_size():
