@@ -22,7 +22,7 @@ from ray import ObjectRef
 
 from learner.learner import Learner
 from shared.handles import Actor
-from shared.records import TrainBatch, TrainStats
+from shared.records import AdapterPayload, TrainBatch, TrainStats
 from shared.restarts import DEAD_ACTOR_ERRORS
 
 DEATH_WAIT_S = 30.0
@@ -44,7 +44,9 @@ class LearnerGroup:
         """One update on the whole batch (every rank trains its share); rank 0's stats, the group's."""
         return self._on_all("train_step", batch)
 
-    def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4) -> ObjectRef:
+    def export_adapter(
+        self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4
+    ) -> ObjectRef[AdapterPayload]:
         """A reference to rank 0's `export_adapter` payload (an `AdapterPayload`), not waited for."""
         return self.ranks[0].export_adapter.remote(probe_prompt_ids, probe_tokens)
 
@@ -89,7 +91,7 @@ class LearnerGroup:
             args = tuple(ray.put(a) if isinstance(a, (bytes, TrainBatch)) else a for a in args)
         return self._get([getattr(r, method).remote(*args) for r in self.ranks])[0]
 
-    def _get(self, refs: list[ObjectRef]) -> list[Any]:
+    def _get(self, refs: list[ObjectRef[Any]]) -> list[Any]:
         """ray.get of one call per rank (or rank 0's alone), failing as soon as one fails (see the module doc)."""
         pending = list(refs)
         while pending:
@@ -102,7 +104,7 @@ class LearnerGroup:
                 raise self._break(pending, err) from None
         return ray.get(refs)
 
-    def _break(self, pending: list[ObjectRef], first: Exception) -> Exception:
+    def _break(self, pending: list[ObjectRef[Any]], first: Exception) -> Exception:
         """Kill every rank and return the error to raise: a dead rank's, when one died, else the first one."""
         deadline = time.monotonic() + DEATH_WAIT_S
         died = first if isinstance(first, DEAD_ACTOR_ERRORS) else None
