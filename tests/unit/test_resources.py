@@ -21,6 +21,16 @@ def test_demands_follow_the_config():
     assert sum(d.gpus for d in demands) == 2.5
 
 
+def test_every_learner_rank_asks_for_its_own_cpu_and_gpus():
+    config = load_config(overrides=["train.num_learners=3", "train.num_gpus=1"])
+    learners = [d for d in run_demands(config) if d.role == "learner"]
+    assert len(learners) == 3 and all(d.cpus == 1 and d.gpus == 1 for d in learners)
+    problems = unmet_demands(run_demands(config), [{"CPU": 8.0, "GPU": 2.0}])
+    assert problems == [
+        "GPU: the run needs 3 (3 learner x 1 (train.num_learners, train.num_gpus)) but the cluster has 2"
+    ]
+
+
 def test_the_default_run_fits_a_small_cpu_cluster():
     assert unmet_demands(run_demands(load_config()), [CPU_NODE]) == []
 
