@@ -274,7 +274,7 @@ def start_learner(config: Config, model_path: str) -> LearnerGroup:
         )
         for i in range(n)
     ]
-    return LearnerGroup(ranks)
+    return LearnerGroup(ranks, group)
 
 
 def start_reward_model(config: Config) -> Actor[RewardModelScorer] | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 from ray import ObjectRef
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from learner.learner import Learner
 from shared.handles import Actor
@@ -33,8 +34,10 @@ that lost its partner mid-collective raises a plain error first)."""
 class LearnerGroup:
     """N learner actors holding the same adapter and optimizer, trained as one."""
 
-    def __init__(self, ranks: list[Actor[Learner]]) -> None:
+    def __init__(self, ranks: list[Actor[Learner]], placement: PlacementGroup | None = None) -> None:
+        """`placement`: the placement group the ranks were started in, removed with them by `kill`."""
         self.ranks = ranks
+        self.placement = placement
         self.broken = False
         if len(ranks) > 1:
             address, port = self._get([ranks[0].rendezvous.remote()])[0]
@@ -82,8 +85,12 @@ class LearnerGroup:
         return True
 
     def kill(self) -> None:
+        """End every rank and free the resources their placement group held."""
         for rank in self.ranks:
             ray.kill(rank)
+        if self.placement is not None:
+            remove_placement_group(self.placement)
+            self.placement = None
 
     def _on_all(self, method: str, *args: Any) -> Any:
         """Call `method` on every rank (large arguments go through the object store once); rank 0's result."""

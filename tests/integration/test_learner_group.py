@@ -146,6 +146,7 @@ def test_two_ranks_train_as_one_and_resume_on_one(qwen2_path, ray_session):
 
 def test_a_dead_rank_stops_the_group_naming_the_last_checkpoint(qwen2_path, ray_session, tmp_path):
     group = start_learner(_config(qwen2_path, 2), str(qwen2_path))
+    group_id = group.placement.id.hex()
     group.train_step(_batch(1))
     save_checkpoint(tmp_path, 1, group.state(), {"step": 1}, {})
     ray.kill(group.ranks[1])  # rank 0 will wait in the step's first collective for a peer that never comes
@@ -157,3 +158,4 @@ def test_a_dead_rank_stops_the_group_naming_the_last_checkpoint(qwen2_path, ray_
     assert group.broken and not group.alive()
     with pytest.raises(ray.exceptions.RayActorError):  # the surviving rank was killed, not left waiting
         ray.get(group.ranks[0].current_version.remote(), timeout=60)
+    assert ray.util.placement_group_table()[group_id]["state"] == "REMOVED"  # its CPUs are free again
