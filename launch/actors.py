@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import TypedDict
 
 import ray
+from ray.exceptions import GetTimeoutError
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from launch.progress import ray_quiet_options
+from learner.group import LearnerGroup
 from learner.learner import Learner
 from learner.rewards.bertscore import BertScorer
 from learner.rewards.context import RewardContext
@@ -56,9 +60,10 @@ class Demand:
 def run_demands(config: Config) -> list[Demand]:
     """Every actor a run starts, with its ask."""
     rollout = Demand("rollout", 1.0, config.rollout.num_gpus, "rollout.num_workers, rollout.num_gpus")
-    learner = Demand("learner", 1.0, config.train.num_gpus, "train.num_gpus")
+    learner = Demand("learner", 1.0, config.train.num_gpus, "train.num_learners, train.num_gpus")
     reward = Demand("reward", 1.0, 0.0, "rewards.num_actors")
-    demands = [rollout] * config.rollout.num_workers + [learner] + [reward] * config.rewards.num_actors
+    demands = [rollout] * config.rollout.num_workers + [learner] * config.train.num_learners
+    demands += [reward] * config.rewards.num_actors
     if config.rewards.reward_model.path:
         rm_keys = "rewards.reward_model.path, rewards.reward_model.num_gpus"
         demands.append(Demand("reward_model", 1.0, config.rewards.reward_model.num_gpus, rm_keys))
@@ -127,7 +132,7 @@ def _describe_node(node: dict[str, float]) -> str:
 @dataclass
 class Actors:
     fleet: RolloutFleet
-    learner: Actor[Learner]
+    learner: LearnerGroup
     rewarders: RewardPool
     reward_model: Actor[RewardModelScorer] | None = None
     bertscore: Actor[BertScorer] | None = None
@@ -231,10 +236,11 @@ def tensor_parallel_size(config: Config) -> int:
 
 
 def start_rollout_workers(config: Config, model_path: str) -> list[Actor[RolloutWorker]]:
+    # SPREAD: engines on as many nodes as possible; a restarted one goes wherever there is room.
     cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
     return [
         as_actor(
-            cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
+            cls.options(runtime_env={"env_vars": _engine_env(config)}, scheduling_strategy="SPREAD").remote(
                 model_path,
                 dtype=config.model.dtype,
                 max_model_len=config.model.max_model_len,
@@ -254,21 +260,46 @@ def start_rollout_workers(config: Config, model_path: str) -> list[Actor[Rollout
     ]
 
 
-def start_learner(config: Config, model_path: str) -> Actor[Learner]:
-    cls = ray.remote(**_ask(config, "learner"))(Learner)
-    return as_actor(
-        cls.options(runtime_env={"env_vars": _engine_env(config)}).remote(
-            model_path,
-            lora=config.lora,
-            train=config.train,
-            algo=config.algo,
-            temperature=config.rollout.temperature,
-            max_new_tokens=config.rollout.max_new_tokens,
-            dtype=config.model.dtype,
-            seed=config.run.seed,
-            trust_remote_code=config.model.trust_remote_code,
+LEARNER_GROUP_TIMEOUT_S = 600
+"""How long the learner group's placement group may wait for its resources before the run gives up."""
+
+
+def start_learner(config: Config, model_path: str) -> LearnerGroup:
+    """The learner ranks (`train.num_learners`), packed into one placement group (on one node where they fit, for a
+    fast all-reduce) and joined into one torch.distributed group."""
+    n = config.train.num_learners
+    demand = _ask(config, "learner")
+    bundle = {"CPU": demand["num_cpus"], **({"GPU": demand["num_gpus"]} if demand["num_gpus"] else {})}
+    group = placement_group([bundle] * n, strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=LEARNER_GROUP_TIMEOUT_S)
+    except GetTimeoutError:
+        raise UserError(
+            f"the {n} learner ranks (train.num_learners) could not be placed within {LEARNER_GROUP_TIMEOUT_S} s: "
+            f"each asks for {bundle}; lower train.num_learners or train.num_gpus, or add nodes"
+        ) from None
+    cls = ray.remote(**demand)(Learner)
+    env = {**_engine_env(config), "OMP_NUM_THREADS": str(max(1, threads_per_actor(config) // n))}
+    ranks = [
+        as_actor(
+            cls.options(
+                runtime_env={"env_vars": env},
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
+            ).remote(
+                model_path,
+                lora=config.lora,
+                train=config.train,
+                algo=config.algo,
+                temperature=config.rollout.temperature,
+                max_new_tokens=config.rollout.max_new_tokens,
+                dtype=config.model.dtype,
+                seed=config.run.seed,
+                trust_remote_code=config.model.trust_remote_code,
+            )
         )
-    )
+        for i in range(n)
+    ]
+    return LearnerGroup(ranks, group)
 
 
 def start_reward_model(config: Config) -> Actor[RewardModelScorer] | None:

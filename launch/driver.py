@@ -65,6 +65,7 @@ from launch.progress import Progress, driver_output_to
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
 from learner.advantages import zero_std_fraction
+from learner.group import LearnerGroup
 from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.builtin import repetition_penalty
 from learner.rewards.pool import check_rewards_on_row
@@ -171,7 +172,7 @@ def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> Run
             if problem:
                 raise problem
         progress.close()
-        run.dir.save_adapter(ray.get(run.actors.learner.export_adapter.remote()), "final")
+        run.dir.save_adapter(ray.get(run.actors.learner.export_adapter()), "final")
     run.dir.close()
     return RunResult(run.dir.path, *_evals(state))
 
@@ -186,11 +187,11 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     versions = [c.adapter_version for g in collected.groups for c in g.completions]
     staleness = check_staleness(step, versions, config.rollout.max_staleness)
     run.actors.fleet.sleep()  # rollout.sleep_level: the engines free the GPU while the learner trains
-    stats = ray.get(learner.train_step.remote(collected.batch))
+    stats = learner.train_step(collected.batch)
     probe = (
         probe_prompts(collected.groups, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
     )
-    payload = learner.export_adapter.remote(*probe)
+    payload = learner.export_adapter(*probe)
     train_s = time.perf_counter() - t1
     run.actors.fleet.offer(payload)  # hot-loaded by collect_batch before the next batch (or by an evaluation)
     _track_prompts(step, collected, run)
@@ -281,23 +282,15 @@ def _note_skipped_rows(data: TaskData, run_dir: Path) -> None:
 
 
 @contextmanager
-def stop_if_learner_dies(learner, run_dir: Path) -> Iterator[None]:
-    """Turn the learner actor's death into a clean stop that names the last checkpoint; none is written now,
+def stop_if_learner_dies(learner: LearnerGroup, run_dir: Path) -> Iterator[None]:
+    """Turn the death of a learner rank into a clean stop that names the last checkpoint; none is written now,
     since the learner's state died with it. Other actors' deaths pass through (their fleets recover them)."""
     try:
         yield
     except RayActorError as err:
-        if _alive(learner):
+        if learner.alive():
             raise
         raise LearnerDied(learner_died_message(run_dir, _last_checkpoint_step(run_dir), err)) from err
-
-
-def _alive(actor) -> bool:
-    try:
-        ray.get(actor.current_version.remote())
-    except RayActorError:
-        return False
-    return True
 
 
 def _last_checkpoint_step(run_dir: Path) -> int | None:
@@ -311,7 +304,7 @@ def _checkpoint(run: Run, state: DriverState) -> None:
     state.worker_restarts = run.actors.fleet.restarts
     state.reward_restarts = run.actors.rewarders.restarts
     state.extra["curriculum"] = run.curriculum.state(state.step)
-    blob = ray.get(run.actors.learner.state.remote())
+    blob = run.actors.learner.state()
     save_checkpoint(run.dir.path, state.step, blob, state.to_json(), identity(run.config))
 
 
@@ -320,8 +313,8 @@ def _restore(run: Run) -> DriverState:
     checkpoint = load_latest_checkpoint(run.dir.path)
     check_identity(checkpoint.identity, identity(run.config))
     actors = run.actors
-    ray.get(actors.learner.load_state.remote(checkpoint.learner_state))
-    actors.fleet.publish(actors.learner.export_adapter.remote())
+    actors.learner.load_state(checkpoint.learner_state)
+    actors.fleet.publish(actors.learner.export_adapter())
     state = DriverState.from_json(checkpoint.driver_state)
     run.curriculum.load_state(state.extra["curriculum"])
     actors.fleet.restarts = state.worker_restarts
@@ -340,7 +333,7 @@ def _stop_on_fleet_failure(run: Run, state: DriverState) -> Iterator[None]:
         yield
     except (TooManyRestarts, StaleAdapterError) as err:
         # The checkpoint must pair driver and learner states of the same step: skip it if the learner moved on.
-        if ray.get(run.actors.learner.current_version.remote()) == state.step:
+        if run.actors.learner.current_version() == state.step:
             _checkpoint(run, state)
         how = f"continue with: prolora train --resume {run.dir.path}"
         raise RunStopped(f"{err}\nlast checkpoint kept; {how}") from err
@@ -384,7 +377,7 @@ def _devices(actors: Actors) -> dict[str, str | int]:
     """Where the learner and the engines compute, and the KV cache vLLM gave an engine: the first record's extras."""
     engine = ray.get(actors.fleet.workers[0].engine_info.remote())
     return {
-        "learner_device": ray.get(actors.learner.device.remote()),
+        "learner_device": actors.learner.device(),
         "engine_device": engine["device"],
         "engine_kv_cache_tokens": engine["kv_cache_blocks"] * engine["block_size"],
     }
@@ -401,7 +394,7 @@ def _reset_reference_if_due(step: int, stats: TrainStats, adapter: AdapterPayloa
     """ProRL: when a trigger fires, the reference becomes the adapter this step produced (saved to the run dir)."""
     cause = run.curriculum.resets.after_step(step, stats.kl)
     if cause is not None:
-        ray.get(run.actors.learner.reset_reference.remote(run.config.reference.reset_optimizer))
+        run.actors.learner.reset_reference(run.config.reference.reset_optimizer)
         run.dir.save_adapter(adapter, "reference")
     return cause
 

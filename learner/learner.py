@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -29,6 +30,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
+from learner.distributed import DataParallel, rendezvous_address
 from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
@@ -84,6 +86,8 @@ class Learner:
         self._max_new_tokens = max_new_tokens
         self.optimizer = self._new_optimizer()
         self.version = 0
+        self._dp: DataParallel | None = None
+        self._train_s = 0.0
         print(
             f"[learner] device {self._device}, base {base.dtype}, LoRA float32, micro-batches of "
             f"{train.micro_batch_tokens} tokens, gradient checkpointing {train.gradient_checkpointing}",
@@ -93,6 +97,23 @@ class Learner:
     def device(self) -> str:
         """Where the learner trains: "cpu" or "cuda" (or "cuda:N"), for the run's first metrics record."""
         return str(self._device)
+
+    # ------------------------------------------------------------------------------ data-parallel group
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0 of a learner group: the address and free port the group meets at."""
+        return rendezvous_address()
+
+    def join_group(self, address: str, port: int, rank: int, world: int) -> None:
+        """Join a data-parallel group of `world` learners (learner/distributed.py); blocks until all have joined."""
+        self._dp = DataParallel(address, port, rank, world, self._device)
+
+    def timings(self) -> dict[str, float]:
+        """Seconds in `train_step` and, of those, in gradient all-reduces, since the last call; resets both."""
+        out = {"train_s": self._train_s, "comm_s": self._dp.comm_s if self._dp else 0.0}
+        self._train_s = 0.0
+        if self._dp:
+            self._dp.comm_s = 0.0
+        return out
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -106,7 +127,13 @@ class Learner:
         `rewards.failure_policy=skip_sample`, or it had no tokens) makes no update, and its stats say so
         (`optimizer_steps` 0, no `skipped_nonfinite`); the version still advances, so versions keep counting steps.
         """
-        samples = batch.samples
+        start = time.perf_counter()
+        try:
+            return self._train_step(batch.samples)
+        finally:
+            self._train_s += time.perf_counter() - start
+
+    def _train_step(self, samples: tuple[TrainSample, ...]) -> TrainStats:
         if not samples:
             self.version += 1
             return _summarise([], [], skipped=0)
@@ -115,11 +142,11 @@ class Learner:
         n_mb = min(self._train.minibatches, len(samples))
         single_pass = self._train.epochs == 1 and n_mb == 1
         # Old logprobs are computed once per batch; with a single optimiser step they equal the current ones.
-        old_logp = None if single_pass else self._logprobs_no_grad(samples)
+        old_logp = None if single_pass else self._batch_logprobs(samples)
         ref_logp = None
         if self._algo.kl_coef or self._algo.log_kl:
             with self._reference_policy():
-                ref_logp = self._logprobs_no_grad(samples)
+                ref_logp = self._batch_logprobs(samples)
         stats: list[tuple[float, LossStats]] = []
         grad_norms: list[float] = []
         self.model.train()  # LoRA dropout (lora.dropout) acts only in the loss's forward; every other pass is eval
@@ -174,7 +201,8 @@ class Learner:
         """Backward of one minibatch's loss, a micro-batch at a time; returns the minibatch loss and stats.
 
         Every micro-batch's loss is divided by the minibatch's normaliser, so the accumulated gradient is the
-        gradient of the unsplit loss.
+        gradient of the unsplit loss. In a learner group each rank runs its share of the rows and the gradients are
+        summed across the group (learner/distributed.py).
         """
         loss_mask = [self._in_loss(r) for r in rows]
         count_B = torch.tensor(
@@ -183,13 +211,19 @@ class Learner:
         normaliser = loss_normaliser(count_B, self._algo.loss_agg).item()
         total = torch.zeros((), device=self._device)
         parts: list[LossStats] = []
-        for micro in micro_batches(_lengths(rows), self._train.micro_batch_tokens):
+        lengths = _lengths(rows)
+        mine = self._dp.share(lengths) if self._dp else list(range(len(rows)))
+        for micro in micro_batches([lengths[j] for j in mine], self._train.micro_batch_tokens):
+            sel = [mine[k] for k in micro]
             loss, loss_stats = self._loss(
-                [rows[j] for j in micro], [loss_mask[j] for j in micro], old_logp, ref_logp, idx[micro], normaliser
+                [rows[j] for j in sel], [loss_mask[j] for j in sel], old_logp, ref_logp, idx[sel], normaliser
             )
             loss.backward()
             total += loss.detach()
             parts.append(loss_stats)
+        if self._dp:
+            total = self._dp.sum_gradients(self._trainable(), total)
+            parts = self._dp.gather_stats(parts)
         return total, merge_stats(parts)
 
     def _in_loss(self, row: TrainSample) -> bool:
@@ -282,6 +316,15 @@ class Learner:
             for i, r, logp_C in zip(micro, rows, logp_BC.cpu(), strict=True):
                 out[i] = logp_C[: len(r.completion_token_ids)]
         return out
+
+    def _batch_logprobs(self, samples: Sequence[TrainSample]) -> list[torch.Tensor]:
+        """`_logprobs_no_grad` of a training batch; in a learner group each rank computes its share, then all have
+        all."""
+        if self._dp is None:
+            return self._logprobs_no_grad(samples)
+        mine = self._dp.share(_lengths(samples))
+        logp = self._logprobs_no_grad([samples[i] for i in mine])
+        return self._dp.gather_rows(dict(zip(mine, logp, strict=True)), len(samples))
 
     def completion_logprobs(
         self, prompt_token_ids: list[list[int]], completion_token_ids: list[list[int]], temperature: float = 1.0

@@ -23,6 +23,14 @@ QUANTIZATION_REFUSAL = (
     "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
 )
 
+SHARD_BASE_REFUSAL = (
+    "train.shard_base=true cannot run yet: the installed torch has FSDP2 (fully_shard works with gloo on the CPU), but "
+    "prolora does not wire it: sharding the base through peft's LoRA layers turns the adapter weights into DTensors, "
+    "and the adapter export, the probe's greedy decoding (a forward pass that every rank must then join), the "
+    "checkpoint and the reference adapter all read whole tensors on rank 0 only. Every rank holds the whole base "
+    "for now: set train.shard_base=false and use train.num_learners for data parallelism."
+)
+
 SLEEP_LEVEL_2_REFUSAL = (
     "rollout.sleep_level=2 cannot run with LoRA: level 2 discards the engine's weights, and reloading them into an "
     "engine with LoRA enabled fails (vLLM's LoRA layers rename the base weights: vllm-project/vllm#39934, "

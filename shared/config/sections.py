@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config.engine_args import check_engine_kwargs
-from shared.config.refusals import DORA_REFUSAL, QUANTIZATION_REFUSAL, check_sleep_level
+from shared.config.refusals import DORA_REFUSAL, QUANTIZATION_REFUSAL, SHARD_BASE_REFUSAL, check_sleep_level
 
 Baseline = Literal["group_mean", "rloo"]
 """Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
@@ -268,6 +268,13 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the learner trains: auto is CUDA when its actor was given a GPU (train.num_gpus > 0), else the CPU;
     cuda fails without a GPU. (The reward model is on CUDA exactly when rewards.reward_model.num_gpus > 0.)"""
+    num_learners: int = Field(1, ge=1)
+    """Data-parallel learner ranks (one actor each, with train.num_gpus GPUs), joined in a torch.distributed group
+    (gloo on the CPU, NCCL on GPUs) and placed together on one node where they fit. Each rank trains on its share of
+    every minibatch and the LoRA gradients are summed, so the update is the one a single learner makes on the whole
+    batch. A checkpoint resumes with any number of ranks."""
+    shard_base: bool = False
+    """Shard the frozen base model across the learner ranks (FSDP2). Refused for now: see the error it gives."""
 
 
 class RewardSpec(_Section):
@@ -440,6 +447,8 @@ class Config(_Section):
             raise ValueError(DORA_REFUSAL)
         if self.model.quantization != "none":
             raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
+        if self.train.shard_base:
+            raise ValueError(SHARD_BASE_REFUSAL)
         return self
 
     @model_validator(mode="after")

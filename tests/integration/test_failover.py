@@ -45,7 +45,8 @@ def _wait_until_killed(answers_as_before) -> None:
 def test_killed_worker_is_restarted_reloaded_and_request_retried(tiny_model, ray_session):
     config = load_config(overrides=["rollout.max_restarts=2", "train.lr=0.05"])
     workers = start_rollout_workers(config, str(tiny_model))
-    learner = start_learner(config, str(tiny_model))
+    group = start_learner(config, str(tiny_model))
+    learner = group.ranks[0]
     fleet = RolloutFleet(workers, max_restarts=2)
     groups = fleet.generate(PROMPTS, SamplingSpec(n=2, max_tokens=6, seed=1))
     samples = tuple(
@@ -64,8 +65,9 @@ def test_killed_worker_is_restarted_reloaded_and_request_retried(tiny_model, ray
     assert fleet.restarts == 1
     assert all(c.adapter_version == 1 for g in groups for c in g.completions)
     assert ray.get(workers[0].loaded_versions.remote()) == [1]
-    for actor in [*workers, learner]:
+    for actor in workers:
         ray.kill(actor)
+    group.kill()
 
 
 def _groups(texts_P_G: list[list[str]]) -> list[Group]:
@@ -118,16 +120,18 @@ def test_killed_reward_actor_is_restarted_with_the_swapped_set_and_its_shard_res
 @pytest.mark.slow
 def test_dead_learner_stops_the_run_naming_the_last_checkpoint(tiny_model, ray_session, tmp_path):
     config = load_config()
-    learner = start_learner(config, str(tiny_model))
-    save_checkpoint(tmp_path, 3, ray.get(learner.state.remote()), {"step": 3}, {})
+    group = start_learner(config, str(tiny_model))
+    learner = group.ranks[0]
+    save_checkpoint(tmp_path, 3, group.state(), {"step": 3}, {})
     ray.kill(learner)  # no restart: the learner's state is gone
     _wait_until_killed(lambda: ray.get(learner.current_version.remote()) == 0)
 
-    with pytest.raises(LearnerDied) as stop, stop_if_learner_dies(learner, tmp_path):
-        ray.get(learner.train_step.remote(TrainBatch((), step=4)))
+    with pytest.raises(LearnerDied) as stop, stop_if_learner_dies(group, tmp_path):
+        group.train_step(TrainBatch((), step=4))
 
     assert f"the last checkpoint is of step 3; continue with: prolora train --resume {tmp_path}" in str(stop.value)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000003"]  # nothing written now
+    group.kill()
 
 
 def _parent(pid: str) -> str | None:

@@ -31,10 +31,11 @@ TOL = 2e-3
 def fleet(tiny_model, ray_session):
     config = load_config(overrides=["train.lr=0.05", "rollout.num_workers=2", "rollout.max_loras=3"])
     workers = start_rollout_workers(config, str(tiny_model))
-    learner = start_learner(config, str(tiny_model))
-    yield ray_session, workers, learner
-    for actor in [*workers, learner]:
+    group = start_learner(config, str(tiny_model))
+    yield ray_session, workers, group.ranks[0]
+    for actor in workers:
         ray_session.kill(actor)
+    group.kill()
 
 
 def _peft_logprobs(model_dir: Path, adapter_files, prompt_ids, completion_ids) -> tuple[list[float], list[int]]:

@@ -151,6 +151,15 @@ def test_dora_is_refused_at_config_time_with_the_reason():
     assert proc.returncode == 2 and "DoRA" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_sharding_the_base_is_refused_at_config_time_with_the_reason():
+    assert load_config().train.shard_base is False
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.shard_base=true"])
+    message = str(err.value)
+    assert "train.shard_base=true cannot run yet" in message and "fully_shard" in message
+    assert "train.num_learners" in message
+
+
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_quantized_base_is_refused_with_the_reason(kind):
     assert load_config().model.quantization == "none"

@@ -21,6 +21,16 @@ def test_demands_follow_the_config():
     assert sum(d.gpus for d in demands) == 2.5
 
 
+def test_every_learner_rank_asks_for_its_own_cpu_and_gpus():
+    config = load_config(overrides=["train.num_learners=3", "train.num_gpus=1"])
+    learners = [d for d in run_demands(config) if d.role == "learner"]
+    assert len(learners) == 3 and all(d.cpus == 1 and d.gpus == 1 for d in learners)
+    problems = unmet_demands(run_demands(config), [{"CPU": 8.0, "GPU": 2.0}])
+    assert problems == [
+        "GPU: the run needs 3 (3 learner x 1 (train.num_learners, train.num_gpus)) but the cluster has 2"
+    ]
+
+
 def test_the_default_run_fits_a_small_cpu_cluster():
     assert unmet_demands(run_demands(load_config()), [CPU_NODE]) == []
 
@@ -41,7 +51,7 @@ def test_too_few_cpus():
     problems = unmet_demands(run_demands(config), [{"CPU": 2.0}, {"CPU": 2.0}])
     assert problems == [
         "CPU: the run needs 7 (4 rollout x 1 (rollout.num_workers, rollout.num_gpus), 1 learner x 1 "
-        "(train.num_gpus), 2 reward x 1 (rewards.num_actors)) but the cluster has 4"
+        "(train.num_learners, train.num_gpus), 2 reward x 1 (rewards.num_actors)) but the cluster has 4"
     ]
 
 
@@ -49,7 +59,9 @@ def test_an_actor_larger_than_any_node():
     # Enough GPUs in total, but the learner's 2 must sit on one node.
     config = load_config(overrides=["train.num_gpus=2"])
     problems = unmet_demands(run_demands(config), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
-    assert problems == ["GPU: one learner actor asks for 2 GPU (train.num_gpus) but the largest node has 1"]
+    assert problems == [
+        "GPU: one learner actor asks for 2 GPU (train.num_learners, train.num_gpus) but the largest node has 1"
+    ]
 
 
 def test_gpus_per_rollout_worker_set_the_engines_tensor_parallel_size():
