@@ -57,3 +57,14 @@ def test_a_push_completes_the_fused_layers_it_touches():
             "model.layers.2.mlp.down_proj.weight",
         ]
     )
+
+
+def test_pick_top_takes_the_largest_relative_updates_in_model_order():
+    from launch.tools.inspect import pick_top
+    from learner.update_map import ModuleUpdate
+
+    def row(name: str, rel: float) -> ModuleUpdate:
+        return ModuleUpdate(name, 0, name, 100, 8, rel, 1.0, rel, 1.0, 0.0)
+
+    rows = [row("a", 0.1), row("b", 0.5), row("c", 0.3), row("d", 0.05)]
+    assert pick_top(rows, 0.5) == ["b", "c"] and pick_top(rows, 0.01) == ["b"] and pick_top(rows, 1.0) == list("abcd")
