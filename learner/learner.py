@@ -12,6 +12,10 @@ positions at a time (learner/logprobs.py). Every pass over a batch goes in micro
 `train.micro_batch_tokens` tokens; the loss's micro-batches accumulate gradients into one optimizer step per
 minibatch, so memory follows the micro-batch, not the batch. The model sits on the actor's GPU when it has one
 (`train.device`), with a low-precision base under CUDA autocast and float32 LoRA weights and optimizer state.
+
+With `lora.mode: full` there is no adapter: the chosen modules' weights train directly (learner/subnetwork.py owns
+them and their reference copy), and the export is a `WeightsPayload` of just those tensors; with `lora.use_dora` the
+export is the DoRA-merged weights of the targeted modules. Engines load either in place (rollout/weights.py).
 """
 
 from __future__ import annotations
