@@ -14,10 +14,10 @@ tensor cannot just be copied over. What this module does per push:
    tensor in the push keep their kernel tensors as they were, bit for bit.
 
 The engine is reached with `LLM.collective_rpc`, which runs a function on every engine worker (each tensor-parallel
-rank loads its own shard). With VLLM_ENABLE_V1_MULTIPROCESSING=0, as rollout workers run on the CPU, that worker is
-in this process and the tensors are passed by reference; with multiprocessing on (vLLM's default on a GPU) the
-function and tensors are pickled to the engine-core process, which vLLM allows only with
-VLLM_ALLOW_INSECURE_SERIALIZATION=1 (checked on a GPU machine only: not run here).
+rank loads its own shard). Rollout workers run the engine core in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set by
+the launcher), so with one rank the function runs in this process and the tensors pass by reference. With tensor
+parallelism vLLM's executor cloudpickles the function to each rank's process and sends the tensors through its
+message queue: that path has not run here (no vLLM on the GPU machines this project can borrow).
 """
 
 from __future__ import annotations
