@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM
 
 from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats
-from learner.subnetwork import FullRank, dora_merged, weights_payload
+from learner.subnetwork import FullRank, chosen_modules, dora_merged, weights_payload
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.devices import pick_device
 from shared.records import AdapterPayload, Payload, ProbeSet, TrainBatch, TrainSample, TrainStats
@@ -404,8 +404,8 @@ def _with_adapter(base: torch.nn.Module, lora: LoraConfig) -> PeftModel:
         r=lora.rank,
         lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        layers_to_transform=lora.layers,
+        # With lora.layers, the chosen modules by full path (peft takes no layer list beside "all-linear" or a regex).
+        target_modules=lora.target_modules if lora.layers is None else chosen_modules(base, lora),
         use_dora=lora.use_dora,
         task_type="CAUSAL_LM",
     )
