@@ -98,6 +98,11 @@ def chosen_adapters(run_dir: Path, names: list[str] | None) -> list[tuple[str, P
     last = next((adapters / n for n in ("final", "latest") if is_adapter_dir(adapters / n)), None)
     if last is not None and not (found and found[-1][2] is not None and found[-1][2] == _version(last)):
         found.append((last.name, last, _version(last)))
+    if not found and any(adapters.glob("*/weights.safetensors")):
+        raise UserError(
+            f"{run_dir} trained weights in place (lora.mode=full or lora.use_dora), not LoRA adapters: inspect "
+            "measures LoRA updates s·B·A only"
+        )
     if not found:
         raise UserError(f"{run_dir} has no saved adapters (looked for adapters/step_*, final and latest)")
     return found
