@@ -168,3 +168,8 @@ def test_quantized_base_is_refused_with_the_reason(kind):
     assert f"model.quantization={kind} cannot run yet" in message and "bitsandbytes" in message
     with pytest.raises(ConfigError, match="model.quantization"):
         load_config(overrides=["model.quantization=int3"])
+
+
+def test_weight_push_modes_refuse_engine_sleep():
+    with pytest.raises(ConfigError, match="rollout.sleep_level=1 with weights loaded in place"):
+        load_config(overrides=["lora.use_dora=true", "rollout.sleep_level=1", "rollout.num_gpus=0.5"])
