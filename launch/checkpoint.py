@@ -183,11 +183,23 @@ def identity(config: Config) -> dict[str, Any]:
         "lora.rank": config.lora.rank,
         "lora.alpha": config.lora.alpha,
         "lora.target_modules": config.lora.target_modules,
+        **_lora_identity(config),
         "task.name": config.task.name,
         "task.train_size": config.task.train_size,
         **({"task.train_file": config.task.train_file} if config.task.train_file else {}),
         **_dataset_identity(config),
     }
+
+
+def _lora_identity(config: Config) -> dict[str, Any]:
+    """The lora fields added later, only when not at their defaults (so older checkpoints still match)."""
+    lora = config.lora
+    fields = {
+        "lora.mode": (lora.mode, "lora"),
+        "lora.layers": (lora.layers, None),
+        "lora.use_dora": (lora.use_dora, False),
+    }
+    return {key: value for key, (value, default) in fields.items() if value != default}
 
 
 def _dataset_identity(config: Config) -> dict[str, Any]:

@@ -8,7 +8,7 @@
     prolora logs JOB [--address URL] [--follow]
     prolora stop JOB [--address URL]
     prolora report RUN_DIR [--out DIR]
-    prolora inspect RUN_DIR [--adapter NAME ...] [--out DIR]
+    prolora inspect RUN_DIR [--adapter NAME ...] [--out DIR] [--pick-top F]
     prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
     prolora doctor --gpu [--sleep]
@@ -268,12 +268,19 @@ def _inspect_args(parser: argparse.ArgumentParser) -> None:
         help="adapters/<NAME> to measure, in this order (repeatable); default: every step_* copy, then final",
     )
     parser.add_argument("--out", help="where to write update_map.json (default: RUN_DIR)")
+    parser.add_argument(
+        "--pick-top",
+        type=float,
+        metavar="F",
+        help="also write OUT/subnetwork.yaml: the fraction F of modules with the largest relative update, to train "
+        "full rank (lora.mode=full)",
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from launch.tools.inspect import run_inspect
 
-    run_inspect(Path(args.run_dir), args.adapters, Path(args.out) if args.out else None)
+    run_inspect(Path(args.run_dir), args.adapters, Path(args.out) if args.out else None, args.pick_top)
     return 0
 
 

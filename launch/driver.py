@@ -76,7 +76,7 @@ from shared.config import Config
 from shared.hacking import HackingSignals, HackingWatch, describe
 from shared.memplan import MemoryPlan, ModelShape, check_plan, plan_for_config
 from shared.metrics import read_metrics
-from shared.records import AdapterPayload, TrainStats
+from shared.records import Payload, TrainStats
 from shared.restarts import TooManyRestarts
 from shared.step_record import StepRecord
 from shared.tasks import Task, get_task
@@ -390,7 +390,7 @@ def _evals(state: DriverState) -> tuple[EvalResult, EvalResult]:
     return EvalResult(**state.first_eval), EvalResult(**state.last_eval)
 
 
-def _reset_reference_if_due(step: int, stats: TrainStats, adapter: AdapterPayload, run: Run) -> ResetCause | None:
+def _reset_reference_if_due(step: int, stats: TrainStats, adapter: Payload, run: Run) -> ResetCause | None:
     """ProRL: when a trigger fires, the reference becomes the adapter this step produced (saved to the run dir)."""
     cause = run.curriculum.resets.after_step(step, stats.kl)
     if cause is not None:

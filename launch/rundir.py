@@ -34,7 +34,7 @@ from launch.sinks import open_sinks
 from shared.config import Config, config_to_yaml
 from shared.errors import UserError
 from shared.metrics import MetricsSink, MetricsWriter, add_reward_columns, rollout_reward_names, write_rollouts
-from shared.records import AdapterPayload, Group, RewardScores
+from shared.records import Group, Payload, RewardScores
 
 
 class RunDirError(UserError):
@@ -109,8 +109,9 @@ class RunDir:
             if int(file.stem.removeprefix("step_")) > step:
                 file.unlink()
 
-    def save_adapter(self, payload: AdapterPayload, name: str, keep_copy: bool = False) -> Path:
-        """Write the adapter atomically as adapters/<name>; with keep_copy also as adapters/step_<version>."""
+    def save_adapter(self, payload: Payload, name: str, keep_copy: bool = False) -> Path:
+        """Write the adapter (or a weights payload's tensors) atomically as adapters/<name>; with keep_copy also as
+        adapters/step_<version>."""
         target = self.adapters / name
         tmp = self.adapters / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

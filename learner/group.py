@@ -23,7 +23,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from learner.learner import Learner
 from shared.handles import Actor
-from shared.records import AdapterPayload, TrainBatch, TrainStats
+from shared.records import Payload, TrainBatch, TrainStats
 from shared.restarts import DEAD_ACTOR_ERRORS
 
 DEATH_WAIT_S = 30.0
@@ -49,8 +49,9 @@ class LearnerGroup:
 
     def export_adapter(
         self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4
-    ) -> ObjectRef[AdapterPayload]:
-        """A reference to rank 0's `export_adapter` payload (an `AdapterPayload`), not waited for."""
+    ) -> ObjectRef[Payload]:
+        """A reference to rank 0's `export_adapter` payload (an `AdapterPayload`, or a `WeightsPayload` with
+        lora.mode=full or DoRA), not waited for."""
         return self.ranks[0].export_adapter.remote(probe_prompt_ids, probe_tokens)
 
     def state(self) -> bytes:

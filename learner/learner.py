@@ -12,6 +12,10 @@ positions at a time (learner/logprobs.py). Every pass over a batch goes in micro
 `train.micro_batch_tokens` tokens; the loss's micro-batches accumulate gradients into one optimizer step per
 minibatch, so memory follows the micro-batch, not the batch. The model sits on the actor's GPU when it has one
 (`train.device`), with a low-precision base under CUDA autocast and float32 LoRA weights and optimizer state.
+
+With `lora.mode: full` there is no adapter: the chosen modules' weights train directly (learner/subnetwork.py owns
+them and their reference copy), and the export is a `WeightsPayload` of just those tensors; with `lora.use_dora` the
+export is the DoRA-merged weights of the targeted modules. Engines load either in place (rollout/weights.py).
 """
 
 from __future__ import annotations
@@ -24,18 +28,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
 from learner.distributed import DataParallel, rendezvous_address
 from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats
+from learner.subnetwork import FullRank, chosen_modules, dora_merged, weights_payload
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.devices import pick_device
-from shared.records import AdapterPayload, ProbeSet, TrainBatch, TrainSample, TrainStats
+from shared.records import AdapterPayload, Payload, ProbeSet, TrainBatch, TrainSample, TrainStats
 
 POLICY, REFERENCE = "default", "reference"
 """peft adapter names: the trained adapter and the reference snapshot."""
@@ -66,15 +72,12 @@ class Learner:
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
         base.to(self._device)  # type: ignore[arg-type]  # transformers types `to` through a wrapper
-        peft_config = PeftLoraConfig(
-            r=lora.rank,
-            lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        # autocast_adapter_dtype: LoRA weights (and so the optimizer state) stay float32 on a bfloat16 base.
-        self.model = get_peft_model(base, peft_config, autocast_adapter_dtype=True)
+        self._base = base
+        self._lora = lora
+        # lora.mode=full: the chosen weights train directly, no adapter (learner/subnetwork.py).
+        self._full = FullRank(base, lora) if lora.mode == "full" else None
+        # The peft model; with lora.mode=full the bare base model (only the branches for peft use peft's API).
+        self.model: Any = base if self._full else _with_adapter(base, lora)
         if train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # On CUDA a low-precision base runs under autocast; on the CPU peft casts activations to the LoRA dtype.
@@ -88,8 +91,9 @@ class Learner:
         self.version = 0
         self._dp: DataParallel | None = None
         self._train_s = 0.0
+        trains = f"{self._full.parameter_count()} weights of {len(self._full.names)} tensors" if self._full else "LoRA"
         print(
-            f"[learner] device {self._device}, base {base.dtype}, LoRA float32, micro-batches of "
+            f"[learner] device {self._device}, base {base.dtype}, trains {trains}, micro-batches of "
             f"{train.micro_batch_tokens} tokens, gradient checkpointing {train.gradient_checkpointing}",
             flush=True,
         )
@@ -267,6 +271,10 @@ class Learner:
         The snapshot is a second peft adapter on the same base model, created on the first reset and overwritten on
         later ones. Its weights never train: peft freezes an adapter that is not the active one.
         """
+        if self._full:
+            self._full.reset_reference()
+            self.optimizer = self._new_optimizer() if reset_optimizer else self.optimizer
+            return
         if REFERENCE not in self.model.peft_config:
             self.model.add_adapter(REFERENCE, self.model.peft_config[POLICY])
         weights = get_peft_model_state_dict(self.model, adapter_name=POLICY)
@@ -279,6 +287,10 @@ class Learner:
     def _reference_policy(self) -> Iterator[None]:
         """Within this block the model computes the reference policy: the base model until the first reset, the
         reference snapshot after it."""
+        if self._full:
+            with self._full.reference():
+                yield
+            return
         if REFERENCE not in self.model.peft_config:
             with self.model.disable_adapter():
                 yield
@@ -297,7 +309,7 @@ class Learner:
         self, packed: Packed, temperature: float, entropy_grad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return completion_logprobs(
-            self.model.get_base_model(),
+            self._base,
             packed,
             temperature=temperature,
             chunk=self._train.logits_chunk_tokens,
@@ -338,17 +350,21 @@ class Learner:
         return [row.tolist() for row in self._logprobs_no_grad(rows, temperature)]
 
     # ----------------------------------------------------------------------------------------- adapter
-    def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4) -> AdapterPayload:
+    def export_adapter(self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4) -> Payload:
         """The current adapter in peft format, as bytes (adapter_config.json + adapter_model.safetensors).
 
         With `probe_prompt_ids`, the payload also carries this adapter's greedy continuation of each prompt
         (`probe_tokens` long, EOS ignored) and its logprobs: the served-adapter probe's expectation, pinned to this
-        version whatever the learner does next.
+        version whatever the learner does next. With lora.mode=full or lora.use_dora it is a WeightsPayload of the
+        trained (or DoRA-merged) tensors instead, which engines load in place.
         """
+        probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
+        if self._full or self._lora.use_dora:
+            tensors = self._full.tensors() if self._full else dora_merged(self._base, POLICY)
+            return weights_payload(self.version, tensors, probe)
         with tempfile.TemporaryDirectory(prefix="prolora-export-") as tmp:
             self.model.save_pretrained(tmp, selected_adapters=[POLICY])
             files = AdapterPayload.read(Path(tmp), self.version).files
-        probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
         return AdapterPayload(version=self.version, files=files, probe=probe)
 
     @torch.no_grad()
@@ -369,7 +385,7 @@ class Learner:
 
     def _next_token_logprobs(self, ids: list[int]) -> torch.Tensor:
         """(V,) log-softmax of the next token after `ids`: only the last position goes through the LM head."""
-        base = self.model.get_base_model()
+        base = self._base
         last = torch.tensor([len(ids) - 1], device=self._device)
         packed = Packed(
             torch.tensor([ids], device=self._device), torch.ones(1, len(ids), device=self._device), last, last, last
@@ -387,10 +403,12 @@ class Learner:
         """Everything a resumed run needs to continue exactly: adapter, reference snapshot, optimiser, RNG states,
         version."""
         buffer = io.BytesIO()
-        has_reference = REFERENCE in self.model.peft_config
+        has_reference = not self._full and REFERENCE in self.model.peft_config
         torch.save(
             {
-                "adapter": get_peft_model_state_dict(self.model, adapter_name=POLICY),
+                "adapter": self._full.state()
+                if self._full
+                else get_peft_model_state_dict(self.model, adapter_name=POLICY),
                 "reference": get_peft_model_state_dict(self.model, adapter_name=REFERENCE) if has_reference else None,
                 "optimizer": self.optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -404,7 +422,10 @@ class Learner:
     def load_state(self, blob: bytes) -> int:
         """Restore a state written by `state()`; returns the adapter version."""
         state = torch.load(io.BytesIO(blob), weights_only=False, map_location=self._device)
-        set_peft_model_state_dict(self.model, state["adapter"], adapter_name=POLICY)
+        if self._full:
+            self._full.load_state(state["adapter"])
+        else:
+            set_peft_model_state_dict(self.model, state["adapter"], adapter_name=POLICY)
         if state["reference"] is not None:
             if REFERENCE not in self.model.peft_config:
                 self.model.add_adapter(REFERENCE, self.model.peft_config[POLICY])
@@ -418,6 +439,21 @@ class Learner:
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def _with_adapter(base: torch.nn.Module, lora: LoraConfig) -> PeftModel:
+    """`base` with a trainable LoRA (or DoRA) adapter named POLICY on the chosen modules."""
+    peft_config = PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
+        lora_dropout=lora.dropout,
+        # With lora.layers, the chosen modules by full path (peft takes no layer list beside "all-linear" or a regex).
+        target_modules=lora.target_modules if lora.layers is None else chosen_modules(base, lora),
+        use_dora=lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    # autocast_adapter_dtype: LoRA weights (and so the optimizer state) stay float32 on a bfloat16 base.
+    return get_peft_model(base, peft_config, autocast_adapter_dtype=True)
 
 
 def _lengths(rows: Sequence[TrainSample]) -> list[int]:

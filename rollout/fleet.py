@@ -32,7 +32,7 @@ from ray.exceptions import GetTimeoutError
 from rollout.probe import check_probe
 from rollout.worker import AdapterNotLoaded, RolloutWorker
 from shared.handles import Actor
-from shared.records import AdapterPayload, Group, HotLoad, Prompt, SamplingSpec
+from shared.records import Group, HotLoad, Payload, Prompt, SamplingSpec
 from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, call_when_back, check_restart_limit
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class RolloutFleet:
         self.probe_tolerance = probe_tolerance
         self.restarts = 0
         self.version = 0  # newest adapter version every worker holds; 0 = the base model
-        self._payloads: list[ObjectRef[AdapterPayload]] = []  # the adapter versions in use, oldest first
-        self._offered: ObjectRef[AdapterPayload] | None = None  # the newest version offered and not loaded yet
+        self._payloads: list[ObjectRef[Payload]] = []  # the adapter versions in use, oldest first
+        self._offered: ObjectRef[Payload] | None = None  # the newest version offered and not loaded yet
         self._lock = threading.RLock()
 
     def generate(
@@ -96,7 +96,7 @@ class RolloutFleet:
                 pending[i] = self.workers[i].generate.remote(shards[i], sampling, version)
         return groups
 
-    def offer(self, payload_ref: ObjectRef[AdapterPayload]) -> None:
+    def offer(self, payload_ref: ObjectRef[Payload]) -> None:
         """Make the adapter behind `payload_ref` the next version to serve, without waiting: the next `sync()` loads
         it. An offered version that a newer offer replaces before any sync is never loaded (no batch can name it)."""
         with self._lock:
@@ -112,7 +112,7 @@ class RolloutFleet:
             offered, self._offered = self._offered, None
             return None if offered is None else self.publish(offered)
 
-    def publish(self, payload_ref: ObjectRef[AdapterPayload]) -> Published:
+    def publish(self, payload_ref: ObjectRef[Payload]) -> Published:
         """Hot-load the adapter behind `payload_ref` into every worker and check its probe, if it carries one.
 
         Each worker keeps the newest `keep_versions` versions. A worker busy with a generation request loads

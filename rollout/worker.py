@@ -4,7 +4,9 @@ It turns prompts into groups of completions (text, token ids, per-token sampling
 adapter version that produced them) and hot-loads new adapter versions between requests. A new version arrives as
 an `AdapterPayload` (bytes that travelled through Ray's object store), is written to a directory local to this
 worker and registered with the engine under a new LoRA id: the base weights are never copied or reloaded, and no
-filesystem is shared with the learner. Versions nobody needs any more are removed from the engine.
+filesystem is shared with the learner. Versions nobody needs any more are removed from the engine. A run that
+trains weights rather than a servable adapter (a full-rank subnetwork, DoRA) sends a `WeightsPayload` instead, which
+the engine loads over its base weights in place (rollout/weights.py); the engine then serves that one version.
 
 The class is plain Python; `ray.remote(...)` with its resources is applied by the launcher.
 """
@@ -19,12 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rollout.weights import ServedWeights
 from shared.chat import eos_token_ids
 from shared.devices import pick_device
 from shared.errors import UserError
-from shared.records import AdapterPayload, Completion, Group, HotLoad, Prompt, SamplingSpec
+from shared.records import Completion, Group, HotLoad, Payload, Prompt, SamplingSpec, WeightsPayload
 
 if TYPE_CHECKING:
+    import torch
     from vllm import CompletionOutput, RequestOutput, SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -81,11 +85,14 @@ class RolloutWorker:
         self.stop_token_ids = eos_token_ids(model_path, self._llm.get_tokenizer(), trust_remote_code)
         self._adapter_root = Path(tempfile.mkdtemp(prefix="prolora-adapters-"))
         self._requests: dict[int, LoRARequest] = {}  # version -> the engine's handle on it
+        self._weights = ServedWeights(model_path)  # the weight version served in place (WeightsPayload runs)
         self.version = 0  # 0 = base model, no adapter
 
     # ----------------------------------------------------------------------------------------- adapters
-    def load_adapter(self, payload: AdapterPayload, keep_versions: int = 1) -> HotLoad:
+    def load_adapter(self, payload: Payload, keep_versions: int = 1) -> HotLoad:
         """Hot-load `payload`; keep the newest `keep_versions` versions loaded, unload older ones.
+
+        A WeightsPayload is loaded in place instead (`load_weights`).
 
         Older versions are removed before the new one is added, so the engine never holds more than
         `keep_versions` (vLLM would otherwise evict one of its own choosing once `max_loras` is reached). Loading
@@ -95,6 +102,8 @@ class RolloutWorker:
         from vllm.lora.request import LoRARequest
 
         self._check_awake()
+        if isinstance(payload, WeightsPayload):
+            return self.load_weights(payload)
         start = time.perf_counter()
         kept = sorted({*self._requests, payload.version})[-keep_versions:]
         for old in [v for v in self._requests if v not in kept]:
@@ -108,7 +117,22 @@ class RolloutWorker:
             self._llm.llm_engine.add_lora(request)
             self._requests[payload.version] = request
         self.version = max(self._requests, default=0)
-        load_ms = (time.perf_counter() - start) * 1e3
+        return self._probed(payload, (time.perf_counter() - start) * 1e3)
+
+    def load_weights(self, payload: WeightsPayload) -> HotLoad:
+        """Load the payload's tensors over the engine's weights in place; they become the version served.
+
+        The payload's values are complete, so loading the newest one onto the base weights (a restarted worker)
+        gives the same model. A version not newer than the one served changes nothing. Probed as adapters are.
+        """
+        start = time.perf_counter()
+        if payload.version > self._weights.version:
+            self._weights.load(self._llm, payload)
+            self.version = payload.version
+        return self._probed(payload, (time.perf_counter() - start) * 1e3)
+
+    def _probed(self, payload: Payload, load_ms: float) -> HotLoad:
+        """The load's report, with the engine's greedy decoding of the payload's probe prompts if it has a probe."""
         if payload.probe is None:
             return HotLoad(payload.version, load_ms)
         tokens, logprobs = self._greedy(
@@ -126,14 +150,28 @@ class RolloutWorker:
 
         params = SamplingParams(max_tokens=n_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
-        lora = self._requests.get(version) if version else None
-        outputs = self._llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        outputs = self._llm.generate(prompts, params, lora_request=self._lora(version), use_tqdm=False)
         groups = [_to_group(out, version) for out in outputs]
         return tuple(g.completions[0].token_ids for g in groups), tuple(g.completions[0].logprobs for g in groups)
 
+    def _lora(self, version: int) -> LoRARequest | None:
+        """The engine's handle on adapter `version` (None: base weights, or the weight version served in place);
+        raises AdapterNotLoaded if the engine cannot serve `version`."""
+        if version == self._weights.version:
+            return None
+        if version not in self._requests:
+            served = sorted({*self._requests, self._weights.version})
+            raise AdapterNotLoaded(f"version {version} is not loaded here (loaded: {served})")
+        return self._requests[version]
+
     def loaded_versions(self) -> list[int]:
-        """Adapter versions the engine holds now."""
-        return sorted(self._llm.llm_engine.list_loras())
+        """Versions the engine holds now: its adapters, and a weight version served in place."""
+        weights = [self._weights.version] if self._weights.version else []
+        return sorted({*self._llm.llm_engine.list_loras(), *weights})
+
+    def pushed_weights(self) -> dict[str, torch.Tensor]:
+        """Every tensor pushed in place so far, at its latest value (tests compare them with the learner's)."""
+        return dict(self._weights.pushed)
 
     def adapter_files(self, version: int) -> dict[str, bytes]:
         """The files this worker wrote for `version` into its own directory and gave the engine (tests check they
@@ -155,9 +193,7 @@ class RolloutWorker:
 
         self._check_awake()
         version = self.version if version is None else version
-        lora = self._requests.get(version) if version else None
-        if version and lora is None:
-            raise AdapterNotLoaded(f"adapter version {version} is not loaded here (loaded: {sorted(self._requests)})")
+        lora = self._lora(version)
         params = sampling_params(sampling, len(prompts), self.stop_token_ids)
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
         outputs = self._llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
@@ -173,7 +209,7 @@ class RolloutWorker:
             self.asleep = True
         return (time.perf_counter() - start) * 1e3
 
-    def wake_up(self, payload: AdapterPayload | None = None) -> HotLoad | None:
+    def wake_up(self, payload: Payload | None = None) -> HotLoad | None:
         """Bring the engine back; with `payload` (the version it serves, carrying a probe) decode its probe again, as
         a hot-load does, so the fleet can check the woken engine still applies the adapter."""
         start = time.perf_counter()

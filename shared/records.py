@@ -99,6 +99,36 @@ class AdapterPayload:
             (path / name).write_bytes(data)
 
 
+@dataclass(frozen=True)
+class WeightsPayload:
+    """Base-model weights that replace the engines' own in place: a full-rank subnetwork's trained tensors
+    (lora.mode=full) or a DoRA adapter's merged weights W' of its targeted modules (lora.use_dora).
+
+    `tensors` is a safetensors blob (`safetensors.torch.save`) keyed by the Hugging Face parameter names of the base
+    model (e.g. model.layers.1.self_attn.k_proj.weight), each the complete current value of that tensor (not a
+    difference from the last version), so loading the newest payload over the base weights alone gives the trained
+    model. Only the chosen tensors travel; an engine keeps every other weight as it is.
+    """
+
+    version: int
+    names: tuple[str, ...]
+    """The tensors in `tensors`, sorted."""
+    tensors: bytes
+    probe: ProbeSet | None = None
+    """As for AdapterPayload: the learner's greedy tokens and logprobs under exactly these weights."""
+
+    FILE = "weights.safetensors"
+
+    def write(self, path: Path) -> None:
+        """Write the tensors as `weights.safetensors` into directory `path` (created if needed)."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / self.FILE).write_bytes(self.tensors)
+
+
+Payload = AdapterPayload | WeightsPayload
+"""What a learner publishes after an update and every rollout worker loads."""
+
+
 def is_adapter_dir(path: Path) -> bool:
     """Whether `path` holds a peft adapter (its config file at least)."""
     return (path / ADAPTER_FILES[0]).is_file()

@@ -6,6 +6,11 @@ weight at a time from its safetensors files. The measures are learner/update_map
 the base weight, its effective rank, and the fraction of entries a bfloat16 merge changes; and, along the chain
 base -> first adapter -> ... -> last, the fraction of entries two consecutive bfloat16 merges share. Prints the last
 adapter's layer x module tables and one line per adapter, and writes everything to OUT/update_map.json.
+
+`--pick-top F` also picks a subnetwork to train from this (pilot) run: the fraction F of the last adapter's modules
+with the largest update relative to their weight (relative_norm), written as a config fragment to OUT/subnetwork.yaml
+(`lora.mode: full` with those modules' full paths as `lora.target_modules`), for `prolora train CONFIG` to merge
+with `--set` or to copy into a config.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -92,6 +98,11 @@ def chosen_adapters(run_dir: Path, names: list[str] | None) -> list[tuple[str, P
     last = next((adapters / n for n in ("final", "latest") if is_adapter_dir(adapters / n)), None)
     if last is not None and not (found and found[-1][2] is not None and found[-1][2] == _version(last)):
         found.append((last.name, last, _version(last)))
+    if not found and any(adapters.glob("*/weights.safetensors")):
+        raise UserError(
+            f"{run_dir} trained weights in place (lora.mode=full or lora.use_dora), not LoRA adapters: inspect "
+            "measures LoRA updates s·B·A only"
+        )
     if not found:
         raise UserError(f"{run_dir} has no saved adapters (looked for adapters/step_*, final and latest)")
     return found
@@ -194,7 +205,21 @@ def summary_lines(data: dict) -> list[str]:
     return lines
 
 
-def run_inspect(run_dir: Path, names: list[str] | None, out_dir: Path | None) -> Path:
+def pick_top(rows: list[ModuleUpdate], fraction: float) -> list[str]:
+    """The module paths of the `fraction` of `rows` (at least one) with the largest relative_norm, in model order."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"--pick-top takes a fraction of the modules in (0, 1], got {fraction}")
+    count = max(1, round(fraction * len(rows)))
+    top = {r.name for r in sorted(rows, key=lambda r: -r.relative_norm)[:count]}
+    return [r.name for r in rows if r.name in top]
+
+
+def subnetwork_fragment(modules: list[str]) -> dict:
+    """The config fragment that trains `modules` full rank."""
+    return {"lora": {"mode": "full", "target_modules": modules}}
+
+
+def run_inspect(run_dir: Path, names: list[str] | None, out_dir: Path | None, top: float | None = None) -> Path:
     """Print the tables and write OUT/update_map.json (default OUT: the run directory); returns the JSON path."""
     inspection = inspect_run(run_dir, names)
     data = to_json(inspection)
@@ -211,4 +236,11 @@ def run_inspect(run_dir: Path, names: list[str] | None, out_dir: Path | None) ->
     path = out_dir / "update_map.json"
     path.write_text(json.dumps(data, indent=1))
     print(f"\nupdate map: {path}")
+    if top is not None:
+        picked = pick_top(rows, top)
+        entries = sum(r.entries for r in rows if r.name in picked)
+        fragment = out_dir / "subnetwork.yaml"
+        fragment.write_text(yaml.safe_dump(subnetwork_fragment(picked), sort_keys=False))
+        print(f"subnetwork: {len(picked)} of {len(rows)} modules, {entries:,} weights (top {top:g} by relative_norm)")
+        print(f"  {fragment} (lora.mode=full, lora.target_modules={picked})")
     return path

@@ -6,14 +6,6 @@ any actor starts.
 
 from __future__ import annotations
 
-DORA_REFUSAL = (
-    "lora.use_dora=true cannot run yet: DoRA rescales each column of the merged weight W + s·B·A by a learned "
-    "magnitude, and vLLM's LoRA path serves only the plain s·B·A update, so the engines would sample from a different "
-    "model than the learner trains. Serving DoRA needs the learner to push each targeted module's merged weight into "
-    "every engine in place (checked by the served-weights probe), which prolora does not have yet. Set "
-    "lora.use_dora=false (see learner/README.md, DoRA)."
-)
-
 QUANTIZATION_REFUSAL = (
     "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
     "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "

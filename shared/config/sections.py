@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from shared.config.base import Section as _Section
 from shared.config.engine_args import check_engine_kwargs
-from shared.config.refusals import DORA_REFUSAL, QUANTIZATION_REFUSAL, SHARD_BASE_REFUSAL, check_sleep_level
+from shared.config.lora import LoraConfig, check_lora
+from shared.config.refusals import QUANTIZATION_REFUSAL, SHARD_BASE_REFUSAL, check_sleep_level
 
 Baseline = Literal["group_mean", "rloo"]
 """Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
@@ -17,10 +19,6 @@ KLEstimator = Literal["k1", "k2", "k3"]
 """Schulman's estimators of KL(policy || reference) per token."""
 PairFormat = Literal["prompt_completion", "reference_candidate", "candidate_reference"]
 """What a reward-model actor reads: one text, or a (reference, candidate) text pair (learned metrics)."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class RunConfig(_Section):
@@ -58,19 +56,6 @@ class ModelConfig(_Section):
     """A Jinja chat template file that replaces the tokenizer's own for rendering message prompts."""
     trust_remote_code: bool = False
     """Let transformers and vLLM run code shipped with the model or tokenizer (needed by some hub models)."""
-
-
-class LoraConfig(_Section):
-    rank: int = Field(8, ge=1)
-    """LoRA rank r."""
-    alpha: float = 16.0
-    """LoRA scaling numerator (scale = alpha / rank)."""
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "all-linear"
-    """peft target_modules: "all-linear" (every linear layer but the output head) or a list of module names."""
-    use_dora: bool = False
-    """DoRA (weight-decomposed LoRA). Refused for now: vLLM serves only plain LoRA adapters, and a DoRA run would
-    need the engines to take the merged weights in place (learner/README.md, "DoRA")."""
 
 
 class TaskConfig(_Section):
@@ -443,8 +428,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _supported(self) -> Config:
-        if self.lora.use_dora:
-            raise ValueError(DORA_REFUSAL)
+        check_lora(self.lora, self.rollout.max_staleness, self.rollout.sleep_level)
         if self.model.quantization != "none":
             raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
         if self.train.shard_base:

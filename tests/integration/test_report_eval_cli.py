@@ -124,7 +124,7 @@ def test_inspect_of_a_real_run(run_dir, tiny_model, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    proc = _prolora("inspect", str(run_dir), "--out", str(tmp_path))
+    proc = _prolora("inspect", str(run_dir), "--out", str(tmp_path), "--pick-top", "0.25")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "update_map.json").read_text())
     # save_adapter_every=1: step copies 1..3; final is version 3 again, so it is not measured twice.
@@ -162,3 +162,12 @@ def test_inspect_of_a_real_run(run_dir, tiny_model, tmp_path):
     for name, fraction in data["unchanged"][1]["per_module"].items():
         key = f"{name}.weight"
         assert fraction == (before[key].to(torch.bfloat16) == after[key].to(torch.bfloat16)).double().mean().item()
+    # --pick-top 0.25: the 7 of 28 modules with the largest relative update, as a config that trains them full rank.
+    import yaml
+
+    from shared.config import load_config
+
+    last = sorted(data["checkpoints"][-1]["modules"], key=lambda r: -r["relative_norm"])
+    fragment = yaml.safe_load((tmp_path / "subnetwork.yaml").read_text())
+    config = load_config(overrides=[f"lora={json.dumps(fragment['lora'])}"])
+    assert config.lora.mode == "full" and set(config.lora.target_modules) == {r["name"] for r in last[:7]}

@@ -139,16 +139,24 @@ def test_max_staleness_needs_room_for_k_plus_1_adapter_versions():
     assert load_config(overrides=["rollout.max_staleness=2", "rollout.max_loras=3"]).rollout.max_staleness == 2
 
 
-def test_dora_is_refused_at_config_time_with_the_reason():
-    assert load_config().lora.use_dora is False
+def test_weight_push_modes_need_synchronous_rollouts_and_say_why():
+    assert load_config().lora.pushes_weights() is False
+    assert load_config(overrides=["lora.use_dora=true"]).lora.pushes_weights()
+    full = load_config(overrides=["lora.mode=full", "lora.target_modules=[k_proj]", "lora.layers=[0, 2]"]).lora
+    assert full.pushes_weights() and full.layers == [0, 2]
     with pytest.raises(ConfigError) as err:
-        load_config(overrides=["lora.use_dora=true"])
-    message = str(err.value)
-    assert "lora.use_dora=true cannot run yet" in message and "vLLM" in message and "in place" in message
+        load_config(overrides=["lora.use_dora=true", "rollout.max_staleness=1", "rollout.max_loras=2"])
+    assert "one weight version at a time" in str(err.value) and "rollout.max_staleness=0" in str(err.value)
+    with pytest.raises(ConfigError, match="lora.use_dora applies to lora.mode=lora"):
+        load_config(overrides=["lora.mode=full", "lora.use_dora=true"])
+    with pytest.raises(ConfigError, match="lora.layers must list layer indices"):
+        load_config(overrides=["lora.layers=[]"])
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "train", "--set", "lora.use_dora=true"], capture_output=True, text=True
+        [sys.executable, "-m", "launch.cli", "train", "--set", "lora.mode=full", "--set", "rollout.max_staleness=1"],
+        capture_output=True,
+        text=True,
     )
-    assert proc.returncode == 2 and "DoRA" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "lora.mode=full" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sharding_the_base_is_refused_at_config_time_with_the_reason():
@@ -169,3 +177,8 @@ def test_quantized_base_is_refused_with_the_reason(kind):
     assert f"model.quantization={kind} cannot run yet" in message and "bitsandbytes" in message
     with pytest.raises(ConfigError, match="model.quantization"):
         load_config(overrides=["model.quantization=int3"])
+
+
+def test_weight_push_modes_refuse_engine_sleep():
+    with pytest.raises(ConfigError, match="rollout.sleep_level=1 with weights loaded in place"):
+        load_config(overrides=["lora.use_dora=true", "rollout.sleep_level=1", "rollout.num_gpus=0.5"])
