@@ -305,8 +305,21 @@ class Learner:
         with tempfile.TemporaryDirectory(prefix="prolora-export-") as tmp:
             self.model.save_pretrained(tmp, selected_adapters=[POLICY])
             files = AdapterPayload.read(Path(tmp), self.version).files
-        probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
+        probe = None
+        if probe_prompt_ids:  # with what an engine serving no adapter would decode, to name that failure
+            base = self.base_probe(probe_prompt_ids, probe_tokens)
+            probe = replace(
+                self._greedy_probe(probe_prompt_ids, probe_tokens),
+                base_token_ids=base.token_ids,
+                base_logprobs=base.logprobs,
+            )
         return AdapterPayload(version=self.version, files=files, probe=probe)
+
+    def base_probe(self, prompt_ids: list[list[int]], n_tokens: int = 4) -> ProbeSet:
+        """The greedy continuation of each prompt under the base model (adapter off) and its logprobs: compared at
+        start with an engine serving no adapter, it measures the engine's numerics on this model."""
+        with self.model.disable_adapter():
+            return self._greedy_probe(prompt_ids, n_tokens)
 
     @torch.no_grad()
     def _greedy_probe(self, prompt_ids: list[list[int]], n_tokens: int) -> ProbeSet:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from shared.chat import eos_token_ids
 from shared.devices import pick_device
 from shared.errors import UserError
-from shared.records import AdapterPayload, Completion, Group, HotLoad, Prompt, SamplingSpec
+from shared.records import AdapterPayload, Completion, Group, HotLoad, ProbeSet, Prompt, SamplingSpec
 
 if TYPE_CHECKING:
     from vllm import CompletionOutput, RequestOutput, SamplingParams
@@ -130,6 +130,12 @@ class RolloutWorker:
         outputs = self._llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         groups = [_to_group(out, version) for out in outputs]
         return tuple(g.completions[0].token_ids for g in groups), tuple(g.completions[0].logprobs for g in groups)
+
+    def probe_base(self, probe: ProbeSet) -> HotLoad:
+        """The engine's greedy continuation of the probe's prompts with no adapter: compared with the learner's base
+        model at start, it measures the engine's numerics on this model (rollout/probe.py)."""
+        tokens, logprobs = self._greedy(probe.prompt_token_ids, len(probe.token_ids[0]), 0)
+        return HotLoad(0, 0.0, tokens, logprobs)
 
     def loaded_versions(self) -> list[int]:
         """Adapter versions the engine holds now."""
