@@ -35,7 +35,7 @@ from learner.rewards.pool import RewardPool
 from learner.rewards.reward_model import RewardModelScorer
 from learner.rewards.worker import RewardWorker
 from rollout.fleet import RolloutFleet
-from rollout.probe import PROBE_TOLERANCE
+from rollout.probe import PROBE_TOKENS, PROBE_TOLERANCE
 from rollout.worker import RolloutWorker
 from shared.config import Config, RewardSpec
 from shared.errors import UserError
@@ -360,3 +360,22 @@ def start_reward_actors(
         as_actor(cls.remote(list(specs), config.rewards.failure_policy, config.rewards.timeout_s, context))
         for _ in range(config.rewards.num_actors)
     ]
+
+
+def engine_numerics(actors: Actors, prompts: Sequence[Prompt], config: Config) -> float:
+    """Engines and learner decode `prompts` greedily with no adapter: the largest logprob gap is the engines'
+    numerics on this model, kept in the first eval record (`engine_base_gap`) and allowed by every later probe;
+    printed when it exceeds the probe tolerance, where it limits what the probe can check (rollout/probe.py)."""
+    ids = [list(p.token_ids) for p in prompts]
+    n_tokens = max(1, min(PROBE_TOKENS, config.model.max_model_len - max(map(len, ids))))
+    gap = actors.fleet.measure_base_gap(actors.learner.base_probe(ids, n_tokens))
+    tolerance = actors.fleet.probe_tolerance
+    if gap > tolerance:
+        print(
+            f"[prolora] engine numerics on {config.model.path}: with no adapter at all, engine and learner "
+            f"logprobs differ by up to {gap:.2g} per token, more than rollout.probe_tolerance={tolerance}. The engine "
+            f"does not compute this model as transformers does; the served-adapter probe allows the gap, so it cannot "
+            f"see an adapter whose effect is smaller (`prolora train --verbose` shows the engine's own warnings)",
+            flush=True,
+        )
+    return gap

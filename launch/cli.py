@@ -17,8 +17,8 @@ The cluster commands take the dashboard address from --address or RAY_ADDRESS; t
 environment or the token file (see launch/cluster.py), never from the command line.
 
 With no CONFIG a command uses the built-in default (the tiny warm-started model on 3-digit addition). CONFIG is a
-file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate, korean_qa, one_gpu:
-launch/configs/<name>.yaml).
+file path or the name of a packaged preset (grpo, dr_grpo, dapo, prorl, translate, korean_qa, one_gpu,
+translate_ko_en: launch/configs/<name>.yaml).
 Errors the user can fix (a bad config key, a missing file, a used run directory, an unknown reward) print one message
 naming what is wrong, with no traceback, and exit with status 2.
 

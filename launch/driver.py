@@ -42,7 +42,7 @@ from pathlib import Path
 import ray
 from ray.exceptions import RayActorError
 
-from launch.actors import Actors, gpu_total_bytes, start_actors, start_ray
+from launch.actors import Actors, engine_numerics, gpu_total_bytes, start_actors, start_ray
 from launch.checkpoint import (
     CheckpointError,
     DriverState,
@@ -70,7 +70,8 @@ from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.builtin import repetition_penalty
 from learner.rewards.pool import check_rewards_on_row
 from learner.rewards.swap import RewardSwap, check_reward_specs
-from rollout.probe import StaleAdapterError, probe_prompts
+from rollout.limits import check_engine_limits
+from rollout.probe import PROBE_PROMPTS, StaleAdapterError, probe_prompts
 from shared.chat import PromptRenderer, prompt_key
 from shared.config import Config
 from shared.hacking import HackingSignals, HackingWatch, describe
@@ -146,9 +147,12 @@ def train(config: Config, resume: bool = False) -> RunResult:
 def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> RunResult:
     run = _start(config, inputs, run_dir)
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
+        gap = engine_numerics(
+            run.actors, [run.renderer.render(r["prompt"]) for r in run.heldout[:PROBE_PROMPTS]], run.config
+        )
         state = _restore(run) if resume else DriverState()
         if state.first_eval is None:
-            _record_eval(run, state, step=0, **_devices(run.actors))
+            _record_eval(run, state, step=0, **_devices(run.actors), engine_base_gap=gap)
     progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
     # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
     batches = Prefetcher(
@@ -266,10 +270,16 @@ def _check_inputs(config: Config) -> Inputs:
     task = get_task(config.task.name)
     check_reward_specs(config.rewards.functions, config)
     model_path = resolve_model_path(config.model.path)
+    check_engine_limits(
+        model_path, on_gpu=config.rollout.num_gpus > 0, trust_remote_code=config.model.trust_remote_code
+    )
     renderer = PromptRenderer.from_config(config, model_path)
     data = load_task_data(config, task, renderer.count_tokens if uses_own_rows(config) else None)
     renderer.render(data.train[0]["prompt"])  # a template that cannot render fails here, and warns once
     check_rewards_on_row(config.rewards.functions, data.train[0], renderer, config)
+    check_engine_limits(
+        model_path, on_gpu=config.rollout.num_gpus > 0, trust_remote_code=config.model.trust_remote_code
+    )
     return task, model_path, data, renderer
 
 
@@ -359,7 +369,7 @@ def _stop_reason(
     return None
 
 
-def _record_eval(run: Run, state: DriverState, step: int, **extra: str | int) -> EvalResult:
+def _record_eval(run: Run, state: DriverState, step: int, **extra: str | float) -> EvalResult:
     """Evaluate the held-out split after `step`: written to metrics.jsonl (with `extra` fields: the first record
     names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used

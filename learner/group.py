@@ -23,7 +23,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from learner.learner import Learner
 from shared.handles import Actor
-from shared.records import Payload, TrainBatch, TrainStats
+from shared.records import Payload, ProbeSet, TrainBatch, TrainStats
 from shared.restarts import DEAD_ACTOR_ERRORS
 
 DEATH_WAIT_S = 30.0
@@ -53,6 +53,10 @@ class LearnerGroup:
         """A reference to rank 0's `export_adapter` payload (an `AdapterPayload`, or a `WeightsPayload` with
         lora.mode=full or DoRA), not waited for."""
         return self.ranks[0].export_adapter.remote(probe_prompt_ids, probe_tokens)
+
+    def base_probe(self, prompt_ids: list[list[int]], n_tokens: int = 4) -> ObjectRef[ProbeSet]:
+        """A reference to rank 0's greedy decode of `prompt_ids` with the adapter off (Learner.base_probe)."""
+        return self.ranks[0].base_probe.remote(prompt_ids, n_tokens)
 
     def state(self) -> bytes:
         """Rank 0's checkpoint state: every rank holds the same adapter, reference and optimizer."""

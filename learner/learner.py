@@ -16,12 +16,14 @@ minibatch, so memory follows the micro-batch, not the batch. The model sits on t
 With `lora.mode: full` there is no adapter: the chosen modules' weights train directly (learner/subnetwork.py owns
 them and their reference copy), and the export is a `WeightsPayload` of just those tensors; with `lora.use_dora` the
 export is the DoRA-merged weights of the targeted modules. Engines load either in place (rollout/weights.py).
+
+With `train.num_learners` > 1, every rank is one of these actors in a torch.distributed group (learner/distributed.py)
+driven as one by learner/group.py: each computes its share of a minibatch and the gradients are summed before the step.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +39,7 @@ from transformers import AutoModelForCausalLM
 
 from learner.distributed import DataParallel, rendezvous_address
 from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
-from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats
+from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats, summarise_steps
 from learner.subnetwork import FullRank, chosen_modules, dora_merged, weights_payload
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.devices import pick_device
@@ -140,7 +142,7 @@ class Learner:
     def _train_step(self, samples: tuple[TrainSample, ...]) -> TrainStats:
         if not samples:
             self.version += 1
-            return _summarise([], [], skipped=0)
+            return summarise_steps([], [], skipped=0)
         if self._device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self._device)
         n_mb = min(self._train.minibatches, len(samples))
@@ -159,7 +161,7 @@ class Learner:
         finally:
             self.model.eval()
         self.version += 1
-        return replace(_summarise(stats, grad_norms, skipped), peak_memory_gib=self._release_cuda_memory())
+        return replace(summarise_steps(stats, grad_norms, skipped), peak_memory_gib=self._release_cuda_memory())
 
     def _release_cuda_memory(self) -> float | None:
         """The step's peak CUDA memory in GiB (None on the CPU); then the allocator's cache goes back to the GPU,
@@ -359,6 +361,9 @@ class Learner:
         trained (or DoRA-merged) tensors instead, which engines load in place.
         """
         probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
+        if probe is not None and not self._full:  # with what an engine serving no adapter would decode, to name that
+            base = self.base_probe(probe_prompt_ids or [], probe_tokens)
+            probe = replace(probe, base_token_ids=base.token_ids, base_logprobs=base.logprobs)
         if self._full or self._lora.use_dora:
             tensors = self._full.tensors() if self._full else dora_merged(self._base, POLICY)
             return weights_payload(self.version, tensors, probe)
@@ -366,6 +371,12 @@ class Learner:
             self.model.save_pretrained(tmp, selected_adapters=[POLICY])
             files = AdapterPayload.read(Path(tmp), self.version).files
         return AdapterPayload(version=self.version, files=files, probe=probe)
+
+    def base_probe(self, prompt_ids: list[list[int]], n_tokens: int = 4) -> ProbeSet:
+        """The greedy continuation of each prompt under the base model (adapter off) and its logprobs: compared at
+        start with an engine serving no adapter, it measures the engine's numerics on this model."""
+        with self.model.disable_adapter():
+            return self._greedy_probe(prompt_ids, n_tokens)
 
     @torch.no_grad()
     def _greedy_probe(self, prompt_ids: list[list[int]], n_tokens: int) -> ProbeSet:
@@ -467,27 +478,3 @@ def _rows(per_sample: list[torch.Tensor], idx: torch.Tensor, width: int) -> torc
         row = per_sample[i][:width]
         out[j, : len(row)] = row
     return out
-
-
-def _summarise(stats: list[tuple[float, LossStats]], grad_norms: list[float], skipped: int) -> TrainStats:
-    if not stats:
-        nan = math.nan
-        return TrainStats(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, skipped)
-
-    def mean(name: str) -> float:
-        return sum(getattr(s, name) for _, s in stats) / len(stats)
-
-    return TrainStats(
-        loss=sum(loss for loss, _ in stats) / len(stats),
-        kl=None if math.isnan(kl := mean("kl")) else kl,  # NaN: not measured (algo.log_kl off)
-        entropy=mean("entropy"),
-        clip_frac=mean("clip_frac"),
-        clip_frac_low=mean("clip_frac_low"),
-        clip_frac_high=mean("clip_frac_high"),
-        grad_norm=sum(grad_norms) / len(grad_norms),
-        is_ratio_mean=mean("is_ratio_mean"),
-        is_ratio_max=max(s.is_ratio_max for _, s in stats),
-        mismatch_kl=mean("mismatch_kl"),
-        optimizer_steps=len(stats),
-        skipped_nonfinite=skipped,
-    )

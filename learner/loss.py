@@ -22,6 +22,7 @@ from typing import get_args
 import torch
 
 from shared.config import AlgoConfig, KLEstimator, LossAgg
+from shared.records import TrainStats
 
 
 def kl_estimate(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
@@ -233,3 +234,28 @@ def _loss_stats(
     is_max = (is_w_BT * m_BT).max()  # weights are > 0, so masked-out zeros never win
     vals = torch.stack([mean(kl_BT), ent, low + high, low, high, mean(is_w_BT), is_max, mismatch, m_BT.sum()])
     return LossStats(*vals.tolist())
+
+
+def summarise_steps(stats: list[tuple[float, LossStats]], grad_norms: list[float], skipped: int) -> TrainStats:
+    """One step's TrainStats from its optimizer steps' (loss, LossStats) and gradient norms (NaNs when none ran)."""
+    if not stats:
+        nan = math.nan
+        return TrainStats(nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, skipped)
+
+    def mean(name: str) -> float:
+        return sum(getattr(s, name) for _, s in stats) / len(stats)
+
+    return TrainStats(
+        loss=sum(loss for loss, _ in stats) / len(stats),
+        kl=None if math.isnan(kl := mean("kl")) else kl,  # NaN: not measured (algo.log_kl off)
+        entropy=mean("entropy"),
+        clip_frac=mean("clip_frac"),
+        clip_frac_low=mean("clip_frac_low"),
+        clip_frac_high=mean("clip_frac_high"),
+        grad_norm=sum(grad_norms) / len(grad_norms),
+        is_ratio_mean=mean("is_ratio_mean"),
+        is_ratio_max=max(s.is_ratio_max for _, s in stats),
+        mismatch_kl=mean("mismatch_kl"),
+        optimizer_steps=len(stats),
+        skipped_nonfinite=skipped,
+    )

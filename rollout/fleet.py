@@ -29,10 +29,10 @@ import ray
 from ray import ObjectRef
 from ray.exceptions import GetTimeoutError
 
-from rollout.probe import check_probe
+from rollout.probe import base_gap, check_probe
 from rollout.worker import AdapterNotLoaded, RolloutWorker
 from shared.handles import Actor
-from shared.records import Group, HotLoad, Payload, Prompt, SamplingSpec
+from shared.records import Group, HotLoad, Payload, ProbeSet, Prompt, SamplingSpec
 from shared.restarts import DEAD_ACTOR_ERRORS, RESTART_TIMEOUT_S, call_when_back, check_restart_limit
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class RolloutFleet:
         self.max_restarts = max_restarts
         self.keep_versions = keep_versions
         self.probe_tolerance = probe_tolerance
+        self.base_gap = 0.0  # the engines' base-model logprob gap to the learner (measure_base_gap), which probes allow
         self.restarts = 0
         self.version = 0  # newest adapter version every worker holds; 0 = the base model
         self._payloads: list[ObjectRef[Payload]] = []  # the adapter versions in use, oldest first
@@ -132,7 +133,8 @@ class RolloutFleet:
                 self._recover(i, err)
                 reports.append(ray.get(self.workers[i].load_adapter.remote(payload_ref, self.keep_versions)))
         publish_ms = (time.perf_counter() - t0) * 1e3
-        probe_diff = None if payload.probe is None else check_probe(payload.probe, reports, self.probe_tolerance)
+        probe = payload.probe
+        probe_diff = None if probe is None else check_probe(probe, reports, self.probe_tolerance, self.base_gap)
         self.version = payload.version  # only now may a request name it: every worker holds it
         return Published(max(r.load_ms for r in reports), publish_ms, probe_diff)
 
@@ -170,9 +172,16 @@ class RolloutFleet:
                 return None
             # A worker that answered without decoding the probe fails the check (its report has no probe tokens).
             woken = [r or HotLoad(self.version, 0.0) for r in reports]
-            diff = check_probe(probe, woken, self.probe_tolerance)
+            diff = check_probe(probe, woken, self.probe_tolerance, self.base_gap)
             log.info("engines woke up; probe of adapter version %d max diff %.4f", self.version, diff)
             return diff
+
+    def measure_base_gap(self, probe_ref: ObjectRef[ProbeSet]) -> float:
+        """Every engine decodes the learner's base-model probe with no adapter; the largest logprob difference is
+        the engines' numerics on this model, which every later probe allows on top of its tolerance."""
+        probe = ray.get(probe_ref)
+        self.base_gap = base_gap(probe, ray.get([w.probe_base.remote(probe) for w in self.workers]))
+        return self.base_gap
 
     def _recover(self, i: int, err: Exception) -> None:
         with self._lock:

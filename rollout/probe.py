@@ -5,8 +5,17 @@ greedy continuation of each under that version, and the logprob of every token i
 the same call that loads the version, decodes the same prompts greedily with its engine (greedy decoding reports
 raw, temperature-1 logprobs, like the learner's). The two continuations are compared token by token up to the first
 token they disagree on, that one included: where the distributions agree, so do the greedy choice's logprobs, even
-when a near-tie makes the argmax differ. A difference beyond `tolerance` means an engine is serving something else
+when a near-tie makes the argmax differ. A difference beyond the tolerance means an engine is serving something else
 (a stale version, a failed load): the run stops loudly instead of training on a policy it does not report.
+
+Engine numerics and adapters are told apart. At start the engine decodes the same way with no adapter and is
+compared with the learner's base model (`base_gap`): the run records that figure as the engine's numerics on this
+model (printed when it exceeds the tolerance), and every later probe allows it on top of
+`rollout.probe_tolerance`. The learner's probe also carries its greedy continuation with the adapter off, so a
+failed probe says whether the engine matches the base model (the adapter is missing: never loaded, or not applied)
+or neither (a stale or wrong adapter). An adapter whose effect on the probe tokens is smaller than the base gap
+cannot be told from numerics; on the engines and models this project runs, the base gap is of the order of float32
+rounding once the model loads as the learner's does (rollout/limits.py refuses the known exception).
 
 Both sides are pinned to the version: the learner's side is computed at export, before any later update, and the
 engine's inside the load, before any later request, so the check holds with asynchronous rollouts too. (Scoring the
@@ -40,25 +49,58 @@ def probe_prompts(groups: Sequence[Group], max_model_len: int) -> tuple[list[lis
     return prompts, max(1, min(PROBE_TOKENS, max_model_len - max(map(len, prompts))))
 
 
-def check_probe(probe: ProbeSet, reports: Sequence[HotLoad], tolerance: float) -> float:
-    """Largest |engine logprob - learner logprob| over workers and compared tokens; raises past `tolerance`."""
+def base_gap(probe: ProbeSet, reports: Sequence[HotLoad]) -> float:
+    """Largest |engine - learner| greedy logprob with no adapter on either side, over workers (the start check)."""
+    return max(_worker_diffs(report, probe.token_ids, probe.logprobs) for report in reports)
+
+
+def check_probe(probe: ProbeSet, reports: Sequence[HotLoad], tolerance: float, base_gap: float = 0.0) -> float:
+    """Largest |engine logprob - learner logprob| over workers and compared tokens; raises past `tolerance` plus
+    the engine's base-model gap measured at start, naming what the engine serves instead."""
     worst = 0.0
+    bound = tolerance + base_gap
     for i, report in enumerate(reports):
         if report.probe_token_ids is None or report.probe_logprobs is None:
             raise StaleAdapterError(f"rollout worker {i} did not decode the probe of adapter version {report.version}")
-        engine = zip(report.probe_token_ids, report.probe_logprobs, strict=True)
-        learner = zip(probe.prompt_token_ids, probe.token_ids, probe.logprobs, strict=True)
-        for (got_ids, got_lp), (prompt, want_ids, want_lp) in zip(engine, learner, strict=True):
-            diff = _max_diff(got_ids, got_lp, want_ids, want_lp)
-            if diff > tolerance:
-                raise StaleAdapterError(
-                    f"rollout worker {i} loaded adapter version {report.version} but its greedy logprobs differ "
-                    f"from the learner's by {diff:.4f} (> rollout.probe_tolerance={tolerance}) after probe prompt "
-                    f"{prompt} (engine tokens {list(got_ids)}, learner tokens {list(want_ids)}): the engine is not "
-                    f"serving the adapter the learner trained"
-                )
-            worst = max(worst, diff)
+        diff = _worker_diffs(report, probe.token_ids, probe.logprobs)
+        if diff > bound:
+            off = None
+            if probe.base_token_ids is not None and probe.base_logprobs is not None:
+                off = _worker_diffs(report, probe.base_token_ids, probe.base_logprobs)
+            raise StaleAdapterError(
+                f"rollout worker {i} loaded adapter version {report.version} but its greedy logprobs differ from the "
+                f"learner's by {diff:.4f} (> rollout.probe_tolerance={tolerance} + the engine's base-model gap "
+                f"{base_gap:.4f} measured at start) on probe prompts {list(map(list, probe.prompt_token_ids))} "
+                f"(engine tokens {list(map(list, report.probe_token_ids))}, learner tokens "
+                f"{list(map(list, probe.token_ids))}): {_verdict(off, diff, bound)}"
+            )
+        worst = max(worst, diff)
     return worst
+
+
+def _verdict(off: float | None, diff: float, bound: float) -> str:
+    """What a failed probe means, from the engine's distance to the learner's base model (`off`)."""
+    if off is not None and off <= bound and off < diff:
+        return (
+            f"the engine is not serving the adapter the learner trained: its logprobs match the base model without "
+            f"any adapter (differ by {off:.4f}), so the adapter is missing (not loaded, or not applied)"
+        )
+    base = "" if off is None else f" nor the base model (differs by {off:.4f})"
+    return (
+        f"the engine is not serving the adapter the learner trained: it matches neither that version{base}, a "
+        f"stale or wrong adapter; engine numerics are allowed for, as measured on the base model at start"
+    )
+
+
+def _worker_diffs(report: HotLoad, token_ids: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]]) -> float:
+    """Largest difference over one worker's probe prompts between its greedy continuations and the learner's."""
+    if report.probe_token_ids is None or report.probe_logprobs is None:
+        raise StaleAdapterError(f"a rollout worker did not decode the probe of adapter version {report.version}")
+    engine = zip(report.probe_token_ids, report.probe_logprobs, strict=True)
+    return max(
+        _max_diff(got_ids, got_lp, want_ids, want_lp)
+        for (got_ids, got_lp), (want_ids, want_lp) in zip(engine, zip(token_ids, logprobs, strict=True), strict=True)
+    )
 
 
 def _max_diff(

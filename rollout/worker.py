@@ -25,7 +25,7 @@ from rollout.weights import ServedWeights
 from shared.chat import eos_token_ids
 from shared.devices import pick_device
 from shared.errors import UserError
-from shared.records import Completion, Group, HotLoad, Payload, Prompt, SamplingSpec, WeightsPayload
+from shared.records import Completion, Group, HotLoad, Payload, ProbeSet, Prompt, SamplingSpec, WeightsPayload
 
 if TYPE_CHECKING:
     import torch
@@ -163,6 +163,12 @@ class RolloutWorker:
             served = sorted({*self._requests, self._weights.version})
             raise AdapterNotLoaded(f"version {version} is not loaded here (loaded: {served})")
         return self._requests[version]
+
+    def probe_base(self, probe: ProbeSet) -> HotLoad:
+        """The engine's greedy continuation of the probe's prompts with no adapter: compared with the learner's base
+        model at start, it measures the engine's numerics on this model (rollout/probe.py)."""
+        tokens, logprobs = self._greedy(probe.prompt_token_ids, len(probe.token_ids[0]), 0)
+        return HotLoad(0, 0.0, tokens, logprobs)
 
     def loaded_versions(self) -> list[int]:
         """Versions the engine holds now: its adapters, and a weight version served in place."""

@@ -142,6 +142,10 @@ class ProbeSet:
     prompt_token_ids: tuple[tuple[int, ...], ...]
     token_ids: tuple[tuple[int, ...], ...]
     logprobs: tuple[tuple[float, ...], ...]
+    base_token_ids: tuple[tuple[int, ...], ...] | None = None
+    """The learner's greedy continuation of the same prompts under the base model (adapter off), with
+    `base_logprobs`: an engine that matches these and not the version's serves no adapter at all."""
+    base_logprobs: tuple[tuple[float, ...], ...] | None = None
 
 
 @dataclass(frozen=True)

