@@ -270,9 +270,6 @@ def _check_inputs(config: Config) -> Inputs:
     task = get_task(config.task.name)
     check_reward_specs(config.rewards.functions, config)
     model_path = resolve_model_path(config.model.path)
-    check_engine_limits(
-        model_path, on_gpu=config.rollout.num_gpus > 0, trust_remote_code=config.model.trust_remote_code
-    )
     renderer = PromptRenderer.from_config(config, model_path)
     data = load_task_data(config, task, renderer.count_tokens if uses_own_rows(config) else None)
     renderer.render(data.train[0]["prompt"])  # a template that cannot render fails here, and warns once
