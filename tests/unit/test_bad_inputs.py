@@ -17,10 +17,11 @@ from launch.cli import main
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from launch.basemodel import build_tokenizer
+    from launch.basemodel import build_tokenizer, model_config
 
-    path = tmp_path_factory.mktemp("tokenizer-only")
+    path = tmp_path_factory.mktemp("tokenizer-only")  # and the model's config.json, which start-up checks read
     build_tokenizer().save_pretrained(path)
+    model_config().save_pretrained(path)
     return path
 
 

@@ -75,7 +75,7 @@ def test_cli_reports_config_errors_without_traceback():
 def test_presets_load_with_their_algorithms():
     from launch.cli import presets, resolve_config
 
-    assert presets() == ["dapo", "dr_grpo", "grpo", "korean_qa", "one_gpu", "prorl", "translate"]
+    assert presets() == ["dapo", "dr_grpo", "grpo", "korean_qa", "one_gpu", "prorl", "translate", "translate_ko_en"]
     configs = {name: load_config(resolve_config(name)) for name in presets()}
     for name, config in configs.items():
         assert config.run.name == name
@@ -92,6 +92,9 @@ def test_presets_load_with_their_algorithms():
     korean = configs["korean_qa"]
     assert [f.name for f in korean.rewards.functions][2:] == ["rouge1", "bertscore"]
     assert sum(f.weight for f in korean.rewards.functions) == pytest.approx(1.0)
+    ko_en = configs["translate_ko_en"]  # the first seed document's run
+    assert ko_en.model.path == "LiquidAI/LFM2-1.2B" and ko_en.run.steps >= 1000 and ko_en.reference.reset_every > 0
+    assert [f.name for f in ko_en.rewards.functions] == ["chrf", "bleu"]
     one_gpu = configs["one_gpu"]  # engine and learner share one GPU
     assert one_gpu.rollout.num_gpus + one_gpu.train.num_gpus <= 1 and one_gpu.model.dtype == "bfloat16"
 
