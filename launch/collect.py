@@ -10,6 +10,9 @@ for a batch still short after that).
 
 Every generated group is kept in the result, trained or not, so the rollouts file and the pass-rate history see
 everything the policy did; groups left out of the batch have advantage 0.
+
+A DPO run (algo.objective=dpo) generates nothing for training: `preference_batch` draws preference rows from the same
+prompt feed (so the data order checkpoints and resumes the same way) and tokenizes them as the engines would see them.
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ from learner.advantages import group_advantages, group_has_signal, overlong_pena
 from learner.rewards.pool import RewardPool, merge_scores
 from learner.rewards.swap import RewardSwap
 from rollout.fleet import Published, RolloutFleet
-from shared.chat import PromptRenderer
+from shared.chat import PromptRenderer, message_text
 from shared.config import AlgoConfig, Config
 from shared.metrics import MetricsWriter
-from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
+from shared.records import (
+    Group,
+    PreferenceBatch,
+    PreferencePair,
+    RewardScores,
+    SamplingSpec,
+    TrainBatch,
+    TrainSample,
+)
 
 
 @dataclass(frozen=True)
@@ -169,3 +180,33 @@ def _train_batch(step: int, groups: list[Group], advantages_PG: torch.Tensor, us
         if use_PG[p, i] and c.token_ids
     ]
     return TrainBatch(samples=tuple(samples), step=step)
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Where a DPO step's pairs come from: the preference rows (through the prompt feed) and the renderer."""
+
+    config: Config
+    feed: PromptFeed
+    renderer: PromptRenderer
+    eos_id: int
+    """The token a completion ends with: the first of the model's EOS ids, the one its generations stop at."""
+
+
+def preference_batch(step: int, preferences: Preferences) -> PreferenceBatch:
+    """The pairs of DPO step `step`: `rollout.prompts_per_step` rows, each prompt rendered as the engine gets it
+    (chat template or plain) and each completion (a string, or messages whose last one is the answer) tokenized
+    after it without special tokens, followed by EOS, and cut at rollout.max_new_tokens like a sampled one."""
+    config, renderer = preferences.config, preferences.renderer
+    rows = preferences.feed.begin(step).next_batch(config.rollout.prompts_per_step)
+    limit = config.rollout.max_new_tokens
+
+    def completion(value: object) -> tuple[int, ...]:
+        ids = renderer.tokenizer(message_text(value), add_special_tokens=False)["input_ids"]
+        return tuple([*ids, preferences.eos_id][:limit])
+
+    pairs = [
+        PreferencePair(renderer.render(r["prompt"]).token_ids, completion(r["chosen"]), completion(r["rejected"]))
+        for r in rows
+    ]
+    return PreferenceBatch(tuple(pairs), step)

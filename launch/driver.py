@@ -26,6 +26,10 @@ A checkpoint after step s pairs the learner's state after s with the data order 
 made ahead but not trained are drawn again on resume (generated then by version s). Whatever stops the loop (a
 signal, an error in either thread) stops the producer too; a producer failure is raised in the loop at the step
 it failed on, after the batches made before it are trained.
+
+With algo.objective=dpo the loop is the same but each step is `run_dpo_step`: its batch is preference pairs
+(launch/collect.py:preference_batch), so nothing is generated for training, batches are never made ahead, the
+reference stays the base model and no prompt is retired; evaluations and checkpoints are as above.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -57,7 +61,7 @@ from launch.checkpoint import (
     next_nonfinite_streak,
     save_checkpoint,
 )
-from launch.collect import Collected, Rollouts, collect_batch
+from launch.collect import Collected, Preferences, Rollouts, collect_batch, preference_batch
 from launch.datafiles import TaskData, load_task_data, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
@@ -70,15 +74,16 @@ from learner.reference import ResetCause, ResetTriggers
 from learner.rewards.builtin import repetition_penalty
 from learner.rewards.pool import check_rewards_on_row
 from learner.rewards.swap import RewardSwap, check_reward_specs
-from rollout.probe import StaleAdapterError, probe_prompts
-from shared.chat import PromptRenderer, prompt_key
+from rollout.probe import StaleAdapterError, probe_for, probe_prompts
+from shared.chat import PromptRenderer, eos_token_ids, prompt_key
 from shared.config import Config
+from shared.errors import UserError
 from shared.hacking import HackingSignals, HackingWatch, describe
 from shared.memplan import MemoryPlan, ModelShape, check_plan, plan_for_config
 from shared.metrics import read_metrics
 from shared.records import AdapterPayload, TrainStats
 from shared.restarts import TooManyRestarts
-from shared.step_record import StepRecord
+from shared.step_record import DpoStepRecord, StepRecord
 from shared.tasks import Task, get_task
 
 
@@ -126,6 +131,7 @@ class Run:
     dir: RunDir
     rewards: RewardSwap
     watch: HackingWatch
+    model_path: str
 
     def rollouts(self) -> Rollouts:
         a = self.actors
@@ -133,10 +139,16 @@ class Run:
             self.config, a.fleet, a.rewarders, self.curriculum.feed, self.rewards, self.dir.metrics, self.renderer
         )
 
+    def preferences(self) -> Preferences:
+        eos = eos_token_ids(self.model_path, self.renderer.tokenizer, self.config.model.trust_remote_code)
+        if not eos:
+            raise UserError(f"{self.model_path}: no EOS token id (generation_config.json or tokenizer); DPO needs one")
+        return Preferences(self.config, self.curriculum.feed, self.renderer, eos[0])
+
 
 def train(config: Config, resume: bool = False) -> RunResult:
-    """Run GRPO steps up to `config.run.steps`; with `resume`, continue `config.run.run_dir` from its last good
-    checkpoint. Returns the first and last held-out evaluations."""
+    """Run GRPO (or DPO, algo.objective) steps up to `config.run.steps`; with `resume`, continue
+    `config.run.run_dir` from its last good checkpoint. Returns the first and last held-out evaluations."""
     inputs = _check_inputs(config)
     run_dir = RunDir.reopen(config) if resume else RunDir.create(config)
     with driver_output_to(run_dir.path, config.log.verbose):  # library logs to RUN_DIR/logs/
@@ -150,14 +162,13 @@ def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> Run
         if state.first_eval is None:
             _record_eval(run, state, step=0, **_devices(run.actors))
     progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
-    # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
-    batches = Prefetcher(
-        partial(collect_batch, rollouts=run.rollouts()), state.step + 1, config.run.steps, config.rollout.max_staleness
-    )
+    # Makes each step's batch: in this thread, or up to max_staleness steps ahead in another.
+    produce, step_fn, ahead = _objective(run)
+    batches = Prefetcher(produce, state.step + 1, config.run.steps, ahead)
     with StopSignals() as stop, batches, stop_if_learner_dies(run.actors.learner, run.dir.path):
         for step in range(state.step + 1, config.run.steps + 1):
             with _stop_on_fleet_failure(run, state):
-                record = run_step(step, run, batches)
+                record = step_fn(step, run, batches)
             state.step = step
             state.nonfinite_streak = next_nonfinite_streak(
                 state.nonfinite_streak, record.train.optimizer_steps, record.train.skipped_nonfinite
@@ -210,6 +221,38 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     return record
 
 
+def run_dpo_step(step: int, run: Run, batches: Prefetcher) -> DpoStepRecord:
+    """One DPO step (algo.objective=dpo): take the step's preference pairs, update the learner, publish the new
+    adapter (evaluations hot-load it), log. Returns the record it wrote to metrics.jsonl."""
+    config, learner = run.config, run.actors.learner
+    t0 = time.perf_counter()
+    batch = batches.get(step)
+    t1 = time.perf_counter()
+    stats = ray.get(learner.train_pairs.remote(batch))
+    prompts = [p.prompt_token_ids for p in batch.pairs]
+    probe = probe_for(prompts, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
+    payload = learner.export_adapter.remote(*probe)
+    run.actors.fleet.offer(payload)  # hot-loaded by the next evaluation
+    batches.step_done(step)
+    adapter = ray.get(payload)
+    train_s = time.perf_counter() - t1
+    run.dir.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
+    record = DpoStepRecord(step, len(batch.pairs), train_s, time.perf_counter() - t0, stats)
+    run.dir.metrics.write(record.to_json())
+    return record
+
+
+StepFn = Callable[[int, Run, Prefetcher], StepRecord | DpoStepRecord]
+
+
+def _objective(run: Run) -> tuple[Callable[[int], object], StepFn, int]:
+    """How the run makes its batches, the step that trains on one, and how many steps ahead batches are made:
+    GRPO collects rollouts (asynchronously up to rollout.max_staleness), DPO draws preference pairs."""
+    if run.config.algo.objective == "dpo":
+        return partial(preference_batch, preferences=run.preferences()), run_dpo_step, 0
+    return partial(collect_batch, rollouts=run.rollouts()), run_step, run.config.rollout.max_staleness
+
+
 def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
     """Start Ray and the actors for a run whose inputs are checked and whose directory is open."""
     task, model_path, data, renderer = inputs
@@ -227,7 +270,8 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
         PassRateHistory(config.task.retire_after),
         ResetTriggers(config.reference),
     )
-    return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
+    watch = HackingWatch(config.hacking)
+    return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, watch, model_path)
 
 
 def check_memory(config: Config, model_path: str) -> MemoryPlan | None:
@@ -269,7 +313,8 @@ def _check_inputs(config: Config) -> Inputs:
     renderer = PromptRenderer.from_config(config, model_path)
     data = load_task_data(config, task, renderer.count_tokens if uses_own_rows(config) else None)
     renderer.render(data.train[0]["prompt"])  # a template that cannot render fails here, and warns once
-    check_rewards_on_row(config.rewards.functions, data.train[0], renderer, config)
+    if config.algo.objective == "grpo":  # DPO's rows are pairs that no reward scores
+        check_rewards_on_row(config.rewards.functions, data.train[0], renderer, config)
     return task, model_path, data, renderer
 
 

@@ -20,10 +20,12 @@ import io
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -31,14 +33,25 @@ from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state
 from transformers import AutoModelForCausalLM
 
 from learner.distributed import DataParallel, rendezvous_address
+from learner.dpo import completion_lengths, dpo_loss, dpo_stats, pack_pairs, pair_micro_batches, sequence_logps
 from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.devices import pick_device
-from shared.records import AdapterPayload, ProbeSet, TrainBatch, TrainSample, TrainStats
+from shared.records import (
+    AdapterPayload,
+    DpoStats,
+    PreferenceBatch,
+    PreferencePair,
+    ProbeSet,
+    TrainBatch,
+    TrainSample,
+    TrainStats,
+)
 
 POLICY, REFERENCE = "default", "reference"
 """peft adapter names: the trained adapter and the reference snapshot."""
+S = TypeVar("S")
 
 
 class Learner:
@@ -151,7 +164,8 @@ class Learner:
         grad_norms: list[float] = []
         self.model.train()  # LoRA dropout (lora.dropout) acts only in the loss's forward; every other pass is eval
         try:
-            skipped = self._update(samples, n_mb, old_logp, ref_logp, stats, grad_norms)
+            accumulate = partial(self._accumulate_samples, samples, old_logp, ref_logp)
+            skipped = self._update(len(samples), n_mb, accumulate, stats, grad_norms)
         finally:
             self.model.eval()
         self.version += 1
@@ -168,20 +182,20 @@ class Learner:
 
     def _update(
         self,
-        samples: tuple[TrainSample, ...],
+        n_rows: int,
         n_mb: int,
-        old_logp: list[torch.Tensor] | None,
-        ref_logp: list[torch.Tensor] | None,
-        stats: list[tuple[float, LossStats]],
+        accumulate: Callable[[torch.Tensor], tuple[torch.Tensor, S]],
+        stats: list[tuple[float, S]],
         grad_norms: list[float],
     ) -> int:
-        """The optimiser steps of one batch; appends to `stats` and `grad_norms`, returns how many were skipped."""
+        """The optimiser steps of one batch of `n_rows` rows (GRPO samples or DPO pairs): `accumulate(idx)` runs the
+        backward of the minibatch `idx`; appends to `stats` and `grad_norms`, returns how many steps were skipped."""
         skipped = 0
         for _ in range(self._train.epochs):
-            order = torch.randperm(len(samples), generator=self._generator) if n_mb > 1 else torch.arange(len(samples))
+            order = torch.randperm(n_rows, generator=self._generator) if n_mb > 1 else torch.arange(n_rows)
             for idx in order.chunk(n_mb):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, loss_stats = self._accumulate([samples[i] for i in idx.tolist()], old_logp, ref_logp, idx)
+                loss, loss_stats = accumulate(idx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self._train.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                     skipped += 1  # a NaN/inf update would poison the adapter: drop it, keep going
@@ -190,6 +204,15 @@ class Learner:
                 stats.append((loss.item(), loss_stats))
                 grad_norms.append(grad_norm.item())
         return skipped
+
+    def _accumulate_samples(
+        self,
+        samples: tuple[TrainSample, ...],
+        old_logp: list[torch.Tensor] | None,
+        ref_logp: list[torch.Tensor] | None,
+        idx: torch.Tensor,
+    ) -> tuple[torch.Tensor, LossStats]:
+        return self._accumulate([samples[i] for i in idx.tolist()], old_logp, ref_logp, idx)
 
     def _accumulate(
         self,
@@ -259,6 +282,62 @@ class Learner:
             entropy_BC,
             normaliser,
         )
+
+    # --------------------------------------------------------------------------------------------- DPO
+    def train_pairs(self, batch: PreferenceBatch) -> DpoStats:
+        """One DPO update (algo.objective=dpo): `epochs` passes of `minibatches` optimiser steps over the pairs.
+
+        The reference's sequence log-probs (adapter off, learner/dpo.py) are computed once per batch. Log-probs are at
+        temperature 1, the model's own distribution, as in TRL's DPO. A micro-batch holds whole pairs (chosen and
+        rejected rows together), `train.micro_batch_tokens` tokens at most.
+        """
+        pairs = batch.pairs
+        with self._reference_policy(), torch.no_grad():
+            ref_2P = torch.zeros(2, len(pairs))
+            for micro in self._pair_micro(pairs):
+                ref_2P[:, micro] = torch.stack(self._pair_logps([pairs[j] for j in micro])).float().cpu()
+        stats: list[tuple[float, torch.Tensor]] = []
+        grad_norms: list[float] = []
+        self.model.train()
+        try:
+            accumulate = partial(self._accumulate_pairs, pairs, ref_2P)
+            skipped = self._update(len(pairs), min(self._train.minibatches, len(pairs)), accumulate, stats, grad_norms)
+        finally:
+            self.model.eval()
+        self.version += 1
+        return dpo_stats(stats, grad_norms, skipped)
+
+    def _accumulate_pairs(
+        self, pairs: tuple[PreferencePair, ...], ref_2P: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward of one minibatch's mean DPO loss, a micro-batch of pairs at a time; returns the loss and the
+        (3,) means of accuracy, chosen and rejected implicit rewards."""
+        rows = [pairs[i] for i in idx.tolist()]
+        ref_2B = ref_2P[:, idx].to(self._device)
+        total = torch.zeros((), device=self._device)
+        sums_3 = torch.zeros(3, device=self._device)
+        for micro in self._pair_micro(rows):
+            chosen_B, rejected_B = self._pair_logps([rows[j] for j in micro])
+            len_2B = completion_lengths([rows[j] for j in micro]).to(self._device)
+            a = self._algo
+            ref_c, ref_r = ref_2B[0, micro], ref_2B[1, micro]
+            terms = dpo_loss(chosen_B, rejected_B, ref_c, ref_r, len_2B[0], len_2B[1], a.dpo_beta, a.dpo_loss)
+            loss = terms.loss_B.sum() / len(rows)
+            loss.backward()
+            total += loss.detach()
+            c_B, r_B = terms.chosen_reward_B, terms.rejected_reward_B
+            sums_3 += torch.stack([(c_B > r_B).float().sum(), c_B.sum(), r_B.sum()])
+        return total, (sums_3 / len(rows)).cpu()
+
+    def _pair_micro(self, pairs: Sequence[PreferencePair]) -> list[list[int]]:
+        return pair_micro_batches(pairs, self._train.micro_batch_tokens)
+
+    def _pair_logps(self, pairs: Sequence[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) summed completion log-probs of the chosen and of the rejected completions, under the current policy."""
+        packed = pack_pairs(pairs, self._device)
+        logp_BC, _ = self._completion_logprobs(packed, 1.0)
+        chosen_B, rejected_B = sequence_logps(logp_BC, packed.mask_BC).chunk(2)
+        return chosen_B, rejected_B
 
     # --------------------------------------------------------------------------------------- reference
     def reset_reference(self, reset_optimizer: bool = False) -> None:
