@@ -35,9 +35,8 @@ reference stays the base model and no prompt is retired; evaluations and checkpo
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -61,17 +60,15 @@ from launch.checkpoint import (
     next_nonfinite_streak,
     save_checkpoint,
 )
-from launch.collect import Collected, Preferences, Rollouts, collect_batch, preference_batch
+from launch.collect import Collected, Preferences, Rollouts, Timing, collect_batch, preference_batch, step_record
 from launch.datafiles import TaskData, load_task_data, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
 from launch.progress import Progress, driver_output_to
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
-from learner.advantages import zero_std_fraction
 from learner.group import LearnerGroup
 from learner.reference import ResetCause, ResetTriggers
-from learner.rewards.builtin import repetition_penalty
 from learner.rewards.pool import check_rewards_on_row
 from learner.rewards.swap import RewardSwap, check_reward_specs
 from rollout.probe import StaleAdapterError, probe_for, probe_prompts
@@ -212,8 +209,8 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     adapter = ray.get(payload)
     run.dir.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
     reset_cause = _reset_reference_if_due(step, stats, adapter, run)
-    timing = _Timing(t0, t1, train_s)
-    record = _step_record(step, collected, stats, reset_cause, timing, staleness, run.actors)
+    timing = Timing(t0, t1, train_s)
+    record = step_record(step, collected, stats, reset_cause, timing, staleness, run.actors)
     record = replace(record, hacking=run.watch.after_step(record.to_json()))
     run.dir.metrics.write(record.to_json())
     if config.log.rollouts:
@@ -228,10 +225,11 @@ def run_dpo_step(step: int, run: Run, batches: Prefetcher) -> DpoStepRecord:
     t0 = time.perf_counter()
     batch = batches.get(step)
     t1 = time.perf_counter()
-    stats = ray.get(learner.train_pairs.remote(batch))
+    run.actors.fleet.sleep()  # rollout.sleep_level: the engines free the GPU while the learner trains
+    stats = learner.train_pairs(batch)
     prompts = [p.prompt_token_ids for p in batch.pairs]
     probe = probe_for(prompts, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
-    payload = learner.export_adapter.remote(*probe)
+    payload = learner.export_adapter(*probe)
     run.actors.fleet.offer(payload)  # hot-loaded by the next evaluation
     batches.step_done(step)
     adapter = ray.get(payload)
@@ -455,69 +453,6 @@ def _track_prompts(step: int, collected: Collected, run: Run) -> None:
     ]
     run.dir.write_prompt_visits(visits)
     curriculum.feed.retire_after(step, [v.prompt for v in visits if v.retired])
-
-
-@dataclass(frozen=True)
-class _Timing:
-    start: float
-    """perf_counter when the step began."""
-    got_batch: float
-    """perf_counter when its batch was in hand."""
-    train_s: float
-
-
-def _step_record(
-    step: int,
-    collected: Collected,
-    stats: TrainStats,
-    reset_cause: ResetCause | None,
-    timing: _Timing,
-    staleness: list[int],
-    actors: Actors,
-) -> StepRecord:
-    completions = [c for g in collected.groups for c in g.completions]
-    lengths = [len(c.token_ids) for c in completions]
-    valid = collected.rewards_PG[collected.valid_PG]
-    penalty = (collected.shaped_PG - collected.rewards_PG)[collected.valid_PG]
-    trained = int(collected.train_P.sum())
-    published = collected.published
-    return StepRecord(
-        step=step,
-        reward_mean=valid.mean().item() if valid.numel() else math.nan,
-        reward_std=valid.std(unbiased=False).item() if valid.numel() else math.nan,
-        adapter_version=completions[0].adapter_version,
-        sync_ms=published.sync_ms if published else None,
-        publish_ms=published.publish_ms if published else None,
-        probe_max_diff=published.probe_max_diff if published else None,
-        gen_tokens=sum(lengths),
-        gen_s=collected.gen_s,
-        train_s=timing.train_s,
-        step_s=time.perf_counter() - timing.start,
-        wait_s=timing.got_batch - timing.start,
-        response_len_mean=sum(lengths) / len(lengths),
-        truncated_frac=sum(c.finish_reason == "length" for c in completions) / len(completions),
-        repetition_frac=abs(sum(repetition_penalty(c.text, 3) for c in completions)) / len(completions),
-        overlong_penalty_mean=penalty.mean().item() if penalty.numel() else 0.0,
-        zero_std_frac=zero_std_fraction(collected.shaped_PG, collected.valid_PG),
-        sample_rounds=collected.rounds,
-        train_groups=trained,
-        dropped_frac=1.0 - trained / len(collected.groups),
-        staleness_mean=sum(staleness) / len(staleness),
-        staleness_max=max(staleness),
-        train=stats,
-        ref_reset=reset_cause is not None,
-        ref_reset_cause=reset_cause,
-        reward_components={name: _mean_present(values) for name, values in collected.scores.components.items()},
-        reward_failures=sum(collected.scores.failures.values()),
-        worker_restarts=actors.fleet.restarts,
-        reward_restarts=actors.rewarders.restarts,
-        reward_log=dict(collected.scores.logged_metrics),
-    )
-
-
-def _mean_present(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def _due(step: int, every: int) -> bool:

@@ -501,6 +501,8 @@ class Config(_Section):
             )
         if self.reference.reset_every or self.reference.reset_kl_above or self.reference.reset_plateau_evals:
             raise ValueError("reference resets are GRPO's (ProRL); DPO keeps the base model as its reference")
+        if self.train.num_learners > 1:
+            raise ValueError("algo.objective=dpo trains on one learner: set train.num_learners=1")
         return self
 
     @model_validator(mode="after")
