@@ -10,24 +10,51 @@ for a batch still short after that).
 
 Every generated group is kept in the result, trained or not, so the rollouts file and the pass-rate history see
 everything the policy did; groups left out of the batch have advantage 0.
+
+`step_record` turns a trained batch into the step's `StepRecord` (shared/step_record.py).
+
+A DPO run (algo.objective=dpo) generates nothing for training: `preference_batch` draws preference rows from the same
+prompt feed (so the data order checkpoints and resumes the same way) and tokenizes them as the engines would see them.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from launch.actors import Actors
 from launch.prompts import PromptFeed
-from learner.advantages import group_advantages, group_has_signal, overlong_penalty, refill_size, select_groups
+from learner.advantages import (
+    group_advantages,
+    group_has_signal,
+    overlong_penalty,
+    refill_size,
+    select_groups,
+    zero_std_fraction,
+)
+from learner.reference import ResetCause
+from learner.rewards.builtin import repetition_penalty
 from learner.rewards.pool import RewardPool, merge_scores
 from learner.rewards.swap import RewardSwap
 from rollout.fleet import Published, RolloutFleet
-from shared.chat import PromptRenderer
+from shared.chat import PromptRenderer, message_text
 from shared.config import AlgoConfig, Config
 from shared.metrics import MetricsWriter
-from shared.records import Group, RewardScores, SamplingSpec, TrainBatch, TrainSample
+from shared.records import (
+    Group,
+    PreferenceBatch,
+    PreferencePair,
+    RewardScores,
+    SamplingSpec,
+    TrainBatch,
+    TrainSample,
+    TrainStats,
+)
+from shared.step_record import StepRecord
 
 
 @dataclass(frozen=True)
@@ -169,3 +196,98 @@ def _train_batch(step: int, groups: list[Group], advantages_PG: torch.Tensor, us
         if use_PG[p, i] and c.token_ids
     ]
     return TrainBatch(samples=tuple(samples), step=step)
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """Where a DPO step's pairs come from: the preference rows (through the prompt feed) and the renderer."""
+
+    config: Config
+    feed: PromptFeed
+    renderer: PromptRenderer
+    eos_id: int
+    """The token a completion ends with: the first of the model's EOS ids, the one its generations stop at."""
+
+
+def preference_batch(step: int, preferences: Preferences) -> PreferenceBatch:
+    """The pairs of DPO step `step`: `rollout.prompts_per_step` rows, each prompt rendered as the engine gets it
+    (chat template or plain) and each completion (a string, or messages whose last one is the answer) tokenized
+    after it without special tokens, followed by EOS, and cut at rollout.max_new_tokens like a sampled one."""
+    config, renderer = preferences.config, preferences.renderer
+    rows = preferences.feed.begin(step).next_batch(config.rollout.prompts_per_step)
+    limit = config.rollout.max_new_tokens
+
+    def completion(value: object) -> tuple[int, ...]:
+        ids = renderer.tokenizer(message_text(value), add_special_tokens=False)["input_ids"]
+        return tuple([*ids, preferences.eos_id][:limit])
+
+    pairs = [
+        PreferencePair(renderer.render(r["prompt"]).token_ids, completion(r["chosen"]), completion(r["rejected"]))
+        for r in rows
+    ]
+    return PreferenceBatch(tuple(pairs), step)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a step's phases ended, for its record."""
+
+    start: float
+    """perf_counter when the step began."""
+    got_batch: float
+    """perf_counter when its batch was in hand."""
+    train_s: float
+
+
+def step_record(
+    step: int,
+    collected: Collected,
+    stats: TrainStats,
+    reset_cause: ResetCause | None,
+    timing: Timing,
+    staleness: list[int],
+    actors: Actors,
+) -> StepRecord:
+    completions = [c for g in collected.groups for c in g.completions]
+    lengths = [len(c.token_ids) for c in completions]
+    valid = collected.rewards_PG[collected.valid_PG]
+    penalty = (collected.shaped_PG - collected.rewards_PG)[collected.valid_PG]
+    trained = int(collected.train_P.sum())
+    published = collected.published
+    return StepRecord(
+        step=step,
+        reward_mean=valid.mean().item() if valid.numel() else math.nan,
+        reward_std=valid.std(unbiased=False).item() if valid.numel() else math.nan,
+        adapter_version=completions[0].adapter_version,
+        sync_ms=published.sync_ms if published else None,
+        publish_ms=published.publish_ms if published else None,
+        probe_max_diff=published.probe_max_diff if published else None,
+        gen_tokens=sum(lengths),
+        gen_s=collected.gen_s,
+        train_s=timing.train_s,
+        step_s=time.perf_counter() - timing.start,
+        wait_s=timing.got_batch - timing.start,
+        response_len_mean=sum(lengths) / len(lengths),
+        truncated_frac=sum(c.finish_reason == "length" for c in completions) / len(completions),
+        repetition_frac=abs(sum(repetition_penalty(c.text, 3) for c in completions)) / len(completions),
+        overlong_penalty_mean=penalty.mean().item() if penalty.numel() else 0.0,
+        zero_std_frac=zero_std_fraction(collected.shaped_PG, collected.valid_PG),
+        sample_rounds=collected.rounds,
+        train_groups=trained,
+        dropped_frac=1.0 - trained / len(collected.groups),
+        staleness_mean=sum(staleness) / len(staleness),
+        staleness_max=max(staleness),
+        train=stats,
+        ref_reset=reset_cause is not None,
+        ref_reset_cause=reset_cause,
+        reward_components={name: mean_present(values) for name, values in collected.scores.components.items()},
+        reward_failures=sum(collected.scores.failures.values()),
+        worker_restarts=actors.fleet.restarts,
+        reward_restarts=actors.rewarders.restarts,
+        reward_log=dict(collected.scores.logged_metrics),
+    )
+
+
+def mean_present(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None

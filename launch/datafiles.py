@@ -16,11 +16,12 @@ TRL's conversational format) rendered with the model's chat template (shared/cha
 the reward functions as a keyword column of the same name (a row without a column another row has gets None there,
 which a built-in reward reads as "does not apply"). Which columns are required: - the training rows: the columns the
 configured built-in rewards read (`answer` for exact_match and math, `reference` for chrf/bleu/ter, `source` for
-cycle_consistency; see learner/rewards/registry.py BUILTIN_COLUMNS); - the held-out rows: `answer`, because
-evaluation (pass@1, pass@k, `prolora eval`) checks completions with the task's `is_correct(completion, answer)`.
-`answer` must be a string where present (is_correct compares text). A prompt whose token count plus
-`rollout.max_new_tokens` exceeds `model.max_model_len` cannot be generated; `task.overlong_prompts` decides whether
-that is an error or the row is skipped (and counted).
+cycle_consistency; see learner/rewards/registry.py BUILTIN_COLUMNS), or under algo.objective=dpo `chosen` and
+`rejected` (each a non-empty string or a list of messages whose last one is the answer); - the held-out rows:
+`answer`, because evaluation (pass@1, pass@k, `prolora eval`) checks completions with the task's
+`is_correct(completion, answer)`. `answer` must be a string where present (is_correct compares text). A prompt
+whose token count plus `rollout.max_new_tokens` exceeds `model.max_model_len` cannot be generated;
+`task.overlong_prompts` decides whether that is an error or the row is skipped (and counted).
 
 Why here and not inside the task: the built-in tasks generate rows from a seed, a file or data set is read once;
 both give the driver the same list of dicts. Errors name the source (the file, or the data set and split), the row
@@ -55,6 +56,8 @@ RESERVED_COLUMNS = (
     "log_metric",
 )
 """Names the reward call itself uses or the driver fills in; a data column may not take them."""
+PREFERENCE_COLUMNS = ("chosen", "rejected")
+"""The completions of a DPO training row (algo.objective=dpo), besides its `prompt`."""
 SHOWN_ROWS = 5
 """Row numbers a skip message lists before it says 'and N more'."""
 
@@ -261,6 +264,9 @@ def check_rows(data: NumberedRows, required: Sequence[str], non_null: Sequence[s
         if missing:
             raise DataFileError(f"{at}: missing column {missing[0]!r} (every row needs {', '.join(needed)})")
         _check_prompt(at, row["prompt"])
+        for column in PREFERENCE_COLUMNS:
+            if column in needed:
+                _check_completion(at, column, row[column])
         answer = row.get("answer")
         if answer is not None and not isinstance(answer, str):
             raise DataFileError(
@@ -287,6 +293,21 @@ def _check_prompt(at: str, prompt: Any) -> None:
         )
     if not prompt.strip():
         raise DataFileError(f"{at}: column 'prompt' is empty")
+
+
+def _check_completion(at: str, column: str, value: Any) -> None:
+    """A DPO completion is a non-empty string or a list of chat messages (its last message is the answer)."""
+    if is_conversational(value):
+        problem = check_messages(value)
+        if problem:
+            raise DataFileError(f"{at}: column {column!r} holds chat messages, but {problem}")
+        return
+    if not isinstance(value, str) or not value.strip():
+        got = "an empty string" if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+        raise DataFileError(
+            f"{at}: column {column!r} must be a non-empty string or a list of messages "
+            f'([{{"role": "assistant", "content": "..."}}]), got {got}; a preference pair needs both completions'
+        )
 
 
 def drop_overlong(
@@ -350,7 +371,9 @@ def load_task_data(config: Config, task: Task, count_tokens: Callable[[str], int
 
     t = config.task
     train_data, heldout_data = own_sources(config)
-    train = checked(train_data, reward_columns(config.rewards.functions)) if train_data else None
+    dpo = config.algo.objective == "dpo"
+    train_columns = PREFERENCE_COLUMNS if dpo else reward_columns(config.rewards.functions)
+    train = checked(train_data, train_columns) if train_data else None
     heldout = checked(heldout_data, [], ["answer"])[: config.eval.size] if heldout_data else None
     return TaskData(
         train if train is not None else task.train_rows(t.train_size, config.run.seed),

@@ -26,14 +26,17 @@ A checkpoint after step s pairs the learner's state after s with the data order 
 made ahead but not trained are drawn again on resume (generated then by version s). Whatever stops the loop (a
 signal, an error in either thread) stops the producer too; a producer failure is raised in the loop at the step
 it failed on, after the batches made before it are trained.
+
+With algo.objective=dpo the loop is the same but each step is `run_dpo_step`: its batch is preference pairs
+(launch/collect.py:preference_batch), so nothing is generated for training, batches are never made ahead, the
+reference stays the base model and no prompt is retired; evaluations and checkpoints are as above.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -57,29 +60,28 @@ from launch.checkpoint import (
     next_nonfinite_streak,
     save_checkpoint,
 )
-from launch.collect import Collected, Rollouts, collect_batch
+from launch.collect import Collected, Preferences, Rollouts, Timing, collect_batch, preference_batch, step_record
 from launch.datafiles import TaskData, load_task_data, uses_own_rows
 from launch.evaluate import EvalResult, evaluate
 from launch.pipeline import Prefetcher, check_staleness
 from launch.progress import Progress, driver_output_to
 from launch.prompts import PassRateHistory, PromptFeed, PromptSampler
 from launch.rundir import RunDir, resolve_model_path
-from learner.advantages import zero_std_fraction
 from learner.group import LearnerGroup
 from learner.reference import ResetCause, ResetTriggers
-from learner.rewards.builtin import repetition_penalty
 from learner.rewards.pool import check_rewards_on_row
 from learner.rewards.swap import RewardSwap, check_reward_specs
 from rollout.limits import check_engine_limits
-from rollout.probe import PROBE_PROMPTS, StaleAdapterError, probe_prompts
-from shared.chat import PromptRenderer, prompt_key
+from rollout.probe import PROBE_PROMPTS, StaleAdapterError, probe_for, probe_prompts
+from shared.chat import PromptRenderer, eos_token_ids, prompt_key
 from shared.config import Config
+from shared.errors import UserError
 from shared.hacking import HackingSignals, HackingWatch, describe
 from shared.memplan import MemoryPlan, ModelShape, check_plan, plan_for_config
 from shared.metrics import read_metrics
 from shared.records import Payload, TrainStats
 from shared.restarts import TooManyRestarts
-from shared.step_record import StepRecord
+from shared.step_record import DpoStepRecord, StepRecord
 from shared.tasks import Task, get_task
 
 
@@ -127,6 +129,7 @@ class Run:
     dir: RunDir
     rewards: RewardSwap
     watch: HackingWatch
+    model_path: str
 
     def rollouts(self) -> Rollouts:
         a = self.actors
@@ -134,10 +137,16 @@ class Run:
             self.config, a.fleet, a.rewarders, self.curriculum.feed, self.rewards, self.dir.metrics, self.renderer
         )
 
+    def preferences(self) -> Preferences:
+        eos = eos_token_ids(self.model_path, self.renderer.tokenizer, self.config.model.trust_remote_code)
+        if not eos:
+            raise UserError(f"{self.model_path}: no EOS token id (generation_config.json or tokenizer); DPO needs one")
+        return Preferences(self.config, self.curriculum.feed, self.renderer, eos[0])
+
 
 def train(config: Config, resume: bool = False) -> RunResult:
-    """Run GRPO steps up to `config.run.steps`; with `resume`, continue `config.run.run_dir` from its last good
-    checkpoint. Returns the first and last held-out evaluations."""
+    """Run GRPO (or DPO, algo.objective) steps up to `config.run.steps`; with `resume`, continue
+    `config.run.run_dir` from its last good checkpoint. Returns the first and last held-out evaluations."""
     inputs = _check_inputs(config)
     run_dir = RunDir.reopen(config) if resume else RunDir.create(config)
     with driver_output_to(run_dir.path, config.log.verbose):  # library logs to RUN_DIR/logs/
@@ -154,14 +163,13 @@ def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> Run
         if state.first_eval is None:
             _record_eval(run, state, step=0, **_devices(run.actors), engine_base_gap=gap)
     progress = Progress(config.run.steps, _evals(state)[1], config.log.progress_every, state.step)
-    # Makes each step's batch with collect_batch: in this thread, or up to max_staleness steps ahead in another.
-    batches = Prefetcher(
-        partial(collect_batch, rollouts=run.rollouts()), state.step + 1, config.run.steps, config.rollout.max_staleness
-    )
+    # Makes each step's batch: in this thread, or up to max_staleness steps ahead in another.
+    produce, step_fn, ahead = _objective(run)
+    batches = Prefetcher(produce, state.step + 1, config.run.steps, ahead)
     with StopSignals() as stop, batches, stop_if_learner_dies(run.actors.learner, run.dir.path):
         for step in range(state.step + 1, config.run.steps + 1):
             with _stop_on_fleet_failure(run, state):
-                record = run_step(step, run, batches)
+                record = step_fn(step, run, batches)
             state.step = step
             state.nonfinite_streak = next_nonfinite_streak(
                 state.nonfinite_streak, record.train.optimizer_steps, record.train.skipped_nonfinite
@@ -205,13 +213,46 @@ def run_step(step: int, run: Run, batches: Prefetcher[Collected]) -> StepRecord:
     adapter = ray.get(payload)
     run.dir.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
     reset_cause = _reset_reference_if_due(step, stats, adapter, run)
-    timing = _Timing(t0, t1, train_s)
-    record = _step_record(step, collected, stats, reset_cause, timing, staleness, run.actors)
+    timing = Timing(t0, t1, train_s)
+    record = step_record(step, collected, stats, reset_cause, timing, staleness, run.actors)
     record = replace(record, hacking=run.watch.after_step(record.to_json()))
     run.dir.metrics.write(record.to_json())
     if config.log.rollouts:
         run.dir.write_rollouts(step, collected.groups, collected.scores, collected.advantages_PG)
     return record
+
+
+def run_dpo_step(step: int, run: Run, batches: Prefetcher) -> DpoStepRecord:
+    """One DPO step (algo.objective=dpo): take the step's preference pairs, update the learner, publish the new
+    adapter (evaluations hot-load it), log. Returns the record it wrote to metrics.jsonl."""
+    config, learner = run.config, run.actors.learner
+    t0 = time.perf_counter()
+    batch = batches.get(step)
+    t1 = time.perf_counter()
+    run.actors.fleet.sleep()  # rollout.sleep_level: the engines free the GPU while the learner trains
+    stats = learner.train_pairs(batch)
+    prompts = [p.prompt_token_ids for p in batch.pairs]
+    probe = probe_for(prompts, config.model.max_model_len) if _due(step, config.rollout.probe_every) else ()
+    payload = learner.export_adapter(*probe)
+    run.actors.fleet.offer(payload)  # hot-loaded by the next evaluation
+    batches.step_done(step)
+    adapter = ray.get(payload)
+    train_s = time.perf_counter() - t1
+    run.dir.save_adapter(adapter, "latest", keep_copy=_due(step, config.log.save_adapter_every))
+    record = DpoStepRecord(step, len(batch.pairs), train_s, time.perf_counter() - t0, stats)
+    run.dir.metrics.write(record.to_json())
+    return record
+
+
+StepFn = Callable[[int, Run, Prefetcher], StepRecord | DpoStepRecord]
+
+
+def _objective(run: Run) -> tuple[Callable[[int], object], StepFn, int]:
+    """How the run makes its batches, the step that trains on one, and how many steps ahead batches are made:
+    GRPO collects rollouts (asynchronously up to rollout.max_staleness), DPO draws preference pairs."""
+    if run.config.algo.objective == "dpo":
+        return partial(preference_batch, preferences=run.preferences()), run_dpo_step, 0
+    return partial(collect_batch, rollouts=run.rollouts()), run_step, run.config.rollout.max_staleness
 
 
 def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
@@ -231,7 +272,8 @@ def _start(config: Config, inputs: Inputs, run_dir: RunDir) -> Run:
         PassRateHistory(config.task.retire_after),
         ResetTriggers(config.reference),
     )
-    return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, HackingWatch(config.hacking))
+    watch = HackingWatch(config.hacking)
+    return Run(config, task, data.heldout, renderer, actors, curriculum, run_dir, rewards, watch, model_path)
 
 
 def check_memory(config: Config, model_path: str) -> MemoryPlan | None:
@@ -273,7 +315,8 @@ def _check_inputs(config: Config) -> Inputs:
     renderer = PromptRenderer.from_config(config, model_path)
     data = load_task_data(config, task, renderer.count_tokens if uses_own_rows(config) else None)
     renderer.render(data.train[0]["prompt"])  # a template that cannot render fails here, and warns once
-    check_rewards_on_row(config.rewards.functions, data.train[0], renderer, config)
+    if config.algo.objective == "grpo":  # DPO's rows are pairs that no reward scores
+        check_rewards_on_row(config.rewards.functions, data.train[0], renderer, config)
     check_engine_limits(
         model_path, on_gpu=config.rollout.num_gpus > 0, trust_remote_code=config.model.trust_remote_code
     )
@@ -417,69 +460,6 @@ def _track_prompts(step: int, collected: Collected, run: Run) -> None:
     ]
     run.dir.write_prompt_visits(visits)
     curriculum.feed.retire_after(step, [v.prompt for v in visits if v.retired])
-
-
-@dataclass(frozen=True)
-class _Timing:
-    start: float
-    """perf_counter when the step began."""
-    got_batch: float
-    """perf_counter when its batch was in hand."""
-    train_s: float
-
-
-def _step_record(
-    step: int,
-    collected: Collected,
-    stats: TrainStats,
-    reset_cause: ResetCause | None,
-    timing: _Timing,
-    staleness: list[int],
-    actors: Actors,
-) -> StepRecord:
-    completions = [c for g in collected.groups for c in g.completions]
-    lengths = [len(c.token_ids) for c in completions]
-    valid = collected.rewards_PG[collected.valid_PG]
-    penalty = (collected.shaped_PG - collected.rewards_PG)[collected.valid_PG]
-    trained = int(collected.train_P.sum())
-    published = collected.published
-    return StepRecord(
-        step=step,
-        reward_mean=valid.mean().item() if valid.numel() else math.nan,
-        reward_std=valid.std(unbiased=False).item() if valid.numel() else math.nan,
-        adapter_version=completions[0].adapter_version,
-        sync_ms=published.sync_ms if published else None,
-        publish_ms=published.publish_ms if published else None,
-        probe_max_diff=published.probe_max_diff if published else None,
-        gen_tokens=sum(lengths),
-        gen_s=collected.gen_s,
-        train_s=timing.train_s,
-        step_s=time.perf_counter() - timing.start,
-        wait_s=timing.got_batch - timing.start,
-        response_len_mean=sum(lengths) / len(lengths),
-        truncated_frac=sum(c.finish_reason == "length" for c in completions) / len(completions),
-        repetition_frac=abs(sum(repetition_penalty(c.text, 3) for c in completions)) / len(completions),
-        overlong_penalty_mean=penalty.mean().item() if penalty.numel() else 0.0,
-        zero_std_frac=zero_std_fraction(collected.shaped_PG, collected.valid_PG),
-        sample_rounds=collected.rounds,
-        train_groups=trained,
-        dropped_frac=1.0 - trained / len(collected.groups),
-        staleness_mean=sum(staleness) / len(staleness),
-        staleness_max=max(staleness),
-        train=stats,
-        ref_reset=reset_cause is not None,
-        ref_reset_cause=reset_cause,
-        reward_components={name: _mean_present(values) for name, values in collected.scores.components.items()},
-        reward_failures=sum(collected.scores.failures.values()),
-        worker_restarts=actors.fleet.restarts,
-        reward_restarts=actors.rewarders.restarts,
-        reward_log=dict(collected.scores.logged_metrics),
-    )
-
-
-def _mean_present(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def _due(step: int, every: int) -> bool:

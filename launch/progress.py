@@ -54,7 +54,13 @@ def format_duration(seconds: float) -> str:
 
 
 def step_summary(record: dict, pass_at_1: float) -> dict[str, str]:
-    """The figures one progress update shows, from a step record of metrics.jsonl."""
+    """The figures one progress update shows, from a step record of metrics.jsonl (GRPO or DPO)."""
+    if record.get("objective") == "dpo":
+        return {
+            "loss": f"{record['loss']:.3f}",
+            "pref_acc": f"{record['pref_accuracy']:.2f}",
+            "pass@1": f"{pass_at_1:.3f}",
+        }
     summary = {
         "reward": f"{record['reward_mean']:.3f}" if record.get("reward_mean") is not None else "nan",
         "pass@1": f"{pass_at_1:.3f}",

@@ -23,7 +23,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from learner.learner import Learner
 from shared.handles import Actor
-from shared.records import Payload, ProbeSet, TrainBatch, TrainStats
+from shared.records import DpoStats, Payload, PreferenceBatch, ProbeSet, TrainBatch, TrainStats
 from shared.restarts import DEAD_ACTOR_ERRORS
 
 DEATH_WAIT_S = 30.0
@@ -46,6 +46,10 @@ class LearnerGroup:
     def train_step(self, batch: TrainBatch) -> TrainStats:
         """One update on the whole batch (every rank trains its share); rank 0's stats, the group's."""
         return self._on_all("train_step", batch)
+
+    def train_pairs(self, batch: PreferenceBatch) -> DpoStats:
+        """One DPO update (algo.objective=dpo, one rank: the config refuses DPO with train.num_learners > 1)."""
+        return self._on_all("train_pairs", batch)
 
     def export_adapter(
         self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4

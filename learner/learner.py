@@ -26,27 +26,38 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
 from learner.distributed import DataParallel, rendezvous_address
 from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats, summarise_steps
-from learner.subnetwork import FullRank, chosen_modules, dora_merged, weights_payload
+from learner.preference import train_pairs
+from learner.subnetwork import FullRank, dora_merged, weights_payload, with_adapter
 from shared.config import AlgoConfig, LoraConfig, TrainConfig
 from shared.devices import pick_device
-from shared.records import AdapterPayload, Payload, ProbeSet, TrainBatch, TrainSample, TrainStats
+from shared.records import (
+    AdapterPayload,
+    DpoStats,
+    Payload,
+    PreferenceBatch,
+    ProbeSet,
+    TrainBatch,
+    TrainSample,
+    TrainStats,
+)
 
 POLICY, REFERENCE = "default", "reference"
 """peft adapter names: the trained adapter and the reference snapshot."""
+S = TypeVar("S")
 
 
 class Learner:
@@ -79,7 +90,7 @@ class Learner:
         # lora.mode=full: the chosen weights train directly, no adapter (learner/subnetwork.py).
         self._full = FullRank(base, lora) if lora.mode == "full" else None
         # The peft model; with lora.mode=full the bare base model (only the branches for peft use peft's API).
-        self.model: Any = base if self._full else _with_adapter(base, lora)
+        self.model: Any = base if self._full else with_adapter(base, lora)
         if train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # On CUDA a low-precision base runs under autocast; on the CPU peft casts activations to the LoRA dtype.
@@ -157,7 +168,8 @@ class Learner:
         grad_norms: list[float] = []
         self.model.train()  # LoRA dropout (lora.dropout) acts only in the loss's forward; every other pass is eval
         try:
-            skipped = self._update(samples, n_mb, old_logp, ref_logp, stats, grad_norms)
+            accumulate = partial(self._accumulate_samples, samples, old_logp, ref_logp)
+            skipped = self._update(len(samples), n_mb, accumulate, stats, grad_norms)
         finally:
             self.model.eval()
         self.version += 1
@@ -174,20 +186,20 @@ class Learner:
 
     def _update(
         self,
-        samples: tuple[TrainSample, ...],
+        n_rows: int,
         n_mb: int,
-        old_logp: list[torch.Tensor] | None,
-        ref_logp: list[torch.Tensor] | None,
-        stats: list[tuple[float, LossStats]],
+        accumulate: Callable[[torch.Tensor], tuple[torch.Tensor, S]],
+        stats: list[tuple[float, S]],
         grad_norms: list[float],
     ) -> int:
-        """The optimiser steps of one batch; appends to `stats` and `grad_norms`, returns how many were skipped."""
+        """The optimiser steps of one batch of `n_rows` rows (GRPO samples or DPO pairs): `accumulate(idx)` runs the
+        backward of the minibatch `idx`; appends to `stats` and `grad_norms`, returns how many steps were skipped."""
         skipped = 0
         for _ in range(self._train.epochs):
-            order = torch.randperm(len(samples), generator=self._generator) if n_mb > 1 else torch.arange(len(samples))
+            order = torch.randperm(n_rows, generator=self._generator) if n_mb > 1 else torch.arange(n_rows)
             for idx in order.chunk(n_mb):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, loss_stats = self._accumulate([samples[i] for i in idx.tolist()], old_logp, ref_logp, idx)
+                loss, loss_stats = accumulate(idx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self._train.max_grad_norm)
                 if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                     skipped += 1  # a NaN/inf update would poison the adapter: drop it, keep going
@@ -196,6 +208,15 @@ class Learner:
                 stats.append((loss.item(), loss_stats))
                 grad_norms.append(grad_norm.item())
         return skipped
+
+    def _accumulate_samples(
+        self,
+        samples: tuple[TrainSample, ...],
+        old_logp: list[torch.Tensor] | None,
+        ref_logp: list[torch.Tensor] | None,
+        idx: torch.Tensor,
+    ) -> tuple[torch.Tensor, LossStats]:
+        return self._accumulate([samples[i] for i in idx.tolist()], old_logp, ref_logp, idx)
 
     def _accumulate(
         self,
@@ -265,6 +286,10 @@ class Learner:
             entropy_BC,
             normaliser,
         )
+
+    def train_pairs(self, batch: PreferenceBatch) -> DpoStats:
+        """One DPO update (algo.objective=dpo): learner/preference.py."""
+        return train_pairs(self, batch)
 
     # --------------------------------------------------------------------------------------- reference
     def reset_reference(self, reset_optimizer: bool = False) -> None:
@@ -450,21 +475,6 @@ class Learner:
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
-
-
-def _with_adapter(base: torch.nn.Module, lora: LoraConfig) -> PeftModel:
-    """`base` with a trainable LoRA (or DoRA) adapter named POLICY on the chosen modules."""
-    peft_config = PeftLoraConfig(
-        r=lora.rank,
-        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
-        lora_dropout=lora.dropout,
-        # With lora.layers, the chosen modules by full path (peft takes no layer list beside "all-linear" or a regex).
-        target_modules=lora.target_modules if lora.layers is None else chosen_modules(base, lora),
-        use_dora=lora.use_dora,
-        task_type="CAUSAL_LM",
-    )
-    # autocast_adapter_dtype: LoRA weights (and so the optimizer state) stay float32 on a bfloat16 base.
-    return get_peft_model(base, peft_config, autocast_adapter_dtype=True)
 
 
 def _lengths(rows: Sequence[TrainSample]) -> list[int]:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from safetensors.torch import save
 from transformers import PreTrainedModel
 
@@ -135,3 +137,18 @@ def weights_payload(version: int, tensors: dict[str, torch.Tensor], probe: Probe
 
 def _examples(model: torch.nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:6]
+
+
+def with_adapter(base: torch.nn.Module, lora: LoraConfig) -> PeftModel:
+    """`base` with a trainable LoRA (or DoRA) adapter named "default" (the learner's POLICY) on the chosen modules."""
+    peft_config = PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes a float
+        lora_dropout=lora.dropout,
+        # With lora.layers, the chosen modules by full path (peft takes no layer list beside "all-linear" or a regex).
+        target_modules=lora.target_modules if lora.layers is None else chosen_modules(base, lora),
+        use_dora=lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    # autocast_adapter_dtype: LoRA weights (and so the optimizer state) stay float32 on a bfloat16 base.
+    return get_peft_model(base, peft_config, autocast_adapter_dtype=True)

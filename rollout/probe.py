@@ -45,7 +45,12 @@ class StaleAdapterError(RuntimeError):
 
 def probe_prompts(groups: Sequence[Group], max_model_len: int) -> tuple[list[list[int]], int]:
     """The probe's prompt token ids (first groups of a batch) and how many tokens to decode after them."""
-    prompts = [list(g.prompt_token_ids) for g in groups[:PROBE_PROMPTS]]
+    return probe_for([g.prompt_token_ids for g in groups], max_model_len)
+
+
+def probe_for(prompt_ids: Sequence[Sequence[int]], max_model_len: int) -> tuple[list[list[int]], int]:
+    """The probe's prompts (the first of `prompt_ids`, e.g. a DPO batch's) and how many tokens to decode after them."""
+    prompts = [list(p) for p in prompt_ids[:PROBE_PROMPTS]]
     return prompts, max(1, min(PROBE_TOKENS, max_model_len - max(map(len, prompts))))
 
 

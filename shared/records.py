@@ -214,6 +214,47 @@ class TrainStats:
 
 
 @dataclass(frozen=True)
+class PreferencePair:
+    """One DPO training pair: a rendered prompt and two completions of it, as token ids (each completion ends with the
+    model's EOS, as a sampled one that stopped does)."""
+
+    prompt_token_ids: tuple[int, ...]
+    chosen_token_ids: tuple[int, ...]
+    rejected_token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """The pairs of one DPO step (algo.objective=dpo)."""
+
+    pairs: tuple[PreferencePair, ...]
+    step: int
+
+
+@dataclass(frozen=True)
+class DpoStats:
+    """What one DPO update measured; the implicit rewards are beta x (policy - reference) summed log-ratios, as TRL
+    logs them. Means are over pairs."""
+
+    loss: float
+    """Mean loss over the optimiser steps."""
+    pref_accuracy: float
+    """Fraction of pairs whose chosen completion has the higher implicit reward."""
+    pref_margin: float
+    """Mean implicit reward of chosen minus rejected."""
+    chosen_reward: float
+    """Mean implicit reward of the chosen completions."""
+    rejected_reward: float
+    """Mean implicit reward of the rejected completions."""
+    grad_norm: float
+    """Gradient norm before clipping (mean over optimiser steps)."""
+    optimizer_steps: int
+    """Optimiser steps taken."""
+    skipped_nonfinite: int = 0
+    """Optimiser steps skipped because the loss or gradient was not finite."""
+
+
+@dataclass(frozen=True)
 class RewardBatch:
     """Completions to score, with the data set's other columns (one value per completion).
 

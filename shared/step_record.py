@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.hacking import HackingSignals
-from shared.records import TrainStats
+from shared.records import DpoStats, TrainStats
 
 REWARD_PREFIX = "reward/"
 """A step record's per-reward means are keys `reward/<name>`."""
@@ -115,6 +115,30 @@ class StepRecord:
             else:
                 record[f.name] = value
         return record
+
+
+@dataclass(frozen=True)
+class DpoStepRecord:
+    """What one DPO step did (algo.objective=dpo), as written to `metrics.jsonl`: no rollouts, so no rewards or
+    generation figures; `DpoStats` is flattened into the record. Evaluation records are the same as a GRPO run's."""
+
+    step: int
+    """DPO step, from 1; step s trains on top of adapter version s-1 and produces version s."""
+    pairs: int
+    """Preference pairs in the step's batch."""
+    train_s: float
+    """Seconds of the learner update and the adapter export."""
+    step_s: float
+    """Wall time of the whole step in the driver."""
+    train: DpoStats
+    objective: str = "dpo"
+    hacking: HackingSignals = HackingSignals()
+    """Not watched under DPO (there are no rewards); kept so the driver treats both records alike."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.jsonl object: own fields, then `DpoStats` in place of `train`."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "hacking")}
+        return {**record, **asdict(self.train)}
 
 
 def json_keys() -> set[str]:

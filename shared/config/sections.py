@@ -17,6 +17,10 @@ LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"
 """How token losses become one number: DAPO, GRPO, Dr. GRPO (learner/loss.py `aggregate`)."""
 KLEstimator = Literal["k1", "k2", "k3"]
 """Schulman's estimators of KL(policy || reference) per token."""
+Objective = Literal["grpo", "dpo"]
+"""What a run trains with: GRPO on rollouts, or DPO on a file of preference pairs (no rollouts for training)."""
+DpoLoss = Literal["sigmoid", "ipo"]
+"""DPO's loss on the pair's log-ratio margin: the logistic (sigmoid) loss, or IPO's squared loss."""
 PairFormat = Literal["prompt_completion", "reference_candidate", "candidate_reference"]
 """What a reward-model actor reads: one text, or a (reference, candidate) text pair (learned metrics)."""
 
@@ -170,6 +174,16 @@ class RolloutConfig(_Section):
 
 
 class AlgoConfig(_Section):
+    objective: Objective = "grpo"
+    """grpo: rollouts scored by the rewards; dpo: offline on preference pairs (the training rows from task.train_file
+    or task.dataset, each with `prompt`, `chosen` and `rejected`), the reference being the adapter-disabled base.
+    Evaluation, checkpoints and metrics are the same for both (learner/README.md, "DPO")."""
+    dpo_loss: DpoLoss = "sigmoid"
+    """DPO loss: sigmoid, -log sigmoid(beta * margin) on summed log-ratios; ipo, (margin - 1/(2 beta))^2 on
+    per-token average log-ratios (TRL's conventions, learner/dpo.py)."""
+    dpo_beta: float = Field(0.1, gt=0.0)
+    """DPO's beta: how far the policy may move from the reference (larger: closer to it). Separate from kl_coef,
+    the weight of GRPO's KL penalty."""
     advantage: Baseline = "group_mean"
     """Baseline: the group mean, or the leave-one-out mean (RLOO)."""
     scale_by_std: bool = True
@@ -458,6 +472,21 @@ class Config(_Section):
             raise ValueError("reference.reset_kl_above needs the KL measured: set algo.log_kl=true or algo.kl_coef > 0")
         if self.reference.reset_plateau_evals and not self.eval.every:
             raise ValueError("reference.reset_plateau_evals needs periodic evaluations: set eval.every > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _dpo_has_pairs(self) -> Config:
+        if self.algo.objective != "dpo":
+            return self
+        if not (self.task.train_file or self.task.dataset):
+            raise ValueError(
+                "algo.objective=dpo trains on preference pairs: set task.train_file (or task.dataset) to rows with "
+                "prompt, chosen and rejected (python -m launch.tools.make_pairs builds them from base-model samples)"
+            )
+        if self.reference.reset_every or self.reference.reset_kl_above or self.reference.reset_plateau_evals:
+            raise ValueError("reference resets are GRPO's (ProRL); DPO keeps the base model as its reference")
+        if self.train.num_learners > 1:
+            raise ValueError("algo.objective=dpo trains on one learner: set train.num_learners=1")
         return self
 
     @model_validator(mode="after")

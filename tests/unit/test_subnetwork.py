@@ -71,13 +71,13 @@ def test_pick_top_takes_the_largest_relative_updates_in_model_order():
 
 
 def test_lora_mode_adapts_the_same_modules_full_mode_trains():
-    from learner.learner import _with_adapter
+    from learner.subnetwork import with_adapter
 
     for target in ("all-linear", ["k_proj", "mlp.down_proj"], r".*\.(q|v)_proj"):
         lora = LoraConfig(target_modules=target, layers=[0, 2])
         adapted = {
             n.split(".lora_A")[0].removeprefix("base_model.model.")
-            for n, _ in _with_adapter(_tiny_llama(), lora).named_parameters()
+            for n, _ in with_adapter(_tiny_llama(), lora).named_parameters()
             if "lora_A" in n
         }
         assert adapted == set(chosen_modules(_tiny_llama(), lora)) and adapted
