@@ -155,6 +155,14 @@ def train(config: Config, resume: bool = False) -> RunResult:
 
 def _train(config: Config, resume: bool, inputs: Inputs, run_dir: RunDir) -> RunResult:
     run = _start(config, inputs, run_dir)
+    try:
+        return _loop(run, resume)
+    finally:  # frees the learner group's placement group: a later run in this process (bench, tests) needs its CPUs
+        run.actors.learner.kill()
+
+
+def _loop(run: Run, resume: bool) -> RunResult:
+    config = run.config
     with stop_if_learner_dies(run.actors.learner, run.dir.path):  # a resume's load_state is a learner call too
         gap = engine_numerics(
             run.actors, [run.renderer.render(r["prompt"]) for r in run.heldout[:PROBE_PROMPTS]], run.config
