@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from learner.dpo import pair_micro_batches
 from learner.learner import Learner
 from shared.config import load_config
 from shared.records import PreferenceBatch, PreferencePair
@@ -62,7 +63,7 @@ def test_first_update_starts_at_the_reference_and_moves_only_lora(tiny_model, ki
 def test_micro_batches_accumulate_the_unsplit_gradient(tiny_model):
     whole, split = _learner(tiny_model), _learner(tiny_model, "train.micro_batch_tokens=20")
     batch = _batch(tiny_model)
-    assert len(split._pair_micro(batch.pairs)) == 3  # one pair per micro-batch
+    assert len(pair_micro_batches(batch.pairs, split._train.micro_batch_tokens)) == 3  # one pair per micro-batch
     a, b = whole.train_pairs(batch), split.train_pairs(batch)
     assert a.loss == pytest.approx(b.loss, rel=1e-5) and a.grad_norm == pytest.approx(b.grad_norm, rel=1e-4)
     # The gradients are still there after the step (Adam's first step is about lr * sign(g), too coarse to compare).
