@@ -90,6 +90,9 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
 
     check_reward_specs(specs, config)
     line_numbers, rows = read_rows(path, specs)
+    import ray
+
+    ray_was_running = ray.is_initialized()  # a caller's Ray stays up; one started here for the rewards is shut down
     completion_ids = None
     if any(spec.name not in BUILTIN_REWARDS for spec in specs):
         completion_ids = encode_completions(config, rows)
@@ -108,9 +111,7 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
             f"{err} (with --set rewards.failure_policy=zero it scores 0 and the traceback is logged)"
         ) from None
     finally:
-        import ray
-
-        if ray.is_initialized():
+        if ray.is_initialized() and not ray_was_running:
             ray.shutdown()
     for number, values in zip(line_numbers, scored, strict=True):
         out.write(json.dumps({"line": number, **values}) + "\n")

@@ -45,9 +45,9 @@ def _train_and_export(ray, learner, engine: RolloutWorker) -> WeightsPayload:
         for g in groups
         for i, c in enumerate(g.completions)
     )
-    stats = ray.get(learner.train_step.remote(TrainBatch(samples, step=1)))
+    stats = learner.train_step(TrainBatch(samples, step=1))
     assert stats.optimizer_steps == 1
-    payload = ray.get(learner.export_adapter.remote(*probe_prompts(groups, 64)))
+    payload = ray.get(learner.export_adapter(*probe_prompts(groups, 64)))
     assert isinstance(payload, WeightsPayload) and payload.version == 1
     return payload
 
@@ -95,7 +95,7 @@ def test_subnetwork_push_changes_only_the_chosen_tensors(tiny_model, ray_session
     assert {c.adapter_version for c in groups[0].completions} == {1}
     with pytest.raises(AdapterNotLoaded):
         engine.generate(PROMPTS[:1], SamplingSpec(n=1, max_tokens=2), version=0)  # the base is gone, loudly
-    ray_session.kill(learner)
+    learner.kill()
 
 
 def test_dora_push_serves_peft_merged_weights(tiny_model, ray_session, engine):
@@ -105,7 +105,7 @@ def test_dora_push_serves_peft_merged_weights(tiny_model, ray_session, engine):
     config = load_config(overrides=["lora.use_dora=true", "train.lr=0.02"])
     learner = start_learner(config, str(tiny_model))
     payload = _train_and_export(ray_session, learner, engine)
-    state = torch.load(io.BytesIO(ray_session.get(learner.state.remote())), weights_only=False)
+    state = torch.load(io.BytesIO(learner.state()), weights_only=False)
 
     peft_model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
@@ -127,4 +127,4 @@ def test_dora_push_serves_peft_merged_weights(tiny_model, ray_session, engine):
     out = engine._llm.collective_rpc(_layer_outputs)[0]["model.layers.0.self_attn.qkv_proj"]
     x = torch.randn(3, W_OI.shape[1], generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(out, x @ W_OI.T, rtol=0, atol=1e-5)
-    ray_session.kill(learner)
+    learner.kill()
