@@ -177,20 +177,22 @@ SKIP_RESOURCE_CHECK_ENV = "PROLORA_SKIP_RESOURCE_CHECK"
 """Set to 1 to join a cluster that lacks the resources now (an autoscaling one that will add them)."""
 
 
-def start_ray(config: Config, run_dir: Path | None = None) -> None:
+def start_ray(config: Config, run_dir: Path | None = None) -> bool:
     """Join the configured cluster, or start a local Ray with enough CPU slots for every actor; with `run_dir`
     (and not log.verbose) a local Ray's actors print to <run_dir>/logs/actors.log, not the terminal.
 
-    Inside a job started by `prolora submit`, Ray sets RAY_ADDRESS and the driver joins that cluster.
+    Inside a job started by `prolora submit`, Ray sets RAY_ADDRESS and the driver joins that cluster. Returns
+    whether this call connected Ray (False when the caller's process already had it), so a tool knows whether the
+    Ray session is its own to shut down.
     """
     if ray.is_initialized():
-        return
+        return False
     address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         if os.environ.get(SKIP_RESOURCE_CHECK_ENV) != "1":
             check_fits(config, [n["Resources"] for n in ray.nodes() if n["Alive"]], address)
-        return
+        return True
     slots = round(sum(d.cpus for d in run_demands(config)))
     ray.init(
         num_cpus=max(os.cpu_count() or 1, slots),
@@ -198,6 +200,7 @@ def start_ray(config: Config, run_dir: Path | None = None) -> None:
         _system_config={"worker_niceness": WORKER_NICENESS},
         **(ray_quiet_options(run_dir) if run_dir and not config.log.verbose else {"log_to_driver": True}),
     )
+    return True
 
 
 def threads_per_actor(config: Config) -> int:

@@ -90,13 +90,10 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
 
     check_reward_specs(specs, config)
     line_numbers, rows = read_rows(path, specs)
-    import ray
-
-    ray_was_running = ray.is_initialized()  # a caller's Ray stays up; one started here for the rewards is shut down
     completion_ids = None
     if any(spec.name not in BUILTIN_REWARDS for spec in specs):
         completion_ids = encode_completions(config, rows)
-    context = _start_context(config, specs)
+    context, own_ray = _start_context(config, specs)
     try:
         scored = score_rows(
             specs,
@@ -111,7 +108,9 @@ def score_file(config: Config, specs: list[RewardSpec], path: Path, out: TextIO 
             f"{err} (with --set rewards.failure_policy=zero it scores 0 and the traceback is logged)"
         ) from None
     finally:
-        if ray.is_initialized() and not ray_was_running:
+        if own_ray:  # a caller's Ray stays up; one started here for the rewards is shut down
+            import ray
+
             ray.shutdown()
     for number, values in zip(line_numbers, scored, strict=True):
         out.write(json.dumps({"line": number, **values}) + "\n")
@@ -129,19 +128,20 @@ def encode_completions(config: Config, rows: list[dict[str, Any]]) -> list[list[
     return [tokenizer.encode(message_text(row["completion"]), add_special_tokens=False) for row in rows]
 
 
-def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext:
-    """Start the actors the rewards need (none for most rewards, and then no Ray either)."""
+def _start_context(config: Config, specs: list[RewardSpec]) -> tuple[RewardContext, bool]:
+    """Start the actors the rewards need (none for most rewards, and then no Ray either); also says whether Ray was
+    started here."""
     from launch.actors import reward_context
 
     required = {field for spec in specs for field in getattr(resolve_spec(spec), "context_requires", ())}
     if not required:
-        return reward_context(config, [])
+        return reward_context(config, []), False
     import ray
 
     from launch.actors import start_bertscore, start_ray, start_reward_model, start_rollout_workers
     from launch.rundir import resolve_model_path
 
-    start_ray(config)
+    own_ray = start_ray(config)
     workers = []
     model_path = resolve_model_path(config.model.path) if "rollout_workers" in required else None
     if model_path:
@@ -150,4 +150,4 @@ def _start_context(config: Config, specs: list[RewardSpec]) -> RewardContext:
     bertscore = start_bertscore(config) if "bertscore" in required else None
     # Wait for the engines and models to load here, so their start-up does not count against rewards.timeout_s.
     ray.get([actor.__ray_ready__.remote() for actor in [*workers, reward_model, bertscore] if actor is not None])
-    return reward_context(config, workers, reward_model, bertscore, model_path)
+    return reward_context(config, workers, reward_model, bertscore, model_path), own_ray
