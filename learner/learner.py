@@ -103,6 +103,7 @@ class Learner:
         self.optimizer = self._new_optimizer()
         self.version = 0
         self._dp: DataParallel | None = None
+        self._base_probes: dict[tuple[tuple[tuple[int, ...], ...], int], ProbeSet] = {}
         self._train_s = 0.0
         trains = f"{self._full.parameter_count()} weights of {len(self._full.names)} tensors" if self._full else "LoRA"
         print(
@@ -399,9 +400,13 @@ class Learner:
 
     def base_probe(self, prompt_ids: list[list[int]], n_tokens: int = 4) -> ProbeSet:
         """The greedy continuation of each prompt under the base model (adapter off) and its logprobs: compared at
-        start with an engine serving no adapter, it measures the engine's numerics on this model."""
-        with self.model.disable_adapter():
-            return self._greedy_probe(prompt_ids, n_tokens)
+        start with an engine serving no adapter, it measures the engine's numerics on this model. The base is frozen,
+        so each prompt set is decoded once per learner, not on every export."""
+        key = (tuple(map(tuple, prompt_ids)), n_tokens)
+        if key not in self._base_probes:
+            with self.model.disable_adapter():
+                self._base_probes[key] = self._greedy_probe(prompt_ids, n_tokens)
+        return self._base_probes[key]
 
     @torch.no_grad()
     def _greedy_probe(self, prompt_ids: list[list[int]], n_tokens: int) -> ProbeSet:
