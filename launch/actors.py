@@ -42,7 +42,7 @@ from shared.errors import UserError
 from shared.handles import Actor, as_actor
 from shared.memplan import engines_beside_learner
 from shared.records import Prompt
-from shared.tasks import get_task
+from shared.tasks import back_translation
 
 
 @dataclass(frozen=True)
@@ -345,7 +345,7 @@ def reward_context(
 ) -> RewardContext:
     return RewardContext(
         rollout_workers=tuple(workers),
-        back_translation_prompt=get_task(config.task.name).back_translation_prompt,
+        back_translation_prompt=back_translation(config.task.name, config.task.back_translation_prompt),
         render=render,
         max_new_tokens=config.rollout.max_new_tokens,
         reward_model=reward_model,

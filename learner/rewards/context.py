@@ -88,7 +88,7 @@ def check_context(name: str, fn: Callable[..., Any], provided: Collection[str]) 
 
 CONTEXT_HINTS = {
     "rollout_workers": "it runs only inside a training run (or `prolora score` with a model)",
-    "back_translation_prompt": "the task must define a back-translation prompt (task.name=translate)",
+    "back_translation_prompt": "set task.back_translation_prompt (a template with {text}) or use task.name=translate",
     "reward_model": "set rewards.reward_model.path to a sequence-classification model directory",
     "bertscore": "set rewards.bertscore.model to a transformers encoder directory",
 }

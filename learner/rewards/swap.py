@@ -35,7 +35,7 @@ from shared.config import Config, RewardsConfig, RewardSpec
 from shared.errors import UserError
 from shared.metrics import MetricsWriter, read_metrics
 from shared.restarts import TooManyRestarts
-from shared.tasks import get_task
+from shared.tasks import back_translation
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ def check_reward_specs(specs: Sequence[RewardSpec], config: Config) -> None:
     """Raise a UserError unless every reward resolves and the run can give it the context it needs."""
     check_reward_names(specs)
     # What the run's RewardContext will hold: the actors do not exist yet, but there will be rollout workers.
-    context = RewardContext(back_translation_prompt=get_task(config.task.name).back_translation_prompt)
+    context = RewardContext(
+        back_translation_prompt=back_translation(config.task.name, config.task.back_translation_prompt)
+    )
     available = provided_fields(context) | {"rollout_workers"}
     if config.rewards.reward_model.path:
         available |= {"reward_model"}

@@ -107,6 +107,18 @@ class TaskConfig(_Section):
     overlong_prompts: Literal["error", "skip"] = "error"
     """A file row whose prompt tokens + rollout.max_new_tokens exceed model.max_model_len: stop before the run
     starts (error), or leave it out and report the count (skip: printed and written to <run dir>/data.json)."""
+    back_translation_prompt: str | None = None
+    """What `cycle_consistency` asks the model to translate its completion back with: a template holding `{text}`
+    (the completion), e.g. "Translate this English text into Korean. Answer with the translation only.\n\n{text}".
+    It reaches the engine like the run's own prompts: through the chat template as one user message when those are
+    chat. None: the task's own reverse prompt (task.name=translate: the built-in toy language's "T:...\nS:")."""
+
+    @field_validator("back_translation_prompt")
+    @classmethod
+    def _holds_text(cls, template: str | None) -> str | None:
+        if template is not None and "{text}" not in template:
+            raise ValueError("must contain {text}, where the completion to translate back goes")
+        return template
 
 
 class RolloutConfig(_Section):

@@ -59,6 +59,14 @@ _TASKS = {
 }
 
 
+def back_translation(name: str, template: str | None) -> Callable[[str], str] | None:
+    """The run's back-translation prompt (task.back_translation_prompt): `template` with the completion in place of
+    `{text}`, else task `name`'s own reverse prompt (None when it has none)."""
+    if template is None:
+        return get_task(name).back_translation_prompt
+    return lambda text: template.replace("{text}", text.strip())
+
+
 def get_task(name: str) -> Task:
     """The built-in task called `name`."""
     if name not in _TASKS:

@@ -132,6 +132,9 @@ def test_korean_english_preset_runs_on_a_tiny_lfm2(real_models, tmp_path):
         "eval.k=2",
         "eval.n_samples=2",
         "log.save_adapter_every=0",
+        # The optional third reward: the back-translation goes through the chat template with the preset's prompt.
+        "rewards.functions=[{name: chrf, weight: 0.6}, {name: bleu, weight: 0.2}, "
+        "{name: cycle_consistency, weight: 0.2}]",
     ]
     args = ["train", "translate_ko_en", "--steps", "2", "--run-dir", str(run_dir)]
     for o in overrides:
@@ -148,7 +151,7 @@ def test_korean_english_preset_runs_on_a_tiny_lfm2(real_models, tmp_path):
     steps = [r for r in records if not r.get("eval")]
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
-        assert 0 <= r["reward/chrf"] <= 1 and 0 <= r["reward/bleu"] <= 1
+        assert all(0 <= r[f"reward/{name}"] <= 1 for name in ("chrf", "bleu", "cycle_consistency"))
         assert (r["ref_reset"], r["ref_reset_cause"]) == (True, "schedule")
     assert steps[1]["probe_max_diff"] is not None and steps[1]["probe_max_diff"] < 0.05  # LFM2's probe passes
 

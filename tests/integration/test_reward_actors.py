@@ -197,10 +197,15 @@ def test_cycle_consistency_scores_the_models_own_back_translation(translate_flee
 
 
 def test_cycle_consistency_renders_its_prompts_as_the_run_does(translate_fleet, tiny_translate_model, ray_session):
-    """With chat prompts, the back-translation prompt goes to the engine through the chat template as a user turn."""
+    """With chat prompts, the back-translation prompt (task.back_translation_prompt's instruction around the
+    completion) goes to the engine through the chat template as a user turn."""
     from shared.chat import PromptRenderer, load_tokenizer
 
-    config, workers = translate_fleet
+    fleet_config, workers = translate_fleet
+    instruction = "Translate back into the source language:\n{text}"
+    config = fleet_config.model_copy(
+        update={"task": fleet_config.task.model_copy(update={"back_translation_prompt": instruction})}
+    )
     template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
     renderer = PromptRenderer(load_tokenizer(str(tiny_translate_model)), chat_template=template)
     rows = get_task("translate").heldout_rows(4, 0)
@@ -213,9 +218,10 @@ def test_cycle_consistency_renders_its_prompts_as_the_run_does(translate_fleet, 
     scores = ray_session.get(rewarder.score.remote(batch))
 
     greedy = SamplingSpec(n=1, max_tokens=32, temperature=0.0)
-    rendered = [renderer.render_user_turn(f"T:{c.strip()}\nS:") for c in completions]
-    assert rendered[0].text.startswith("<user>T:") and rendered[0].messages == (
-        {"role": "user", "content": f"T:{completions[0].strip()}\nS:"},
+    asked = [instruction.replace("{text}", c.strip()) for c in completions]
+    rendered = [renderer.render_user_turn(text) for text in asked]
+    assert rendered[0].text.startswith("<user>Translate back into the source language:\n") and rendered[0].messages == (
+        {"role": "user", "content": asked[0]},
     )
     back = [g.completions[0].text.strip() for g in ray_session.get(workers[0].generate.remote(rendered, greedy))]
     expected = [

@@ -10,10 +10,11 @@ import yaml
 from launch.rundir import RunDir
 from learner.rewards import RewardContextError, UnknownRewardError
 from learner.rewards.swap import REWARDS_FILE, RewardSetError, RewardSwap, check_reward_specs, read_rewards_file
-from shared.config import RewardSpec, load_config
+from shared.config import ConfigError, RewardSpec, load_config
 from shared.metrics import MetricsWriter, read_metrics
 from shared.records import Completion, Group, RewardScores
 from shared.restarts import TooManyRestarts
+from shared.tasks import back_translation
 
 
 def test_open_writes_the_config_rewards_and_a_resumed_run_reads_the_set_in_force(tmp_path):
@@ -58,6 +59,19 @@ def test_reward_set_checks_context_needs_against_the_run():
         check_reward_specs([], arith)
     translate = load_config(overrides=["task.name=translate", "rewards.reward_model.path=/some/model"])
     check_reward_specs([RewardSpec(name="cycle_consistency"), RewardSpec(name="reward_model")], translate)
+    # Any task's run can ask for cycle consistency once it says how to ask for a back-translation.
+    own_data = load_config(overrides=["task.back_translation_prompt='Translate into Korean: {text}'"])
+    check_reward_specs([RewardSpec(name="cycle_consistency")], own_data)
+
+
+def test_back_translation_prompt_is_a_template_around_the_completion():
+    assert (
+        back_translation("arith", "Translate into Korean:\n\n{text}")(" Hello. ") == "Translate into Korean:\n\nHello."
+    )
+    assert back_translation("translate", None)("ab") == "T:ab\nS:"
+    assert back_translation("arith", None) is None
+    with pytest.raises(ConfigError, match="must contain {text}"):
+        load_config(overrides=["task.back_translation_prompt=Translate into Korean"])
 
 
 def _step(run: RunDir, step: int, components: dict[str, list]) -> None:
