@@ -85,11 +85,16 @@ def test_score_prints_components_and_total_per_row(tmp_path):
         ([{"prompt": "p", "completion": "x", "source": "s"}], "cycle_consistency", "task.name=translate"),
     ],
 )
-def test_bad_input_is_a_clear_error_naming_line_and_column(tmp_path, lines, reward, message):
-    proc = _score("--input", _write(tmp_path / "in.jsonl", lines), "--reward", reward)
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+def test_bad_input_is_a_clear_error_naming_line_and_column(tmp_path, capsys, lines, reward, message):
+    """The command's own entry point, in this process (the other tests run it as a subprocess): an error is one
+    line on stderr, exit status 2, nothing on stdout; an unexpected exception would fail the test."""
+    from launch.cli import main
+
+    status = main(["score", "--input", _write(tmp_path / "in.jsonl", lines), "--reward", reward])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert message in err and err.startswith("prolora: error: ") and err.count("\n") == 1
+    assert out == ""
 
 
 def test_user_rewards_get_completion_ids_from_the_run_tokenizer(tmp_path, real_models):
