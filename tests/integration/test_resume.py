@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,9 +62,16 @@ def _prompts_by_step(run_dir):
     return sorted((r["step"], r["prompt"]) for r in table)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    subprocess.run(_args(tiny_model, straight), check=True, capture_output=True, timeout=900)
+@pytest.fixture(scope="module")
+def straight(tiny_model, tmp_path_factory):
+    """An uninterrupted run of STEPS steps (checkpoints at 2 and 4), shared by the tests of this module."""
+    run_dir = tmp_path_factory.mktemp("resume") / "straight"
+    subprocess.run(_args(tiny_model, run_dir), check=True, capture_output=True, timeout=900)
+    return run_dir
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, straight, tmp_path):
+    resumed = tmp_path / "resumed"
 
     proc = subprocess.Popen(
         _args(tiny_model, resumed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -94,11 +102,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
 
 
-def test_resume_refuses_changed_lora_shape(tiny_model, tmp_path):
+def test_resume_refuses_changed_lora_shape(straight, tmp_path):
     run_dir = tmp_path / "run"
-    args = _args(tiny_model, run_dir)
-    args[args.index("--steps") + 1] = "2"
-    subprocess.run(args, check=True, capture_output=True, timeout=900)
+    shutil.copytree(straight, run_dir)
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "train", "--resume", str(run_dir), "--set", "lora.rank=4"],
         capture_output=True,
