@@ -25,6 +25,7 @@ With `train.shard_base` the frozen base is sharded across them (FSDP2) and every
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -130,7 +131,8 @@ class Learner:
         self._dp = DataParallel(address, port, rank, world, self._device)
         if self._train.shard_base:
             self._dp.shard(self._base, set(self._trainable()), self._device)
-            print(f"[learner] rank {rank} of {world} holds {self.resident_parameters()} base parameters", flush=True)
+        held = self.resident_parameters()
+        print(f"[learner] rank {rank} of {world} (pid {os.getpid()}) holds {held} base parameters", flush=True)
 
     def resident_parameters(self) -> dict[str, int]:
         """The base's parameters (no LoRA) this rank holds (`local`; 1/N of the layers' when sharded) and in all."""
@@ -270,8 +272,7 @@ class Learner:
         return self._dp.plan(lengths, budget) if self._dp else micro_batches(lengths, budget)
 
     def _idle_pass(self) -> None:
-        """A one-token forward pass (and backward, when autograd is on) that changes nothing: with a sharded base
-        every pass is a collective, and a rank with fewer rows must still take part in each."""
+        """A one-token pass that changes nothing, by which a rank with fewer rows joins a sharded base's passes."""
         logp_BC, _ = self._completion_logprobs(self._pack([TrainSample((0,), (0,), (0.0,), 0.0, 0)]), 1.0)
         if torch.is_grad_enabled():
             (logp_BC.sum() * 0.0).backward()
@@ -370,8 +371,7 @@ class Learner:
     def _logprobs_no_grad(self, samples: Sequence[TrainSample], temperature: float | None = None) -> list[torch.Tensor]:
         """Per-sample completion-token logprobs (on the CPU) under whichever policy the model computes now."""
         plan = micro_batches(_lengths(samples), self._train.micro_batch_tokens)
-        by_row = self._planned_logprobs(samples, plan, temperature)
-        return [by_row[i] for i in range(len(samples))]
+        return [logp for _, logp in sorted(self._planned_logprobs(samples, plan, temperature).items())]
 
     @torch.no_grad()
     def _planned_logprobs(
@@ -456,11 +456,10 @@ class Learner:
         version."""
         buffer = io.BytesIO()
         has_reference = not self._full and REFERENCE in self.model.peft_config
+        adapter = self._full.state() if self._full else get_peft_model_state_dict(self.model, adapter_name=POLICY)
         torch.save(
             {
-                "adapter": self._full.state()
-                if self._full
-                else get_peft_model_state_dict(self.model, adapter_name=POLICY),
+                "adapter": adapter,
                 "reference": get_peft_model_state_dict(self.model, adapter_name=REFERENCE) if has_reference else None,
                 "optimizer": self.optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
