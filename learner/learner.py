@@ -131,8 +131,8 @@ class Learner:
         self._dp = DataParallel(address, port, rank, world, self._device)
         if self._train.shard_base:
             self._dp.shard(self._base, set(self._trainable()), self._device)
-        held = self.resident_parameters()
-        print(f"[learner] rank {rank} of {world} (pid {os.getpid()}) holds {held} base parameters", flush=True)
+        (local, total), pid = resident_base(self._base), os.getpid()
+        print(f"[learner] rank {rank} of {world} (pid {pid}) holds {local:,} of {total:,} base parameters", flush=True)
 
     def resident_parameters(self) -> dict[str, int]:
         """The base's parameters (no LoRA) this rank holds (`local`; 1/N of the layers' when sharded) and in all."""
