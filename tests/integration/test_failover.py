@@ -1,6 +1,7 @@
 """Actors that die are restarted by Ray and the lost request is retried: a rollout worker gets its adapter back,
 a reward actor the reward set in force (not the one it was started with). A dead learner (never restarted: its
-state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting; actors
+state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting and when
+it is one rank of a learner group (train.num_learners=2, the base sharded or not); actors
 that die more often than their limit allows stop it with a checkpoint of the last finished step."""
 
 from __future__ import annotations
