@@ -302,7 +302,7 @@ def start_learner(config: Config, model_path: str) -> LearnerGroup:
         )
         for i in range(n)
     ]
-    return LearnerGroup(ranks, group)
+    return LearnerGroup(ranks, group, sharded=config.train.shard_base)
 
 
 def start_reward_model(config: Config) -> Actor[RewardModelScorer] | None:

@@ -4,7 +4,9 @@ With one rank this is a thin wrapper over the Learner actor. With N ranks the co
 torch.distributed group (rank 0 picks the rendezvous address and port, every rank joins), and each call goes where
 it must: an update, a checkpoint load and a reference reset to every rank (each runs the same steps on its share,
 learner/distributed.py); an adapter export, the probe, a checkpoint's state and the version to rank 0, whose
-adapter and optimizer every rank shares.
+adapter and optimizer every rank shares. With a sharded base (train.shard_base) every forward pass needs every rank,
+so the probe's greedy decoding (an export with probe prompts, `base_probe`) runs on all of them and the group waits
+for all before handing back rank 0's result.
 
 A learner is never restarted: its state is gone with it. When a call to a group of several fails, the surviving
 ranks may be waiting in a collective for the one that failed, so the group kills them all (it is `broken` from
@@ -34,10 +36,14 @@ that lost its partner mid-collective raises a plain error first)."""
 class LearnerGroup:
     """N learner actors holding the same adapter and optimizer, trained as one."""
 
-    def __init__(self, ranks: list[Actor[Learner]], placement: PlacementGroup | None = None) -> None:
-        """`placement`: the placement group the ranks were started in, removed with them by `kill`."""
+    def __init__(
+        self, ranks: list[Actor[Learner]], placement: PlacementGroup | None = None, sharded: bool = False
+    ) -> None:
+        """`placement`: the placement group the ranks were started in, removed with them by `kill`; `sharded`: the
+        ranks shard the base (train.shard_base), which they do as they join."""
         self.ranks = ranks
         self.placement = placement
+        self.sharded = sharded and len(ranks) > 1
         self.broken = False
         if len(ranks) > 1:
             address, port = self._get([ranks[0].rendezvous.remote()])[0]
@@ -55,12 +61,14 @@ class LearnerGroup:
         self, probe_prompt_ids: list[list[int]] | None = None, probe_tokens: int = 4
     ) -> ObjectRef[Payload]:
         """A reference to rank 0's `export_adapter` payload (an `AdapterPayload`, or a `WeightsPayload` with
-        lora.mode=full or DoRA), not waited for."""
+        lora.mode=full or DoRA), not waited for (unless the probe must run on every rank of a sharded base)."""
+        if probe_prompt_ids:
+            return self._on_rank0("export_adapter", probe_prompt_ids, probe_tokens)
         return self.ranks[0].export_adapter.remote(probe_prompt_ids, probe_tokens)
 
     def base_probe(self, prompt_ids: list[list[int]], n_tokens: int = 4) -> ObjectRef[ProbeSet]:
         """A reference to rank 0's greedy decode of `prompt_ids` with the adapter off (Learner.base_probe)."""
-        return self.ranks[0].base_probe.remote(prompt_ids, n_tokens)
+        return self._on_rank0("base_probe", prompt_ids, n_tokens)
 
     def state(self) -> bytes:
         """Rank 0's checkpoint state: every rank holds the same adapter, reference and optimizer."""
@@ -106,6 +114,15 @@ class LearnerGroup:
         if len(self.ranks) > 1:
             args = tuple(ray.put(a) if isinstance(a, (bytes, TrainBatch)) else a for a in args)
         return self._get([getattr(r, method).remote(*args) for r in self.ranks])[0]
+
+    def _on_rank0(self, method: str, *args: Any) -> ObjectRef[Any]:
+        """Rank 0's call of `method`, not waited for; with a sharded base every rank makes it (their forward passes
+        are collectives) and all are waited for, so a rank that dies stops the group here."""
+        if not self.sharded:
+            return getattr(self.ranks[0], method).remote(*args)
+        refs = [getattr(r, method).remote(*args) for r in self.ranks]
+        self._get(refs)
+        return refs[0]
 
     def _get(self, refs: list[ObjectRef[Any]]) -> list[Any]:
         """ray.get of one call per rank (or rank 0's alone), failing as soon as one fails (see the module doc)."""

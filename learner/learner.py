@@ -19,15 +19,17 @@ export is the DoRA-merged weights of the targeted modules. Engines load either i
 
 With `train.num_learners` > 1, every rank is one of these actors in a torch.distributed group (learner/distributed.py)
 driven as one by learner/group.py: each computes its share of a minibatch and the gradients are summed before the step.
+With `train.shard_base` the frozen base is sharded across them (FSDP2) and every rank makes the same passes.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -37,8 +39,9 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
-from learner.distributed import DataParallel, rendezvous_address
-from learner.logprobs import Packed, completion_logprobs, hidden_states, lm_head, micro_batches, pack
+from learner.distributed import DataParallel, rendezvous_address, resident_base
+from learner.greedy import greedy_probe
+from learner.logprobs import Packed, completion_logprobs, micro_batches, pack, stack_rows
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats, summarise_steps
 from learner.preference import train_pairs
 from learner.subnetwork import FullRank, dora_merged, weights_payload, with_adapter
@@ -84,7 +87,8 @@ class Learner:
         base = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
-        base.to(self._device)  # type: ignore[arg-type]  # transformers types `to` through a wrapper
+        if not train.shard_base:  # a sharded base moves to the device a layer shard at a time (join_group)
+            base.to(self._device)  # type: ignore[arg-type]  # transformers types `to` through a wrapper
         self._base = base
         self._lora = lora
         # lora.mode=full: the chosen weights train directly, no adapter (learner/subnetwork.py).
@@ -122,8 +126,17 @@ class Learner:
         return rendezvous_address()
 
     def join_group(self, address: str, port: int, rank: int, world: int) -> None:
-        """Join a data-parallel group of `world` learners (learner/distributed.py); blocks until all have joined."""
+        """Join a data-parallel group of `world` learners (learner/distributed.py); blocks until all have joined.
+        With train.shard_base, then shard the frozen base across the group."""
         self._dp = DataParallel(address, port, rank, world, self._device)
+        if self._train.shard_base:
+            self._dp.shard(self._base, set(self._trainable()), self._device)
+        (local, total), pid = resident_base(self._base), os.getpid()
+        print(f"[learner] rank {rank} of {world} (pid {pid}) holds {local:,} of {total:,} base parameters", flush=True)
+
+    def resident_parameters(self) -> dict[str, int]:
+        """The base's parameters (no LoRA) this rank holds (`local`; 1/N of the layers' when sharded) and in all."""
+        return dict(zip(("local", "total"), resident_base(self._base), strict=True))
 
     def timings(self) -> dict[str, float]:
         """Seconds in `train_step` and, of those, in gradient all-reduces, since the last call; resets both."""
@@ -134,8 +147,7 @@ class Learner:
         return out
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self._train.lr, weight_decay=self._train.weight_decay)
+        return torch.optim.AdamW(self._trainable(), lr=self._train.lr, weight_decay=self._train.weight_decay)
 
     # ------------------------------------------------------------------------------------------ update
     def train_step(self, batch: TrainBatch) -> TrainStats:
@@ -239,10 +251,10 @@ class Learner:
         normaliser = loss_normaliser(count_B, self._algo.loss_agg).item()
         total = torch.zeros((), device=self._device)
         parts: list[LossStats] = []
-        lengths = _lengths(rows)
-        mine = self._dp.share(lengths) if self._dp else list(range(len(rows)))
-        for micro in micro_batches([lengths[j] for j in mine], self._train.micro_batch_tokens):
-            sel = [mine[k] for k in micro]
+        for sel in self._plan(_lengths(rows)):
+            if not sel:
+                self._idle_pass()
+                continue
             loss, loss_stats = self._loss(
                 [rows[j] for j in sel], [loss_mask[j] for j in sel], old_logp, ref_logp, idx[sel], normaliser
             )
@@ -253,6 +265,17 @@ class Learner:
             total = self._dp.sum_gradients(self._trainable(), total)
             parts = self._dp.gather_stats(parts)
         return total, merge_stats(parts)
+
+    def _plan(self, lengths: list[int]) -> list[list[int]]:
+        """The micro-batches (row indices) this learner runs: all rows, or its share (learner/distributed.py)."""
+        budget = self._train.micro_batch_tokens
+        return self._dp.plan(lengths, budget) if self._dp else micro_batches(lengths, budget)
+
+    def _idle_pass(self) -> None:
+        """A one-token pass that changes nothing, by which a rank with fewer rows joins a sharded base's passes."""
+        logp_BC, _ = self._completion_logprobs(self._pack([TrainSample((0,), (0,), (0.0,), 0.0, 0)]), 1.0)
+        if torch.is_grad_enabled():
+            (logp_BC.sum() * 0.0).backward()
 
     def _in_loss(self, row: TrainSample) -> bool:
         return not (self._algo.mask_truncated and row.truncated)  # DAPO overlong filtering
@@ -271,9 +294,9 @@ class Learner:
         logp_BC, entropy_BC = self._completion_logprobs(packed, self._temperature, bool(self._algo.entropy_coef))
         mask_BC = packed.mask_BC & torch.tensor(loss_mask, device=self._device)[:, None]
         width = logp_BC.shape[1]
-        old_BC = logp_BC.detach() if old_logp is None else _rows(old_logp, idx, width).to(self._device)
-        ref_BC = None if ref_logp is None else _rows(ref_logp, idx, width).to(self._device)
-        sampling_BC = _rows([torch.tensor(r.sampling_logprobs) for r in rows], torch.arange(len(rows)), width)
+        old_BC = logp_BC.detach() if old_logp is None else stack_rows(old_logp, idx, width).to(self._device)
+        ref_BC = None if ref_logp is None else stack_rows(ref_logp, idx, width).to(self._device)
+        sampling_BC = stack_rows([torch.tensor(r.sampling_logprobs) for r in rows], torch.arange(len(rows)), width)
         advantages_B = torch.tensor([r.advantage for r in rows], dtype=logp_BC.dtype, device=self._device)
         return grpo_loss(
             logp_BC,
@@ -345,12 +368,22 @@ class Learner:
             autocast_dtype=self._autocast,
         )
 
-    @torch.no_grad()
     def _logprobs_no_grad(self, samples: Sequence[TrainSample], temperature: float | None = None) -> list[torch.Tensor]:
         """Per-sample completion-token logprobs (on the CPU) under whichever policy the model computes now."""
+        plan = micro_batches(_lengths(samples), self._train.micro_batch_tokens)
+        return [logp for _, logp in sorted(self._planned_logprobs(samples, plan, temperature).items())]
+
+    @torch.no_grad()
+    def _planned_logprobs(
+        self, samples: Sequence[TrainSample], plan: list[list[int]], temperature: float | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Completion-token logprobs (on the CPU) of the rows the micro-batches of `plan` name, by row index."""
         temperature = self._temperature if temperature is None else temperature
-        out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
-        for micro in micro_batches(_lengths(samples), self._train.micro_batch_tokens):
+        out: dict[int, torch.Tensor] = {}
+        for micro in plan:
+            if not micro:
+                self._idle_pass()
+                continue
             rows = [samples[i] for i in micro]
             logp_BC, _ = self._completion_logprobs(self._pack(rows), temperature)
             for i, r, logp_C in zip(micro, rows, logp_BC.cpu(), strict=True):
@@ -358,13 +391,10 @@ class Learner:
         return out
 
     def _batch_logprobs(self, samples: Sequence[TrainSample]) -> list[torch.Tensor]:
-        """`_logprobs_no_grad` of a training batch; in a learner group each rank computes its share, then all have
-        all."""
+        """`_logprobs_no_grad` of a training batch; in a group each rank computes its share, then all have all."""
         if self._dp is None:
             return self._logprobs_no_grad(samples)
-        mine = self._dp.share(_lengths(samples))
-        logp = self._logprobs_no_grad([samples[i] for i in mine])
-        return self._dp.gather_rows(dict(zip(mine, logp, strict=True)), len(samples))
+        return self._dp.gather_rows(self._planned_logprobs(samples, self._plan(_lengths(samples))), len(samples))
 
     def completion_logprobs(
         self, prompt_token_ids: list[list[int]], completion_token_ids: list[list[int]], temperature: float = 1.0
@@ -386,10 +416,7 @@ class Learner:
         version whatever the learner does next. With lora.mode=full or lora.use_dora it is a WeightsPayload of the
         trained (or DoRA-merged) tensors instead, which engines load in place.
         """
-        probe = self._greedy_probe(probe_prompt_ids, probe_tokens) if probe_prompt_ids else None
-        if probe is not None and not self._full:  # with what an engine serving no adapter would decode, to name that
-            base = self.base_probe(probe_prompt_ids or [], probe_tokens)
-            probe = replace(probe, base_token_ids=base.token_ids, base_logprobs=base.logprobs)
+        probe = self._probe(probe_prompt_ids, probe_tokens)
         if self._full or self._lora.use_dora:
             tensors = self._full.tensors() if self._full else dora_merged(self._base, POLICY)
             return weights_payload(self.version, tensors, probe)
@@ -398,43 +425,27 @@ class Learner:
             files = AdapterPayload.read(Path(tmp), self.version).files
         return AdapterPayload(version=self.version, files=files, probe=probe)
 
+    def _probe(self, prompt_ids: list[list[int]] | None, n_tokens: int) -> ProbeSet | None:
+        """The served-adapter probe's expectation for the current adapter (None without prompts), with what an
+        engine serving no adapter would decode, to name that case."""
+        if not prompt_ids:
+            return None
+        probe = greedy_probe(self._base, prompt_ids, n_tokens, self._device, self._autocast)
+        if self._full:
+            return probe
+        base = self.base_probe(prompt_ids, n_tokens)
+        return replace(probe, base_token_ids=base.token_ids, base_logprobs=base.logprobs)
+
     def base_probe(self, prompt_ids: list[list[int]], n_tokens: int = 4) -> ProbeSet:
         """The greedy continuation of each prompt under the base model (adapter off) and its logprobs: compared at
         start with an engine serving no adapter, it measures the engine's numerics on this model. The base is frozen,
-        so each prompt set is decoded once per learner, not on every export."""
+        so each prompt set is decoded once per learner, not on every export (with a sharded base every rank gets
+        the same calls, so their caches agree and their passes stay in lockstep)."""
         key = (tuple(map(tuple, prompt_ids)), n_tokens)
         if key not in self._base_probes:
             with self.model.disable_adapter():
-                self._base_probes[key] = self._greedy_probe(prompt_ids, n_tokens)
+                self._base_probes[key] = greedy_probe(self._base, prompt_ids, n_tokens, self._device, self._autocast)
         return self._base_probes[key]
-
-    @torch.no_grad()
-    def _greedy_probe(self, prompt_ids: list[list[int]], n_tokens: int) -> ProbeSet:
-        """Greedy decoding by plain forward passes (no cache, no generation config): n_tokens per prompt."""
-        tokens, logprobs = [], []
-        for prompt in prompt_ids:
-            ids, chosen, chosen_logp = list(prompt), [], []
-            for _ in range(n_tokens):
-                logp_V = self._next_token_logprobs(ids)
-                token = int(logp_V.argmax())
-                ids.append(token)
-                chosen.append(token)
-                chosen_logp.append(float(logp_V[token]))
-            tokens.append(tuple(chosen))
-            logprobs.append(tuple(chosen_logp))
-        return ProbeSet(tuple(map(tuple, prompt_ids)), tuple(tokens), tuple(logprobs))
-
-    def _next_token_logprobs(self, ids: list[int]) -> torch.Tensor:
-        """(V,) log-softmax of the next token after `ids`: only the last position goes through the LM head."""
-        base = self._base
-        last = torch.tensor([len(ids) - 1], device=self._device)
-        packed = Packed(
-            torch.tensor([ids], device=self._device), torch.ones(1, len(ids), device=self._device), last, last, last
-        )
-        autocast = torch.autocast(self._device.type, dtype=self._autocast) if self._autocast else nullcontext()
-        with autocast:
-            logits_V = lm_head(base)(hidden_states(base, packed))[0].float()
-        return torch.log_softmax(logits_V, dim=-1).cpu()
 
     def current_version(self) -> int:
         return self.version
@@ -445,11 +456,10 @@ class Learner:
         version."""
         buffer = io.BytesIO()
         has_reference = not self._full and REFERENCE in self.model.peft_config
+        adapter = self._full.state() if self._full else get_peft_model_state_dict(self.model, adapter_name=POLICY)
         torch.save(
             {
-                "adapter": self._full.state()
-                if self._full
-                else get_peft_model_state_dict(self.model, adapter_name=POLICY),
+                "adapter": adapter,
                 "reference": get_peft_model_state_dict(self.model, adapter_name=REFERENCE) if has_reference else None,
                 "optimizer": self.optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -484,12 +494,3 @@ class Learner:
 
 def _lengths(rows: Sequence[TrainSample]) -> list[int]:
     return [len(r.prompt_token_ids) + len(r.completion_token_ids) for r in rows]
-
-
-def _rows(per_sample: list[torch.Tensor], idx: torch.Tensor, width: int) -> torch.Tensor:
-    """Stack the precomputed per-sample rows of `idx`, cut or zero-padded to `width` columns."""
-    out = torch.zeros((len(idx), width))
-    for j, i in enumerate(idx.tolist()):
-        row = per_sample[i][:width]
-        out[j, : len(row)] = row
-    return out

@@ -161,3 +161,12 @@ def completion_logprobs(
         )
     zeros_BC = torch.zeros(packed.mask_BC.shape, dtype=torch.float32, device=device)
     return zeros_BC.masked_scatter(packed.mask_BC, logp_N), zeros_BC.masked_scatter(packed.mask_BC, entropy_N)
+
+
+def stack_rows(per_sample: list[torch.Tensor], idx: torch.Tensor, width: int) -> torch.Tensor:
+    """(len(idx), width): the precomputed per-sample rows of `idx`, cut or zero-padded to `width` columns."""
+    out = torch.zeros((len(idx), width))
+    for j, i in enumerate(idx.tolist()):
+        row = per_sample[i][:width]
+        out[j, : len(row)] = row
+    return out

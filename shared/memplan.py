@@ -16,6 +16,10 @@ An engine's share holds its own copy of the weights; the rest is its KV cache an
 workspace at start and gives the KV cache what is left). With vLLM sleep mode (rollout.sleep_level=1) the engines
 offload their weights and free their KV cache while the learner trains, and the learner frees its activations before
 they wake, so the plan is the larger of two phases instead of their sum.
+
+With a sharded base (train.shard_base) the learner holds the embeddings and LM head whole, 1/N of the decoder
+layers' weights, and the whole weights of the layers FSDP has gathered at a moment (counted as two: the one running
+and the one prefetched).
 """
 
 from __future__ import annotations
@@ -73,10 +77,14 @@ class ModelShape:
         h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
         return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
 
-    def params(self) -> int:
-        """Weights of the model (biases and norms left out: they are a rounding error)."""
+    def params(self, shard_ranks: int = 1) -> int:
+        """Weights of the model (biases and norms left out: they are a rounding error); with `shard_ranks` > 1 what
+        one rank of a sharded base holds at its peak (see the module docstring)."""
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
-        return embeddings + self.layers * sum(a * b for a, b in self.linears())
+        layer = sum(a * b for a, b in self.linears())
+        if shard_ranks > 1:
+            return embeddings + math.ceil(self.layers * layer / shard_ranks) + min(2, self.layers) * layer
+        return embeddings + self.layers * layer
 
     def lora_params(self, rank: int) -> int:
         """LoRA A and B of every linear layer of every decoder layer (peft's all-linear: the LM head is left out)."""
@@ -143,9 +151,11 @@ def plan_single_gpu(
     gradient_checkpointing: bool,
     engines: int = 1,
     sleep: bool = False,
+    shard_ranks: int = 1,
 ) -> MemoryPlan:
     """The plan for `engines` engines (each taking `gpu_memory_utilization` of the GPU) and a learner on one GPU of
-    `gpu_bytes`; with `sleep` the engines sleep (vLLM level 1) while the learner trains."""
+    `gpu_bytes`; with `sleep` the engines sleep (vLLM level 1) while the learner trains; with `shard_ranks` > 1 the
+    learner is one rank of a base sharded over that many (train.shard_base)."""
     b = DTYPE_BYTES[dtype]
     engine_phase: Phase = "generate" if sleep else "both"
     train_phase: Phase = "train" if sleep else "both"
@@ -161,7 +171,11 @@ def plan_single_gpu(
             engine_rows.append((f"engine{n} asleep (CUDA context, graphs)", ENGINE_ASLEEP, "train"))
     rows = (
         *engine_rows,
-        (f"learner base weights ({dtype})", weights, "both"),
+        (
+            f"learner base weights ({dtype}{f', layers sharded over {shard_ranks} ranks' if shard_ranks > 1 else ''})",
+            shape.params(shard_ranks) * b,
+            "both",
+        ),
         ("LoRA weights + gradients + AdamW moments (float32)", shape.lora_params(lora_rank) * 4 * 4, "both"),
         (
             f"activations of one micro-batch ({micro_batch_tokens} tokens)",
@@ -222,4 +236,5 @@ def plan_for_config(config: Config, shape: ModelShape, gpu_bytes: int) -> Memory
         gradient_checkpointing=t.gradient_checkpointing,
         engines=engines_beside_learner(r.num_workers, r.num_gpus, t.num_gpus),
         sleep=bool(r.sleep_level),
+        shard_ranks=t.num_learners if t.shard_base else 1,
     )

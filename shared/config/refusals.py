@@ -15,14 +15,6 @@ QUANTIZATION_REFUSAL = (
     "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
 )
 
-SHARD_BASE_REFUSAL = (
-    "train.shard_base=true cannot run yet: the installed torch has FSDP2 (fully_shard works with gloo on the CPU), but "
-    "prolora does not wire it: sharding the base through peft's LoRA layers turns the adapter weights into DTensors, "
-    "and the adapter export, the probe's greedy decoding (a forward pass that every rank must then join), the "
-    "checkpoint and the reference adapter all read whole tensors on rank 0 only. Every rank holds the whole base "
-    "for now: set train.shard_base=false and use train.num_learners for data parallelism."
-)
-
 SLEEP_LEVEL_2_REFUSAL = (
     "rollout.sleep_level=2 cannot run with LoRA: level 2 discards the engine's weights, and reloading them into an "
     "engine with LoRA enabled fails (vLLM's LoRA layers rename the base weights: vllm-project/vllm#39934, "
@@ -55,4 +47,27 @@ def check_sleep_level(level: int, num_gpus: float, max_staleness: int, probe_eve
             f"rollout.sleep_level=1 checks every wake with the served-adapter probe (a level-1 wake has been seen to "
             f"silently stop applying the adapter: vllm-project/vllm#53888), which needs each version's probe: set "
             f"rollout.probe_every=1 (not {probe_every})"
+        )
+
+
+def check_shard_base(num_learners: int, mode: str, use_dora: bool) -> None:
+    """Raise ValueError where `train.shard_base=true` cannot run (learner/README.md, "A sharded base")."""
+    if num_learners < 2:
+        raise ValueError(
+            f"train.shard_base=true shards the frozen base across the learner ranks, and train.num_learners="
+            f"{num_learners} leaves one rank to hold all of it: set train.num_learners to 2 or more (or "
+            f"train.shard_base=false)"
+        )
+    if mode == "full":
+        raise ValueError(
+            "train.shard_base=true cannot run with lora.mode=full: the tensors it trains are the base's own weights, "
+            "which sharding would split across the ranks (gradients, optimizer state and every weight push would "
+            "need gathering), and prolora keeps what trains whole on every rank. Use lora.mode=lora, or "
+            "train.shard_base=false"
+        )
+    if use_dora:
+        raise ValueError(
+            "train.shard_base=true cannot run with lora.use_dora=true: a DoRA update is pushed as merged weights "
+            "W' = m (W + sBA) / |W + sBA|, computed on rank 0 from each whole base weight W, which a sharded base "
+            "holds on no single rank. Use plain LoRA (lora.use_dora=false), or train.shard_base=false"
         )

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from shared.config.base import Section as _Section
 from shared.config.engine_args import check_engine_kwargs
 from shared.config.lora import LoraConfig, check_lora
-from shared.config.refusals import QUANTIZATION_REFUSAL, SHARD_BASE_REFUSAL, check_sleep_level
+from shared.config.refusals import QUANTIZATION_REFUSAL, check_shard_base, check_sleep_level
 
 Baseline = Literal["group_mean", "rloo"]
 """Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
@@ -285,7 +285,9 @@ class TrainConfig(_Section):
     every minibatch and the LoRA gradients are summed, so the update is the one a single learner makes on the whole
     batch. A checkpoint resumes with any number of ranks."""
     shard_base: bool = False
-    """Shard the frozen base model across the learner ranks (FSDP2). Refused for now: see the error it gives."""
+    """Shard the frozen base's decoder layers across the learner ranks (torch FSDP2), so each rank holds 1/N of them
+    and gathers one layer at a time as it runs; the LoRA weights, embeddings and LM head stay whole on every rank and
+    the update is the unsharded group's. Needs train.num_learners >= 2 and plain LoRA (not lora.mode=full or DoRA)."""
 
 
 class RewardSpec(_Section):
@@ -458,7 +460,7 @@ class Config(_Section):
         if self.model.quantization != "none":
             raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
         if self.train.shard_base:
-            raise ValueError(SHARD_BASE_REFUSAL)
+            check_shard_base(self.train.num_learners, self.lora.mode, self.lora.use_dora)
         return self
 
     @model_validator(mode="after")

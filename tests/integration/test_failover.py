@@ -1,11 +1,13 @@
 """Actors that die are restarted by Ray and the lost request is retried: a rollout worker gets its adapter back,
 a reward actor the reward set in force (not the one it was started with). A dead learner (never restarted: its
-state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting; actors
+state is gone) stops the run with a message naming the last checkpoint, also while a resume is starting and when
+it is one rank of a learner group (train.num_learners=2, the base sharded or not); actors
 that die more often than their limit allows stop it with a checkpoint of the last finished step."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,3 +223,45 @@ def test_reward_actors_that_stay_dead_stop_the_run_with_a_checkpoint(tiny_model,
     last = [r["step"] for r in records(run_dir / "metrics.jsonl") if "reward_mean" in r][-1]
     assert 2 <= last < 19
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step_{last:06d}"]
+
+
+def _rank_pid(actors_log: Path, rank: int, world: int) -> int | None:
+    """The pid a learner rank logged when it joined its group (Learner.join_group), once it has."""
+    found = re.search(rf"\[learner\] rank {rank} of {world} \(pid (\d+)\)", actors_log.read_text(errors="replace"))
+    return int(found.group(1)) if found else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard_base", [False, True])
+def test_a_killed_learner_rank_stops_a_two_rank_run_naming_the_last_checkpoint(tiny_model, tmp_path, shard_base):
+    """`prolora train` with train.num_learners=2 (the base sharded or not): SIGKILL of rank 1 after step 2 stops the
+    run with exit 1 and the message naming the newest checkpoint, no traceback, and no hang on the surviving rank,
+    which waits in a collective for the dead one."""
+    run_dir = tmp_path / "run"
+    sets = [
+        f"model.path={tiny_model}",
+        "eval.size=8",
+        "eval.n_samples=8",
+        "rollout.prompts_per_step=4",
+        "run.checkpoint_every=1",
+        "train.num_learners=2",
+        f"train.shard_base={str(shard_base).lower()}",
+    ]
+    train = [sys.executable, "-m", "launch.cli", "train", "--steps", "40", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(
+        [*train, *[a for s in sets for a in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_step(run_dir / "metrics.jsonl", 2, proc)
+        pid = _rank_pid(run_dir / "logs" / "actors.log", 1, 2)
+        assert pid is not None and _descends_from(str(pid), proc.pid)
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == 1, stderr[-3000:]
+    last = max(int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").iterdir())
+    assert 2 <= last < 40
+    assert f"the last checkpoint is of step {last}; continue with: prolora train --resume {run_dir}" in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]

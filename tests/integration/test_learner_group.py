@@ -2,9 +2,11 @@
 
 Two ranks make the same updates as one learner on the whole batch: the adapter after several steps, with several
 minibatches and passes, the KL and entropy terms on and truncated rows masked, equals an in-process learner's to
-1e-5 (float32). A checkpoint of the two-rank group resumes in a one-rank group and continues exactly. A rank that
-dies stops the run cleanly: the group kills its other ranks (which would wait in a collective forever) and the
-driver names the last checkpoint.
+1e-5 (float32). A checkpoint of the two-rank group resumes in a one-rank group and continues exactly. With the base
+sharded across the two ranks (train.shard_base, FSDP2) each rank holds half of the decoder layers' weights and the
+updates, the reference (adapter off, then a reset's adapter), the probe and the checkpoint are still a single
+learner's. A rank that dies stops the run cleanly: the group kills its other ranks (which would wait in a collective
+forever) and the driver names the last checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from safetensors.torch import load as load_safetensors
 
 from launch.actors import start_learner
 from launch.checkpoint import LearnerDied, save_checkpoint
@@ -58,8 +61,8 @@ def qwen2_path(tmp_path_factory) -> Path:
     return path
 
 
-def _config(path: Path, learners: int) -> Config:
-    return load_config(overrides=[f"model.path={path}", f"train.num_learners={learners}", *OVERRIDES])
+def _config(path: Path, learners: int, *extra: str) -> Config:
+    return load_config(overrides=[f"model.path={path}", f"train.num_learners={learners}", *OVERRIDES, *extra])
 
 
 def _batch(step: int, n: int = 10) -> TrainBatch:
@@ -102,12 +105,14 @@ def _reference_learner(path: Path) -> Learner:
     return learner
 
 
-def _adapter(blob: bytes) -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(blob), weights_only=False)["adapter"]
+def _assert_same_adapter(blob: bytes, expected: bytes, key: str = "adapter") -> None:
+    """The `key` adapter of two learner states (Learner.state) agree to 1e-5, as whole tensors."""
+    got, want = (torch.load(io.BytesIO(b), weights_only=False)[key] for b in (blob, expected))
+    assert all(type(t) is torch.Tensor for t in got.values())  # never a rank's shard (a DTensor)
+    _assert_close(got, want)
 
 
-def _assert_same_adapter(blob: bytes, expected: bytes) -> None:
-    got, want = _adapter(blob), _adapter(expected)
+def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     assert got.keys() == want.keys()
     for name in want:
         diff = (got[name] - want[name]).abs().max().item()
@@ -159,3 +164,47 @@ def test_a_dead_rank_stops_the_group_naming_the_last_checkpoint(qwen2_path, ray_
     with pytest.raises(ray.exceptions.RayActorError):  # the surviving rank was killed, not left waiting
         ray.get(group.ranks[0].current_version.remote(), timeout=60)
     assert ray.util.placement_group_table()[group_id]["state"] == "REMOVED"  # its CPUs are free again
+
+
+def test_a_sharded_base_holds_half_the_layers_per_rank_and_trains_as_one_learner(qwen2_path, ray_session):
+    prompts = [[5, 6, 7], [8, 9]]
+    # Step 2 has 3 rows and 3 minibatches: one row per optimizer step, so rank 1 has no rows and only joins passes.
+    batches = [_batch(1), _batch(2, n=3), _batch(3)]
+    single = _reference_learner(qwen2_path)
+    start = single.state()
+    stats_single = [single.train_step(b) for b in batches]
+    single.reset_reference()  # the reference becomes an adapter added after sharding
+    stats_single.append(single.train_step(_batch(4)))
+    want_export, want_base = single.export_adapter(prompts), single.base_probe(prompts)
+
+    group = start_learner(
+        _config(qwen2_path, 2, "train.shard_base=true", "train.gradient_checkpointing=true"), str(qwen2_path)
+    )
+    resident = [ray.get(r.resident_parameters.remote()) for r in group.ranks]
+    layers = sum(p.numel() for n, p in single.model.named_parameters() if ".layers." in n and "lora_" not in n)
+    total = resident[0]["total"]
+    assert sum(r["local"] for r in resident) == 2 * total - layers  # the layers' weights are split, not copied
+    assert all(abs(r["local"] - (total - layers / 2)) <= 0.01 * layers for r in resident)
+    group.load_state(start)
+    stats_group = [group.train_step(b) for b in batches]
+    group.reset_reference()
+    stats_group.append(group.train_step(_batch(4)))
+    export = ray.get(group.export_adapter(prompts))
+    base = ray.get(group.base_probe(prompts))
+
+    for a, b in zip(stats_group, stats_single, strict=True):
+        assert a.optimizer_steps == b.optimizer_steps
+        assert a.loss == pytest.approx(b.loss, rel=1e-4, abs=1e-6)
+        assert a.kl == pytest.approx(b.kl, rel=1e-4, abs=1e-7)
+    state = group.state()
+    _assert_same_adapter(state, single.state())
+    _assert_same_adapter(state, single.state(), key="reference")
+    files, want_files = dict(export.files), dict(want_export.files)
+    _assert_close(
+        load_safetensors(files["adapter_model.safetensors"]), load_safetensors(want_files["adapter_model.safetensors"])
+    )
+    assert export.probe.token_ids == want_export.probe.token_ids
+    assert export.probe.base_token_ids == want_export.probe.base_token_ids == base.token_ids == want_base.token_ids
+    flat = [x for row in export.probe.logprobs for x in row]
+    assert flat == pytest.approx([x for row in want_export.probe.logprobs for x in row], abs=1e-5)
+    group.kill()

@@ -162,13 +162,19 @@ def test_weight_push_modes_need_synchronous_rollouts_and_say_why():
     assert proc.returncode == 2 and "lora.mode=full" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_sharding_the_base_is_refused_at_config_time_with_the_reason():
+def test_sharding_the_base_is_refused_only_where_it_cannot_run_with_the_reason():
     assert load_config().train.shard_base is False
-    with pytest.raises(ConfigError) as err:
-        load_config(overrides=["train.shard_base=true"])
-    message = str(err.value)
-    assert "train.shard_base=true cannot run yet" in message and "fully_shard" in message
-    assert "train.num_learners" in message
+    assert load_config(overrides=["train.shard_base=true", "train.num_learners=2"]).train.shard_base
+    cases = {
+        "train.num_learners=1": "set train.num_learners to 2 or more",
+        "lora.mode=full": "cannot run with lora.mode=full",
+        "lora.use_dora=true": "cannot run with lora.use_dora=true",
+    }
+    for setting, reason in cases.items():
+        learners = [] if setting.startswith("train.") else ["train.num_learners=2"]
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=["train.shard_base=true", *learners, setting, "rollout.max_staleness=0"])
+        assert reason in str(err.value) and "train.shard_base" in str(err.value), setting
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])

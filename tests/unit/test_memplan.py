@@ -121,6 +121,17 @@ def test_a_config_plans_the_engines_beside_its_learner():
     )
 
 
+def test_a_sharded_base_plans_a_rank_with_its_share_of_the_layers_and_two_whole_ones():
+    config = load_config(overrides=["train.num_gpus=1", "train.num_learners=4", "train.shard_base=true"])
+    rows = {n: b for n, b, _ in plan_for_config(config, QWEN_1_5B, 80 * GIB).rows}
+    layer = sum(a * b for a, b in QWEN_1_5B.linears())
+    embeddings = QWEN_1_5B.vocab * QWEN_1_5B.hidden
+    assert rows["learner base weights (float32, layers sharded over 4 ranks)"] == 4 * (
+        embeddings + 28 * layer // 4 + 2 * layer
+    )
+    assert QWEN_1_5B.params(1) == embeddings + 28 * layer
+
+
 def test_an_engine_share_smaller_than_its_weights_is_refused():
     with pytest.raises(UserError, match="rollout.gpu_memory_utilization=0.03 gives each engine"):
         plan_single_gpu(QWEN_1_5B, gradient_checkpointing=False, **{**PLAN_ARGS, "gpu_memory_utilization": 0.03})
