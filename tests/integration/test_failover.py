@@ -235,8 +235,8 @@ def _rank_pid(actors_log: Path, rank: int, world: int) -> int | None:
 def test_a_killed_learner_rank_stops_a_two_rank_run_naming_the_last_checkpoint(tiny_model, tmp_path):
     """`prolora train` with train.num_learners=2: SIGKILL of rank 1 after step 2 stops the run with exit 1 and the
     message naming the newest checkpoint, no traceback, and no hang on the surviving rank, which waits in a
-    collective for the dead one. The driver sees the dead actor whatever the ranks compute (with train.shard_base
-    too: it was run both ways when written), so one configuration is tested."""
+    collective for the dead one. The driver notices the dead actor whatever the ranks compute (a sharded base or
+    not), so one configuration is tested."""
     run_dir = tmp_path / "run"
     sets = [
         f"model.path={tiny_model}",
