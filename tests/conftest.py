@@ -61,3 +61,26 @@ def real_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("real-models")
     return {arch: build_model(arch, root / arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def qwen2_path(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 without a tokenizer (1,000-token vocabulary, untied head, head_dim 32), for learner tests
+    that feed token ids directly."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    path = tmp_path_factory.mktemp("qwen2")
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    return path

@@ -26,7 +26,7 @@ from learner.learner import Learner
 from shared.config import Config, load_config
 from shared.records import TrainBatch, TrainSample
 
-VOCAB = 1000
+VOCAB = 1000  # the qwen2_path fixture's (tests/conftest.py)
 OVERRIDES = [
     "train.num_threads=1",
     "train.minibatches=3",
@@ -39,26 +39,6 @@ OVERRIDES = [
     "algo.loss_agg=token_mean",
     "lora.rank=4",
 ]
-
-
-@pytest.fixture(scope="module")
-def qwen2_path(tmp_path_factory) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    path = tmp_path_factory.mktemp("qwen2-group")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    return path
 
 
 def _config(path: Path, learners: int, *extra: str) -> Config:

@@ -18,27 +18,7 @@ from learner.learner import Learner
 from shared.config import load_config
 from shared.records import TrainSample
 
-VOCAB = 1000
-
-
-@pytest.fixture(scope="module")
-def qwen2_path(tmp_path_factory) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,  # head_dim 32: hidden_size / heads
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    path = tmp_path_factory.mktemp("qwen2")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    return path
+VOCAB = 1000  # the qwen2_path fixture's (tests/conftest.py)
 
 
 def _samples(n: int = 8) -> tuple[TrainSample, ...]:
