@@ -446,7 +446,7 @@ class Learner:
         the same calls, so their caches agree and their passes stay in lockstep)."""
         key = (tuple(map(tuple, prompt_ids)), n_tokens)
         if key not in self._base_probes:
-            with self.model.disable_adapter():
+            with self._full.base() if self._full else self.model.disable_adapter():
                 self._base_probes[key] = greedy_probe(self._base, prompt_ids, n_tokens, self._device, self._autocast)
         return self._base_probes[key]
 

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from tests.integration.test_report_eval_cli import LENGTH_REWARD, _prolora
 
+pytestmark = pytest.mark.slow  # a training run, then an evaluation that starts its own engine
+
 CHOSEN = ["model.layers.1.self_attn.q_proj", "model.layers.2.mlp.down_proj"]
 
 
