@@ -14,6 +14,7 @@ bitsandbytes 8-bit (LLM.int8) is not offered: it also quantizes the activations,
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -67,7 +68,19 @@ def load_base(
         device_map={"": device},
     )
     _one_numerics(model)
+    _own_copies(model)
+    _return_freed_memory()
     return model
+
+
+@torch.no_grad()
+def _own_copies(model: torch.nn.Module) -> None:
+    """Copy the weights left unquantized (embeddings, norms, the head) out of the checkpoint file they were read
+    from. transformers maps the file into memory, and a tensor read from it keeps the whole mapping, which quantizing
+    read end to end, resident: the float weights would stay in memory beside their quantized codes."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if not _is_quantized(tensor) and tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
 
 
 def _one_numerics(model: torch.nn.Module) -> None:
@@ -77,6 +90,15 @@ def _one_numerics(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def _return_freed_memory() -> None:
+    """Hand the float weights freed while quantizing back to the OS: glibc's allocator keeps freed pages for reuse,
+    so the process would stay as large as the unquantized model. A no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def quantized_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
