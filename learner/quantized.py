@@ -69,7 +69,7 @@ def load_base(
     )
     _one_numerics(model)
     _own_copies(model)
-    _return_freed_memory()
+    return_freed_memory()
     return model
 
 
@@ -92,7 +92,7 @@ def _one_numerics(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Hand the float weights freed while quantizing back to the OS: glibc's allocator keeps freed pages for reuse,
     so the process would stay as large as the unquantized model. A no-op without glibc."""
     try:

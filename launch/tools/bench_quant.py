@@ -3,7 +3,8 @@
 For each `model.quantization` asked, in a fresh subprocess (a process's peak resident memory only grows): build the
 `Learner` (LoRA on all linear layers), measure its frozen base weights from the tensors it holds (codes plus scales
 when quantized; `Learner.memory`), then run one `train_step` and report how much the process's resident memory
-grew from before the learner was built to after the step (weights, adapter, optimizer state, what the step keeps),
+grew from before the learner was built to after the step (weights, adapter, optimizer state, what the step keeps;
+freed memory handed back to the OS first),
 its peak resident memory and the step time. The peak includes loading: transformers reads the float weights before
 quantizing them, so a quantized load peaks above the size it settles to.
 
@@ -62,6 +63,7 @@ def measure(model: Path, kind: str, sequences: int, length: int, overrides: list
     import torch
 
     from learner.learner import Learner
+    from learner.quantized import return_freed_memory
     from shared.config import load_config
     from shared.records import TrainBatch, TrainSample
 
@@ -93,6 +95,7 @@ def measure(model: Path, kind: str, sequences: int, length: int, overrides: list
     start = time.perf_counter()
     learner.train_step(TrainBatch(samples, step=1))
     seconds = time.perf_counter() - start
+    return_freed_memory()  # count what the learner holds, not what the allocator keeps for reuse
     return {
         "quantization": kind,
         **learner.memory(),

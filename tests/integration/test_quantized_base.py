@@ -3,11 +3,14 @@
 LoRA trains on it (completions with a positive advantage become more likely), its linear weights take a fraction of
 the memory (measured from the tensors the model holds), and the base written for the engines (the dequantized
 values) computes what the learner computes: transformers + peft on that directory, with the learner's exported
-adapter, gives the learner's logprobs. The vLLM side runs in test_train_cli's quantized smoke run.
+adapter, gives the learner's logprobs; and through `prolora train`, vLLM serving that directory agrees with the
+learner at start and at every probe.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from learner.quantized import ensure_served_base, quantized_modules
 from shared.config import load_config
 from shared.records import AdapterPayload
 from tests.integration.test_learner_algos import _batch
+from tests.integration.test_report_eval_cli import LENGTH_REWARD, _prolora
 
 BYTES_PER_WEIGHT = {"int8": 1.0, "nf4": 0.5}
 """Storage per quantized weight, before scales."""
@@ -76,3 +80,28 @@ def test_lora_trains_on_a_quantized_base_the_engines_can_serve(tiny_model, tmp_p
         assert a == pytest.approx(b, abs=1e-4)
     original = _peft_logprobs(str(tiny_model), payload, prompts, completions)  # the unquantized base is another model
     assert max(abs(x - y) for a, b in zip(after, original, strict=True) for x, y in zip(a, b, strict=True)) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_short_run_on_an_nf4_base_serves_what_the_learner_trains(tiny_model, tmp_path):
+    """`prolora train` with model.quantization=nf4: the engines serve the dequantized base, so at start they agree
+    with the learner's quantized base, and every hot-loaded adapter passes the probe at the float32 tolerance."""
+    home = tmp_path
+    (home / "length_reward.py").write_text(LENGTH_REWARD)  # moves the adapter even when no answer is right
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home), os.environ.get("PYTHONPATH", "")])}
+    sets = [
+        f"model.path={tiny_model}",
+        "model.quantization=nf4",
+        "eval.size=8",
+        "rollout.prompts_per_step=4",
+        "rewards.functions=[{name: exact_match}, {name: 'length_reward:length', weight: 0.1}]",
+    ]
+    run_dir = home / "r"
+    proc = _prolora(
+        "train", "--steps", "2", "--run-dir", str(run_dir), *(a for s in sets for a in ("--set", s)), env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["engine_base_gap"] < 1e-4
+    steps = [r for r in records if "reward_mean" in r]
+    assert len(steps) == 2 and steps[1]["probe_max_diff"] < 1e-3 and steps[1]["grad_norm"] > 0
