@@ -89,7 +89,7 @@ def _one_numerics(model: torch.nn.Module) -> None:
     from that product: the probe's and the reference's passes would compute another function than training does."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010  # an attribute of bnb's Linear4bit
 
 
 def return_freed_memory() -> None:
@@ -123,7 +123,7 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
         import bitsandbytes.functional as bnb_functional
 
         return bnb_functional.dequantize_4bit(weight.data, quant_state).float()
-    return weight.dequantize().float()  # type: ignore[attr-defined]  # torchao's quantized tensors
+    return weight.dequantize().float()  # torchao's quantized tensors
 
 
 def stored_bytes(tensor: torch.Tensor) -> int:
@@ -176,19 +176,25 @@ def _write_served_base(
     model_path: str, kind: Quantization, dtype: torch.dtype, out_dir: Path, trust_remote_code: bool
 ) -> None:
     quantized = load_base(model_path, kind, dtype, trust_remote_code)
-    values = {name: dequantized(module.weight) for name, module in quantized_modules(quantized).items()}
+    values = {name: dequantized(_weight(module)) for name, module in quantized_modules(quantized).items()}
     del quantized
     plain = load_base(model_path, "none", dtype, trust_remote_code)
     modules = dict(plain.named_modules())
     with torch.no_grad():
         for name, value in values.items():
-            modules[name].weight.copy_(value.to(dtype))  # type: ignore[operator]  # a Linear's weight
+            _weight(modules[name]).copy_(value.to(dtype))
     source = Path(model_path)
     if source.is_dir():
         for path in source.iterdir():
             if path.is_file() and not path.name.endswith(WEIGHT_FILES) and path.name != "model.safetensors.index.json":
                 shutil.copy2(path, out_dir / path.name)
     plain.save_pretrained(out_dir)
+
+
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def _source_hash(model_path: str) -> str:

@@ -185,6 +185,8 @@ def test_a_quantized_base_trains_lora_only(kind):
         with pytest.raises(ConfigError) as err:
             load_config(overrides=[f"model.quantization={kind}", lora, "rollout.max_staleness=0"])
         assert f"model.quantization={kind} with {lora}" in str(err.value) and why in str(err.value)
+    with pytest.raises(ConfigError, match=f"model.quantization={kind} with train.shard_base=true"):
+        load_config(overrides=[f"model.quantization={kind}", "train.shard_base=true", "train.num_learners=2"])
     for other in ("int4", "int3"):  # 4-bit is NF4 (bitsandbytes); uniform int4 loads on neither side here
         with pytest.raises(ConfigError, match="model.quantization"):
             load_config(overrides=[f"model.quantization={other}"])
