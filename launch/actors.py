@@ -26,9 +26,11 @@ from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from launch.basemodel import default_cache_dir
 from launch.progress import ray_quiet_options
 from learner.group import LearnerGroup
 from learner.learner import Learner
+from learner.quantized import ensure_served_base
 from learner.rewards.bertscore import BertScorer
 from learner.rewards.context import RewardContext
 from learner.rewards.pool import RewardPool
@@ -238,13 +240,24 @@ def tensor_parallel_size(config: Config) -> int:
     return int(config.rollout.num_gpus) if config.rollout.num_gpus > 1 else 1
 
 
+def served_model_path(config: Config, model_path: str) -> str:
+    """What the engines load: `model_path`, or with model.quantization the dequantized values of the learner's
+    quantized base (learner/quantized.py), written once to the prolora cache."""
+    if config.model.quantization == "none":
+        return model_path
+    cache = default_cache_dir().parent / "served"
+    q = config.model
+    return ensure_served_base(model_path, q.quantization, q.dtype, cache, q.trust_remote_code)
+
+
 def start_rollout_workers(config: Config, model_path: str) -> list[Actor[RolloutWorker]]:
     # SPREAD: engines on as many nodes as possible; a restarted one goes wherever there is room.
     cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
+    served = served_model_path(config, model_path)
     return [
         as_actor(
             cls.options(runtime_env={"env_vars": _engine_env(config)}, scheduling_strategy="SPREAD").remote(
-                model_path,
+                served,
                 dtype=config.model.dtype,
                 max_model_len=config.model.max_model_len,
                 max_lora_rank=config.lora.rank,
@@ -298,6 +311,7 @@ def start_learner(config: Config, model_path: str) -> LearnerGroup:
                 dtype=config.model.dtype,
                 seed=config.run.seed,
                 trust_remote_code=config.model.trust_remote_code,
+                quantization=config.model.quantization,
             )
         )
         for i in range(n)

@@ -180,6 +180,7 @@ def identity(config: Config) -> dict[str, Any]:
     return {
         "model.path": config.model.path,
         "model.dtype": config.model.dtype,
+        **({"model.quantization": config.model.quantization} if config.model.quantization != "none" else {}),
         "lora.rank": config.lora.rank,
         "lora.alpha": config.lora.alpha,
         "lora.target_modules": config.lora.target_modules,

@@ -11,7 +11,7 @@
     prolora inspect RUN_DIR [--adapter NAME ...] [--out DIR] [--pick-top F]
     prolora eval (RUN_DIR | ADAPTER_DIR) [--k 1,8,64] [--n N] [--split heldout] [--prompts P] [--set ...]
     prolora score [CONFIG] [--set key=value ...] --input FILE.jsonl [--reward NAME[=WEIGHT][,...]]
-    prolora doctor --gpu [--sleep]
+    prolora doctor --gpu [--sleep] [--quantization int8|nf4]
 
 The cluster commands take the dashboard address from --address or RAY_ADDRESS; the Ray auth token comes from the
 environment or the token file (see launch/cluster.py), never from the command line.
@@ -353,12 +353,18 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
         help="check the GPU path: a short real run on the built-in model with engine and learner on one GPU",
     )
     parser.add_argument("--sleep", action="store_true", help="with vLLM sleep mode (rollout.sleep_level=1)")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "int8", "nf4"],
+        default="none",
+        help="with the learner's base quantized (model.quantization): bitsandbytes' and torchao's CUDA kernels",
+    )
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from launch.tools.doctor import doctor_gpu
 
-    return doctor_gpu(sleep=args.sleep)
+    return doctor_gpu(sleep=args.sleep, quantization=args.quantization)
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {

@@ -37,15 +37,15 @@ from typing import Any, TypeVar
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM
 
 from learner.distributed import DataParallel, rendezvous_address, resident_base
 from learner.greedy import greedy_probe
 from learner.logprobs import Packed, completion_logprobs, micro_batches, pack, stack_rows
 from learner.loss import LossStats, grpo_loss, loss_normaliser, merge_stats, summarise_steps
 from learner.preference import train_pairs
+from learner.quantized import base_bytes, load_base
 from learner.subnetwork import FullRank, dora_merged, weights_payload, with_adapter
-from shared.config import AlgoConfig, LoraConfig, TrainConfig
+from shared.config import AlgoConfig, LoraConfig, Quantization, TrainConfig
 from shared.devices import pick_device
 from shared.records import (
     AdapterPayload,
@@ -78,17 +78,16 @@ class Learner:
         dtype: str = "float32",
         seed: int = 0,
         trust_remote_code: bool = False,
+        quantization: Quantization = "none",
     ) -> None:
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
         torch.manual_seed(seed)
         self._generator = torch.Generator().manual_seed(seed)
         self._device = pick_device(train.device)
-        base = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        )
-        if not train.shard_base:  # a sharded base moves to the device a layer shard at a time (join_group)
-            base.to(self._device)  # type: ignore[arg-type]  # transformers types `to` through a wrapper
+        # A sharded base moves to the device a layer shard at a time (join_group); a quantized one is placed on load.
+        where = torch.device("cpu") if train.shard_base else self._device
+        base = load_base(model_path, quantization, getattr(torch, dtype), trust_remote_code, where)
         self._base = base
         self._lora = lora
         # lora.mode=full: the chosen weights train directly, no adapter (learner/subnetwork.py).
@@ -111,10 +110,14 @@ class Learner:
         self._train_s = 0.0
         trains = f"{self._full.parameter_count()} weights of {len(self._full.names)} tensors" if self._full else "LoRA"
         print(
-            f"[learner] device {self._device}, base {base.dtype}, trains {trains}, micro-batches of "
+            f"[learner] device {self._device}, base {base.dtype} ({quantization}), trains {trains}, micro-batches of "
             f"{train.micro_batch_tokens} tokens, gradient checkpointing {train.gradient_checkpointing}",
             flush=True,
         )
+
+    def memory(self) -> dict[str, int]:
+        """Measured bytes of the frozen base weights (all, and the linear layers'), quantized or not."""
+        return base_bytes(self._base)
 
     def device(self) -> str:
         """Where the learner trains: "cpu" or "cuda" (or "cuda:N"), for the run's first metrics record."""
@@ -443,7 +446,7 @@ class Learner:
         the same calls, so their caches agree and their passes stay in lockstep)."""
         key = (tuple(map(tuple, prompt_ids)), n_tokens)
         if key not in self._base_probes:
-            with self.model.disable_adapter():
+            with self._full.base() if self._full else self.model.disable_adapter():
                 self._base_probes[key] = greedy_probe(self._base, prompt_ids, n_tokens, self._device, self._autocast)
         return self._base_probes[key]
 

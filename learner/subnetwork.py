@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -70,6 +70,7 @@ class FullRank:
         for p in self.params.values():
             p.requires_grad_(True)
         self._reference = {n: p.detach().clone() for n, p in self.params.items()}
+        self._base = self._reference  # the base values: the same tensors until a reset gives the reference new ones
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.params.values())
@@ -79,14 +80,21 @@ class FullRank:
         """The current values, on the CPU."""
         return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in self.params.items()}
 
+    def reference(self) -> AbstractContextManager[None]:
+        """Within this block the model computes the reference policy (its weights swapped in, then back)."""
+        return self._swapped(self._reference)
+
+    def base(self) -> AbstractContextManager[None]:
+        """Within this block the model computes the base model (the chosen weights' values before training)."""
+        return self._swapped(self._base)
+
     @contextmanager
     @torch.no_grad()
-    def reference(self) -> Iterator[None]:
-        """Within this block the model computes the reference policy (its weights swapped in, then back)."""
+    def _swapped(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
         current = {n: p.detach().clone() for n, p in self.params.items()}
         try:
             for n, p in self.params.items():
-                p.copy_(self._reference[n])
+                p.copy_(values[n])
             yield
         finally:
             for n, p in self.params.items():
@@ -109,7 +117,7 @@ class FullRank:
             )
         for n, p in self.params.items():
             p.copy_(state["weights"][n])
-            self._reference[n] = state["reference"][n].to(p.device)
+        self._reference = {n: state["reference"][n].to(p.device) for n, p in self.params.items()}
 
 
 @torch.no_grad()

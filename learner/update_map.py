@@ -12,7 +12,11 @@ rounds exactly as peft's float32 merge cast to bfloat16 does. Per module:
 - `bf16_changed`: the fraction of W's entries that a bfloat16 merge changes, bf16(W + Δ) != bf16(W). Updates below
   half a bfloat16 step of an entry vanish in a bf16 model;
 
-and between two checkpoints of the same base, `unchanged`: the fraction of entries equal in both bfloat16 merges, the
+A run that trains weights in place (lora.mode=full, or DoRA's merged W') saves each module's trained weight W'
+itself (`DenseWeight`): there Δ = W' - W, its singular values come from the SVD of the out x in difference, and the
+merge is bf16(W') itself.
+
+Between two checkpoints of the same base, `unchanged`: the fraction of entries equal in both bfloat16 merges, the
 update-sparsity measure of "Reinforcement Learning Finetunes Small Subnetworks in Large Language Models" (Mukherjee
 et al., 2025). The base model itself is a checkpoint with no factors.
 """
@@ -39,6 +43,17 @@ class LoraFactors:
 
 
 @dataclass(frozen=True)
+class DenseWeight:
+    """One module's trained weight W'_OI itself (a weight-push run's checkpoint); its update is W' - W."""
+
+    W_OI: torch.Tensor
+
+
+Update = LoraFactors | DenseWeight
+"""How a checkpoint holds one module's update."""
+
+
+@dataclass(frozen=True)
 class ModuleUpdate:
     """One module's update in one checkpoint (see the module docstring for the measures)."""
 
@@ -50,6 +65,7 @@ class ModuleUpdate:
     """The path inside its layer, e.g. self_attn.q_proj."""
     entries: int
     rank: int
+    """The adapter's rank r; for a dense update, min(out, in)."""
     delta_norm: float
     weight_norm: float
     relative_norm: float
@@ -59,10 +75,11 @@ class ModuleUpdate:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A named adapter over the base model: module name -> its factors (a module it lacks is unchanged)."""
+    """A named adapter (or saved weights) over the base model: module name -> its update (a module it lacks is
+    unchanged)."""
 
     name: str
-    factors: Mapping[str, LoraFactors]
+    factors: Mapping[str, Update]
 
 
 @dataclass(frozen=True)
@@ -149,18 +166,18 @@ def bf16_merge(W_OI: torch.Tensor, delta_OI: torch.Tensor | None) -> torch.Tenso
     return (W_OI.float() + delta_OI).to(torch.bfloat16)
 
 
-def module_update(name: str, W_OI: torch.Tensor, factors: LoraFactors) -> ModuleUpdate:
+def module_update(name: str, W_OI: torch.Tensor, factors: Update) -> ModuleUpdate:
     """The measures of one module's update against its base weight."""
-    delta_OI = _checked_delta(name, W_OI, factors)
     base_OI = bf16_merge(W_OI, None)
-    return _measured(name, W_OI, _frobenius(W_OI), factors, bf16_merge(W_OI, delta_OI), base_OI)
+    return _measured(name, W_OI, _frobenius(W_OI), factors, _merged(name, W_OI, factors), base_OI)
 
 
-def _checked_delta(name: str, W_OI: torch.Tensor, factors: LoraFactors) -> torch.Tensor:
-    delta_OI = delta_weight(factors)
-    if delta_OI.shape != W_OI.shape:
-        raise ValueError(f"{name}: update {tuple(delta_OI.shape)} does not match base weight {tuple(W_OI.shape)}")
-    return delta_OI
+def _merged(name: str, W_OI: torch.Tensor, update: Update) -> torch.Tensor:
+    """The bfloat16 weight a checkpoint serves: bf16(W + s·B·A), or bf16(W') for a dense one."""
+    new_OI = update.W_OI if isinstance(update, DenseWeight) else delta_weight(update)
+    if new_OI.shape != W_OI.shape:
+        raise ValueError(f"{name}: update {tuple(new_OI.shape)} does not match base weight {tuple(W_OI.shape)}")
+    return new_OI.to(torch.bfloat16) if isinstance(update, DenseWeight) else bf16_merge(W_OI, new_OI)
 
 
 def _frobenius(W_OI: torch.Tensor) -> float:
@@ -171,12 +188,16 @@ def _measured(
     name: str,
     W_OI: torch.Tensor,
     weight_norm: float,
-    factors: LoraFactors,
+    factors: Update,
     merged_OI: torch.Tensor,
     base_OI: torch.Tensor,
 ) -> ModuleUpdate:
-    # ||Δ||_F² is the sum of the squared singular values, so the r x r core gives both measures in float64.
-    sigma = singular_values(factors)
+    # ||Δ||_F² is the sum of the squared singular values, so the spectrum gives both measures in float64 (for an
+    # adapter from its r x r core, without forming Δ).
+    if isinstance(factors, DenseWeight):
+        sigma, rank = torch.linalg.svdvals(factors.W_OI.double() - W_OI.double()), min(W_OI.shape)
+    else:
+        sigma, rank = singular_values(factors), factors.A_RI.shape[0]
     delta_norm = float(sigma.square().sum().sqrt())
     layer, module = split_module_name(name)
     return ModuleUpdate(
@@ -184,7 +205,7 @@ def _measured(
         layer=layer,
         module=module,
         entries=W_OI.numel(),
-        rank=factors.A_RI.shape[0],
+        rank=rank,
         delta_norm=delta_norm,
         weight_norm=weight_norm,
         relative_norm=delta_norm / weight_norm if weight_norm else math.inf,
@@ -193,10 +214,10 @@ def _measured(
     )
 
 
-def unchanged_entries(W_OI: torch.Tensor, before: LoraFactors | None, after: LoraFactors | None) -> int:
+def unchanged_entries(W_OI: torch.Tensor, before: Update | None, after: Update | None) -> int:
     """How many entries of W are equal in the bfloat16 merges of two checkpoints (None: that one leaves W as is)."""
-    merged_before = bf16_merge(W_OI, None if before is None else delta_weight(before))
-    merged_after = bf16_merge(W_OI, None if after is None else delta_weight(after))
+    merged_before = bf16_merge(W_OI, None) if before is None else _merged("", W_OI, before)
+    merged_after = bf16_merge(W_OI, None) if after is None else _merged("", W_OI, after)
     return W_OI.numel() - int(torch.count_nonzero(merged_before != merged_after))
 
 
@@ -219,7 +240,7 @@ def map_checkpoints(base: Mapping[str, torch.Tensor], checkpoints: Sequence[Chec
             factors = checkpoint.factors.get(name)
             merged_OI = base_OI
             if factors is not None:
-                merged_OI = bf16_merge(W_OI, _checked_delta(name, W_OI, factors))
+                merged_OI = _merged(name, W_OI, factors)
                 rows[checkpoint.name].append(_measured(name, W_OI, weight_norm, factors, merged_OI, base_OI))
             if previous_OI is not None:  # each merge is made once and compared with the one before it
                 count = W_OI.numel() - int(torch.count_nonzero(previous_OI != merged_OI))

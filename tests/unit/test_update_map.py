@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from learner.update_map import (
     Checkpoint,
+    DenseWeight,
     adapter_factors,
     effective_rank,
     lora_scale,
@@ -136,3 +137,22 @@ def test_zero_update_and_module_names():
     assert effective_rank(torch.tensor([2.0, 2.0, 0.0])) == pytest.approx(2.0)
     assert split_module_name("model.layers.12.mlp.down_proj") == (12, "mlp.down_proj")
     assert split_module_name("lm_head") == (None, "lm_head")
+
+
+def test_trained_weights_are_measured_as_their_difference_from_the_base():
+    """A weight-push checkpoint (lora.mode=full) holds W' itself: the update is W' - W, numpy's norms and SVD."""
+    W = _base().state_dict()
+    name = "model.layers.1.mlp.down_proj"
+    torch.manual_seed(1)
+    new_OI = W[f"{name}.weight"] + 1e-3 * torch.randn_like(W[f"{name}.weight"])
+    result = map_checkpoints(W, [Checkpoint("base", {}), Checkpoint("full", {name: DenseWeight(new_OI)})])
+    (row,) = result.checkpoints["full"]
+    delta = new_OI.double().numpy() - W[f"{name}.weight"].double().numpy()
+    sigma = np.linalg.svd(delta, compute_uv=False)
+    p = sigma / sigma.sum()
+    assert row.rank == min(delta.shape)
+    assert row.relative_norm == pytest.approx(np.linalg.norm(delta) / np.linalg.norm(W[f"{name}.weight"].numpy()))
+    assert row.effective_rank == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    changed = (new_OI.bfloat16() != W[f"{name}.weight"].bfloat16()).double().mean().item()
+    assert 0 < row.bf16_changed == changed < 1
+    assert result.unchanged[0].fraction == pytest.approx(1 - changed)

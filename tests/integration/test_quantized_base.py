@@ -1,0 +1,107 @@
+"""A quantized frozen base (model.quantization int8 / nf4) under the learner, on the tiny built-in model, in-process.
+
+LoRA trains on it (completions with a positive advantage become more likely), its linear weights take a fraction of
+the memory (measured from the tensors the model holds), and the base written for the engines (the dequantized
+values) computes what the learner computes: transformers + peft on that directory, with the learner's exported
+adapter, gives the learner's logprobs; and through `prolora train`, vLLM serving that directory agrees with the
+learner at start and at every probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from learner.learner import Learner
+from learner.quantized import ensure_served_base, quantized_modules
+from shared.config import load_config
+from shared.records import AdapterPayload
+from tests.integration.test_learner_algos import _batch
+from tests.integration.test_report_eval_cli import LENGTH_REWARD, _prolora
+
+BYTES_PER_WEIGHT = {"int8": 1.0, "nf4": 0.5}
+"""Storage per quantized weight, before scales."""
+
+
+def _learner(model: Path, kind: str) -> Learner:
+    c = load_config(overrides=["train.lr=0.005", "algo.is_cap=null", "train.num_threads=1"])
+    return Learner(
+        str(model), lora=c.lora, train=c.train, algo=c.algo, temperature=1.0, max_new_tokens=6, quantization=kind
+    )
+
+
+def _peft_logprobs(model_dir: str, payload: AdapterPayload, prompts, completions) -> list[list[float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in payload.files:
+            (Path(tmp) / name).write_bytes(data)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), tmp)
+    out = []
+    with torch.no_grad():
+        for p, c in zip(prompts, completions, strict=True):
+            ids = torch.tensor([list(p) + list(c)])
+            logp_T = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])
+            out.append(logp_T[len(p) - 1 :, 0].tolist())
+    return out
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_lora_trains_on_a_quantized_base_the_engines_can_serve(tiny_model, tmp_path, kind):
+    plain, learner = _learner(tiny_model, "none"), _learner(tiny_model, kind)
+    assert len(quantized_modules(learner.model)) == 7 * plain.model.config.num_hidden_layers
+    full, small = plain.memory(), learner.memory()
+    # float32 weights become 1 byte (int8) or half a byte (nf4) each, plus their scales.
+    assert BYTES_PER_WEIGHT[kind] / 4 < small["linear_bytes"] / full["linear_bytes"] < BYTES_PER_WEIGHT[kind] / 4 + 0.05
+    assert full["base_bytes"] - small["base_bytes"] == full["linear_bytes"] - small["linear_bytes"]
+
+    batch = _batch(tiny_model)
+    prompts = [s.prompt_token_ids for s in batch.samples]
+    completions = [s.completion_token_ids for s in batch.samples]
+    before = learner.completion_logprobs(prompts, completions)
+    for _ in range(3):
+        learner.train_step(batch)
+    after = learner.completion_logprobs(prompts, completions)
+    gain = [sum(a) - sum(b) for a, b in zip(after, before, strict=True)]
+    # The update follows the advantages: up for completions with a positive one, down for the others.
+    assert sum(g * s.advantage for s, g in zip(batch.samples, gain, strict=True)) > 0.5
+    assert max(g for s, g in zip(batch.samples, gain, strict=True) if s.advantage > 0) > 0
+
+    payload = learner.export_adapter()
+    served = ensure_served_base(str(tiny_model), kind, "float32", tmp_path)
+    assert ensure_served_base(str(tiny_model), kind, "float32", tmp_path) == served  # written once
+    engine_side = _peft_logprobs(served, payload, prompts, completions)
+    for a, b in zip(after, engine_side, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    original = _peft_logprobs(str(tiny_model), payload, prompts, completions)  # the unquantized base is another model
+    assert max(abs(x - y) for a, b in zip(after, original, strict=True) for x, y in zip(a, b, strict=True)) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_short_run_on_an_nf4_base_serves_what_the_learner_trains(tiny_model, tmp_path):
+    """`prolora train` with model.quantization=nf4: the engines serve the dequantized base, so at start they agree
+    with the learner's quantized base, and every hot-loaded adapter passes the probe at the float32 tolerance."""
+    home = tmp_path
+    (home / "length_reward.py").write_text(LENGTH_REWARD)  # moves the adapter even when no answer is right
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home), os.environ.get("PYTHONPATH", "")])}
+    sets = [
+        f"model.path={tiny_model}",
+        "model.quantization=nf4",
+        "eval.size=8",
+        "rollout.prompts_per_step=4",
+        "rewards.functions=[{name: exact_match}, {name: 'length_reward:length', weight: 0.1}]",
+    ]
+    run_dir = home / "r"
+    proc = _prolora(
+        "train", "--steps", "2", "--run-dir", str(run_dir), *(a for s in sets for a in ("--set", s)), env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["engine_base_gap"] < 1e-4
+    steps = [r for r in records if "reward_mean" in r]
+    assert len(steps) == 2 and steps[1]["probe_max_diff"] < 1e-3 and steps[1]["grad_norm"] > 0
