@@ -1,7 +1,7 @@
 """The `prolora` command.
 
     prolora train [CONFIG] [--set key=value ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR] [--verbose]
-    prolora bench [CONFIG] [--set key=value ...] [--size default|large|real] [--quick] [--rounds N] [--steps N]
+    prolora bench [CONFIG] [--set key=value ...] [--size default|large|real|learner] [--quick] [--rounds N] [--steps N]
                   [--out FILE]
     prolora submit [CONFIG] [--address URL] [--set ...] [--steps N] [--seed S] [--run-dir DIR] [--resume RUN_DIR]
     prolora jobs [--address URL]
@@ -138,10 +138,12 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser)
     parser.add_argument(
         "--size",
-        choices=["default", "large", "real"],
+        choices=["default", "large", "real", "learner"],
         default="default",
         help="default: the built-in tiny model; large: a ~25M-parameter model, 128-token completions; real: the "
-        "adapter hot-load at Qwen2.5-1.5B's shapes (random weights, rank-32 adapter; launch/tools/bench_real.py)",
+        "adapter hot-load at Qwen2.5-1.5B's shapes (random weights, rank-32 adapter; launch/tools/bench_real.py); "
+        "learner: the learner's memory per token and tokens/s on 64 x 512 tokens with a 151,936-token vocabulary, "
+        "beside TRL's GRPOTrainer on the same batch (launch/tools/bench_learner.py)",
     )
     parser.add_argument("--quick", action="store_true", help="a short run for CI (4 prompts, 3 steps, 3 rounds)")
     parser.add_argument("--rounds", type=int, help="timed generation rounds per engine (default 5; quick 3)")
@@ -153,6 +155,11 @@ def _bench(args: argparse.Namespace) -> int:
     from launch.tools.bench import QUICK_ROUNDS, QUICK_STEPS, bench_overrides, run_bench
 
     config_file = resolve_config(args.config)
+    if args.size == "learner":
+        from launch.tools.bench_learner import run as run_learner_bench
+
+        run_learner_bench([64], 512, args.overrides, out=args.out)
+        return 0
     if args.size == "real":
         from launch.tools.bench_real import REAL_OVERRIDES, run_real_bench
 

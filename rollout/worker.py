@@ -25,7 +25,17 @@ from rollout.weights import ServedWeights
 from shared.chat import eos_token_ids
 from shared.devices import pick_device
 from shared.errors import UserError
-from shared.records import Completion, Group, HotLoad, Payload, ProbeSet, Prompt, SamplingSpec, WeightsPayload
+from shared.records import (
+    Completion,
+    GenerateTiming,
+    Group,
+    HotLoad,
+    Payload,
+    ProbeSet,
+    Prompt,
+    SamplingSpec,
+    WeightsPayload,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +97,7 @@ class RolloutWorker:
         self._requests: dict[int, LoRARequest] = {}  # version -> the engine's handle on it
         self._weights = ServedWeights(model_path)  # the weight version served in place (WeightsPayload runs)
         self.version = 0  # 0 = base model, no adapter
+        self._timing = GenerateTiming()
 
     # ----------------------------------------------------------------------------------------- adapters
     def load_adapter(self, payload: Payload, keep_versions: int = 1) -> HotLoad:
@@ -148,7 +159,7 @@ class RolloutWorker:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=n_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
+        params = SamplingParams(max_tokens=n_tokens, temperature=0.0, logprobs=0, flat_logprobs=True, ignore_eos=True)
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         outputs = self._llm.generate(prompts, params, lora_request=self._lora(version), use_tqdm=False)
         groups = [_to_group(out, version) for out in outputs]
@@ -202,8 +213,18 @@ class RolloutWorker:
         lora = self._lora(version)
         params = sampling_params(sampling, len(prompts), self.stop_token_ids)
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
+        start, start_cpu = time.perf_counter(), time.process_time()
         outputs = self._llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
-        return [_to_group(out, version, p) for out, p in zip(outputs, prompts, strict=True)]
+        converted, converted_cpu = time.perf_counter(), time.process_time()
+        groups = [_to_group(out, version, p) for out, p in zip(outputs, prompts, strict=True)]
+        tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+        engine_s, engine_cpu_s = converted - start, converted_cpu - start_cpu
+        self._timing = self._timing.add(engine_s, engine_cpu_s, time.perf_counter() - converted, tokens)
+        return groups
+
+    def generate_timing(self) -> GenerateTiming:
+        """Where this worker's `generate` calls spent their time so far (the engine, converting its output)."""
+        return self._timing
 
     # ------------------------------------------------------------------------------------------- sleep
     def sleep(self) -> float:
@@ -276,6 +297,9 @@ def sampling_params(
             min_tokens=sampling.min_tokens,
             seed=None if sampling.seed is None else sampling.seed + i,
             logprobs=0,
+            # One flat list per completion instead of a dict and a Logprob object per token: far fewer objects
+            # for the engine to build and the garbage collector to scan, and a plain list to copy out.
+            flat_logprobs=True,
             stop_token_ids=list(stop_token_ids),
             stop=list(sampling.stop) or None,
         )
@@ -374,8 +398,14 @@ def _to_group(output: RequestOutput, version: int, prompt: str | Prompt | None =
 
 
 def _sampled_logprobs(seq: CompletionOutput) -> tuple[float, ...]:
-    """Each sampled token's logprob: logprobs=0 gives, per position, a dict holding just the sampled token's."""
-    steps = [step for step in seq.logprobs or [] if step is not None]
+    """Each sampled token's logprob. With logprobs=0 and flat_logprobs every position holds exactly the sampled
+    token's entry, so the flat list is the answer once its token ids are the completion's."""
+    from vllm.logprobs import FlatLogprobs
+
+    logprobs = seq.logprobs
+    if isinstance(logprobs, FlatLogprobs) and logprobs.token_ids == list(seq.token_ids):
+        return tuple(logprobs.logprobs)
+    steps = [step for step in logprobs or [] if step is not None]  # per-position dicts (flat_logprobs off)
     if len(steps) != len(seq.token_ids):
         raise RuntimeError(
             f"vLLM reported logprobs for {len(steps)} of {len(seq.token_ids)} sampled tokens; every request here "

@@ -73,6 +73,42 @@ class Group:
 
 
 @dataclass(frozen=True)
+class GenerateTiming:
+    """Where a rollout worker's `generate` calls spent their time, summed over the calls so far (`prolora bench`
+    subtracts two readings to get one round's)."""
+
+    calls: int = 0
+    engine_s: float = 0.0
+    """Wall time inside vLLM's `LLM.generate`: scheduling, the model, sampling, detokenizing."""
+    engine_cpu_s: float = 0.0
+    """CPU time the worker's process used meanwhile (all its threads): the work itself, which other processes
+    competing for the cores do not inflate as they do wall time."""
+    convert_s: float = 0.0
+    """Turning the engine's outputs into Group/Completion records."""
+    tokens: int = 0
+    """Completion tokens returned."""
+
+    def add(self, engine_s: float, engine_cpu_s: float, convert_s: float, tokens: int) -> GenerateTiming:
+        return GenerateTiming(
+            self.calls + 1,
+            self.engine_s + engine_s,
+            self.engine_cpu_s + engine_cpu_s,
+            self.convert_s + convert_s,
+            self.tokens + tokens,
+        )
+
+    def since(self, earlier: GenerateTiming) -> GenerateTiming:
+        """The calls made after `earlier` was read."""
+        return GenerateTiming(
+            self.calls - earlier.calls,
+            self.engine_s - earlier.engine_s,
+            self.engine_cpu_s - earlier.engine_cpu_s,
+            self.convert_s - earlier.convert_s,
+            self.tokens - earlier.tokens,
+        )
+
+
+@dataclass(frozen=True)
 class AdapterPayload:
     """A peft LoRA adapter held in memory, so it can travel through Ray's object store (no shared filesystem).
 

@@ -126,7 +126,9 @@ def _timed(fn) -> tuple[list[list[int]], float]:
 
 
 def _throughput(config: Config, model_path: str, prompts: list[str], sampling: SamplingSpec, rounds: int) -> dict:
-    """Tokens per second of (1) raw vLLM and (2) one rollout worker actor, measured in alternating rounds."""
+    """Tokens per second of (1) raw vLLM and (2) one rollout worker actor, measured in alternating rounds, and
+    where a rollout call's time goes: the worker's engine call, its conversion into records, and the rest (Ray's
+    round trip, serialisation both ways, the fleet)."""
     import ray
 
     from launch.actors import start_ray, start_rollout_workers
@@ -138,19 +140,26 @@ def _throughput(config: Config, model_path: str, prompts: list[str], sampling: S
     workers = start_rollout_workers(one_worker, model_path)
     fleet = RolloutFleet(workers)
 
+    raw_cpu = [0.0]
+
     def raw() -> list[list[int]]:
-        return _raw_round(llm, prompts, sampling)
+        start = time.process_time()
+        tokens = _raw_round(llm, prompts, sampling)
+        raw_cpu[0] += time.process_time() - start
+        return tokens
 
     def actor() -> list[list[int]]:
         return [list(c.token_ids) for g in fleet.generate(prompts, sampling) for c in g.completions]
 
     match = raw() == actor()  # warm-up of both engines (and waits for the actor's engine to start)
-    totals = {"raw": [0, 0.0], "actor": [0, 0.0]}
+    totals, raw_cpu[0] = {"raw": [0, 0.0], "actor": [0, 0.0]}, 0.0
+    before = ray.get(workers[0].generate_timing.remote())
     for i in range(rounds):  # alternate which goes first, so drifting load from other processes hits both alike
         for name, fn in (("raw", raw), ("actor", actor)) if i % 2 == 0 else (("actor", actor), ("raw", raw)):
             tokens, seconds = _timed(fn)
             totals[name][0] += sum(len(t) for t in tokens)
             totals[name][1] += seconds
+    inside = ray.get(workers[0].generate_timing.remote()).since(before)
     for w in workers:
         ray.kill(w)
     (raw_tokens, raw_s), (actor_tokens, actor_s) = totals["raw"], totals["actor"]
@@ -159,6 +168,15 @@ def _throughput(config: Config, model_path: str, prompts: list[str], sampling: S
         "rollout_tok_s": actor_tokens / actor_s,
         "rollout_overhead_ms_per_call": (actor_s - raw_s) / rounds * 1e3,
         "outputs_match": match,
+        "ms_per_call": {
+            "raw_engine": raw_s / rounds * 1e3,
+            "raw_engine_cpu": raw_cpu[0] / rounds * 1e3,
+            "rollout_total": actor_s / rounds * 1e3,
+            "rollout_engine": inside.engine_s / rounds * 1e3,
+            "rollout_engine_cpu": inside.engine_cpu_s / rounds * 1e3,
+            "rollout_convert": inside.convert_s / rounds * 1e3,
+            "rollout_transfer": (actor_s - inside.engine_s - inside.convert_s) / rounds * 1e3,
+        },
     }
 
 
@@ -338,4 +356,17 @@ def format_table(result: dict) -> str:
         f"raw and rollout worker returned the same tokens: {result['outputs_match']}; rollout worker overhead "
         f"{result['rollout_overhead_ms_per_call']:.1f} ms per generate call"
     )
+    if "ms_per_call" in result:
+        lines.append(format_call_split(result["ms_per_call"]))
     return "\n".join(lines)
+
+
+def format_call_split(ms: dict) -> str:
+    """Where one generate call's time goes, raw engine against the rollout worker."""
+    return (
+        f"ms per generate call: raw engine {ms['raw_engine']:.1f}; rollout worker {ms['rollout_total']:.1f} = "
+        f"engine {ms['rollout_engine']:.1f} + records {ms['rollout_convert']:.1f} + "
+        f"Ray round trip and transfer {ms['rollout_transfer']:.1f}\n"
+        f"engine CPU ms per call (all threads of its process; other load does not inflate it): "
+        f"raw {ms['raw_engine_cpu']:.1f}, rollout worker {ms['rollout_engine_cpu']:.1f}"
+    )

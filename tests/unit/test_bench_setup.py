@@ -77,8 +77,19 @@ def test_table_has_a_row_per_way_and_leaves_missing_cells_empty() -> None:
         "steps_per_s_vs_trl": 3.0,
         "outputs_match": True,
         "rollout_overhead_ms_per_call": 2.5,
+        "ms_per_call": {
+            "raw_engine": 100.0,
+            "raw_engine_cpu": 190.0,
+            "rollout_total": 102.5,
+            "rollout_engine": 100.5,
+            "rollout_engine_cpu": 191.0,
+            "rollout_convert": 0.5,
+            "rollout_transfer": 1.5,
+        },
     }
     table = format_table(result)
+    assert "rollout worker 102.5 = engine 100.5 + records 0.5 + Ray round trip and transfer 1.5" in table
+    assert "raw 190.0, rollout worker 191.0" in table
     for row in ("raw vllm.LLM.generate", "rollout workers alone", "sync", "async", "TRL GRPOTrainer"):
         assert row in table
     assert "nan" not in table
@@ -106,3 +117,27 @@ def test_real_size_settings_and_the_layers_that_fit() -> None:
     }  # fmt: skip
     text = format_real(result)
     assert "10 of 28 layers: the full model did not fit twice" in text and "sync_share" in text
+
+
+def test_generate_timing_sums_calls_and_a_later_reading_minus_an_earlier_is_the_calls_between() -> None:
+    from shared.records import GenerateTiming
+
+    first = GenerateTiming().add(1.0, 1.5, 0.01, 64)
+    later = first.add(2.0, 3.0, 0.02, 128)
+    assert later == GenerateTiming(2, 3.0, 4.5, 0.03, 192)
+    between = later.since(first)
+    assert between.calls == 1 and between.tokens == 128
+    assert (between.engine_s, between.engine_cpu_s, between.convert_s) == pytest.approx((2.0, 3.0, 0.02))
+
+
+def test_learner_bench_prints_prolora_against_trl() -> None:
+    from launch.tools.bench_learner import format_ratios, format_row
+
+    row = {"sequences": 64, "length": 512, "tokens_per_cpu_s": 100.0}
+    ours = {**row, "peak_rss_gb": 2.0, "step_growth_gb": 0.5, "growth_kb_per_token": 15.3, "tokens_per_s": 300.0}
+    trl = {**row, "peak_rss_gb": 4.0, "step_growth_gb": 2.0, "growth_kb_per_token": 61.0, "tokens_per_s": 200.0}
+    trl |= {"tokens_per_cpu_s": 50.0, "micro_batch_sequences": 4, "gradient_checkpointing": True}
+    assert "64 x 512 tokens" in format_row("prolora", ours) and "15.3 KB/token" in format_row("prolora", ours)
+    ratios = format_ratios(ours, trl)
+    assert "step growth per token 0.25x, peak RSS 0.50x" in ratios
+    assert "tokens/s 1.50x, per CPU-second 2.00x" in ratios and "TRL micro-batch 4 sequences" in ratios

@@ -73,6 +73,24 @@ def test_sampling_params_stop_at_every_id_and_string():
 
     (params,) = sampling_params(SamplingSpec(n=2, max_tokens=8, stop=("\n\n",)), 1, (7, 9))
     assert set(params.stop_token_ids) == {7, 9} and params.stop == ["\n\n"]
+    assert params.logprobs == 0 and params.flat_logprobs  # only the sampled token's, one flat list per completion
+
+
+def test_sampled_logprobs_read_vllms_flat_and_per_position_forms_alike():
+    from types import SimpleNamespace
+
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    from rollout.worker import _sampled_logprobs
+
+    flat = FlatLogprobs()
+    for token, logprob in ((5, -0.5), (9, -1.25)):
+        flat.append({token: Logprob(logprob)})
+    assert _sampled_logprobs(SimpleNamespace(token_ids=[5, 9], logprobs=flat)) == (-0.5, -1.25)
+    per_position = [{5: Logprob(-0.5)}, {9: Logprob(-1.25)}]
+    assert _sampled_logprobs(SimpleNamespace(token_ids=[5, 9], logprobs=per_position)) == (-0.5, -1.25)
+    with pytest.raises(RuntimeError, match="logprobs for 1 of 2 sampled tokens"):
+        _sampled_logprobs(SimpleNamespace(token_ids=[5, 9], logprobs=per_position[:1]))
 
 
 def _batch(prompts, completions, **columns) -> RewardBatch:
