@@ -166,7 +166,18 @@ class Progress:
 
 ACTOR_LOG_ENV = "PROLORA_ACTOR_LOG"
 """Set in the Ray job's env_vars: the file the setup hook sends an actor process's output to."""
-LIBRARY_LOGGERS = ("ray", "vllm", "transformers", "peft", "datasets", "huggingface_hub", "py.warnings")
+LIBRARY_LOGGERS = (
+    "ray",
+    "vllm",
+    "torch",
+    "torchao",
+    "bitsandbytes",
+    "transformers",
+    "peft",
+    "datasets",
+    "huggingface_hub",
+    "py.warnings",
+)
 """Python loggers the driver sends to driver.log instead of the terminal."""
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' and datasets' progress bars follow huggingface_hub's
@@ -175,11 +186,19 @@ QUIET_ENV = {
 }
 
 
+IMPORT_TIME_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
+"""Loggers that warn while transformers imports its quantizers, before a run directory exists to log to: kernels
+for other hardware that torchao and bitsandbytes did not load, and torch's notes on their enums. Only their errors
+are shown."""
+
+
 def quiet_libraries() -> None:
-    """Progress bars and advisory warnings of the HF libraries off for this process and the ones it starts; call it
-    before they are imported."""
+    """Progress bars and advisory warnings of the HF libraries off for this process and the ones it starts, and the
+    import-time warnings of the quantization libraries; call it before they are imported."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    for name in IMPORT_TIME_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def log_dir(run_dir: Path) -> Path:
