@@ -17,6 +17,10 @@ workspace at start and gives the KV cache what is left). With vLLM sleep mode (r
 offload their weights and free their KV cache while the learner trains, and the learner frees its activations before
 they wake, so the plan is the larger of two phases instead of their sum.
 
+With a quantized base (model.quantization) the learner's decoder linears take QUANT_BYTES per weight; the embeddings
+and LM head stay in the base dtype (learner/quantized.py quantizes neither), and the engines hold the dequantized
+weights in the base dtype.
+
 With a sharded base (train.shard_base) the learner holds the embeddings and LM head whole, 1/N of the decoder
 layers' weights, and the whole weights of the layers FSDP has gathered at a moment (counted as two: the one running
 and the one prefetched).
@@ -41,6 +45,9 @@ CUDA_OVERHEAD = GIB
 
 Phase = Literal["generate", "train", "both"]
 KV_ROW = "engine KV cache + workspace"
+QUANT_BYTES = {"int8": 1.0, "nf4": 0.5 + 4 / 64}
+"""Bytes per quantized weight: int8 one byte (its per-row scales are left out); NF4 half a byte plus a float32 absmax
+per block of 64 weights (bitsandbytes' default block, without double quantization)."""
 ENGINE_ASLEEP = GIB // 2
 """What a sleeping engine keeps on the GPU: its CUDA context and (with CUDA graphs) their memory pool."""
 
@@ -85,6 +92,14 @@ class ModelShape:
         if shard_ranks > 1:
             return embeddings + math.ceil(self.layers * layer / shard_ranks) + min(2, self.layers) * layer
         return embeddings + self.layers * layer
+
+    def base_bytes(self, dtype_bytes: int, quantization: str = "none", shard_ranks: int = 1) -> int:
+        """The learner's frozen base weights in bytes: everything in the base dtype, or with `quantization` the
+        decoder linears at QUANT_BYTES per weight and the embeddings and LM head in the base dtype."""
+        if quantization == "none":
+            return self.params(shard_ranks) * dtype_bytes
+        layers = self.layers * sum(a * b for a, b in self.linears())
+        return (self.params() - layers) * dtype_bytes + math.ceil(layers * QUANT_BYTES[quantization])
 
     def lora_params(self, rank: int) -> int:
         """LoRA A and B of every linear layer of every decoder layer (peft's all-linear: the LM head is left out)."""
@@ -152,10 +167,12 @@ def plan_single_gpu(
     engines: int = 1,
     sleep: bool = False,
     shard_ranks: int = 1,
+    quantization: str = "none",
 ) -> MemoryPlan:
     """The plan for `engines` engines (each taking `gpu_memory_utilization` of the GPU) and a learner on one GPU of
-    `gpu_bytes`; with `sleep` the engines sleep (vLLM level 1) while the learner trains; with `shard_ranks` > 1 the
-    learner is one rank of a base sharded over that many (train.shard_base)."""
+        `gpu_bytes`; with `sleep` the engines sleep (vLLM level 1) while the learner trains; with `shard_ranks` > 1 the
+        learner is one rank of a base sharded over that many (train.shard_base); with `quantization` the learner's base
+    is quantized (model.quantization)."""
     b = DTYPE_BYTES[dtype]
     engine_phase: Phase = "generate" if sleep else "both"
     train_phase: Phase = "train" if sleep else "both"
@@ -171,11 +188,7 @@ def plan_single_gpu(
             engine_rows.append((f"engine{n} asleep (CUDA context, graphs)", ENGINE_ASLEEP, "train"))
     rows = (
         *engine_rows,
-        (
-            f"learner base weights ({dtype}{f', layers sharded over {shard_ranks} ranks' if shard_ranks > 1 else ''})",
-            shape.params(shard_ranks) * b,
-            "both",
-        ),
+        (_base_row(dtype, quantization, shard_ranks), shape.base_bytes(b, quantization, shard_ranks), "both"),
         ("LoRA weights + gradients + AdamW moments (float32)", shape.lora_params(lora_rank) * 4 * 4, "both"),
         (
             f"activations of one micro-batch ({micro_batch_tokens} tokens)",
@@ -198,6 +211,12 @@ def plan_single_gpu(
             f"raise rollout.gpu_memory_utilization (and lower train.num_gpus' share) or use model.dtype=bfloat16"
         )
     return plan
+
+
+def _base_row(dtype: str, quantization: str, shard_ranks: int) -> str:
+    if quantization != "none":
+        return f"learner base weights ({dtype}, decoder linears {quantization})"
+    return f"learner base weights ({dtype}{f', layers sharded over {shard_ranks} ranks' if shard_ranks > 1 else ''})"
 
 
 def engines_beside_learner(rollout_workers: int, rollout_gpus: float, learner_gpus: float) -> int:
@@ -237,4 +256,5 @@ def plan_for_config(config: Config, shape: ModelShape, gpu_bytes: int) -> Memory
         engines=engines_beside_learner(r.num_workers, r.num_gpus, t.num_gpus),
         sleep=bool(r.sleep_level),
         shard_ranks=t.num_learners if t.shard_base else 1,
+        quantization=config.model.quantization,
     )

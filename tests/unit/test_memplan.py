@@ -3,6 +3,7 @@ same config, the rows add up, and a plan that does not fit is refused naming the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -130,6 +131,23 @@ def test_a_sharded_base_plans_a_rank_with_its_share_of_the_layers_and_two_whole_
         embeddings + 28 * layer // 4 + 2 * layer
     )
     assert QWEN_1_5B.params(1) == embeddings + 28 * layer
+
+
+@pytest.mark.parametrize(("quantization", "per_weight"), [("int8", 1.0), ("nf4", 0.5625)])
+def test_a_quantized_base_plans_the_decoder_linears_quantized_and_the_rest_in_the_base_dtype(quantization, per_weight):
+    rows = _rows(
+        load_config(overrides=["train.num_gpus=1", "model.dtype=bfloat16", f"model.quantization={quantization}"])
+    )
+    linears = 28 * sum(a * b for a, b in QWEN_1_5B.linears())
+    embeddings = QWEN_1_5B.vocab * QWEN_1_5B.hidden  # Qwen2.5-1.5B ties its LM head to the embeddings
+    quantized = rows[f"learner base weights (bfloat16, decoder linears {quantization})"]
+    assert quantized == 2 * embeddings + math.ceil(linears * per_weight)
+    full = _rows(load_config(overrides=["train.num_gpus=1", "model.dtype=bfloat16"]))
+    assert quantized < full["learner base weights (bfloat16)"] == 2 * (embeddings + linears)
+
+
+def _rows(config) -> dict[str, int]:
+    return {n: b for n, b, _ in plan_for_config(config, QWEN_1_5B, 80 * GIB).rows}
 
 
 def test_an_engine_share_smaller_than_its_weights_is_refused():
