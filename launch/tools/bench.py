@@ -54,7 +54,7 @@ QUICK_OVERRIDES = ["rollout.prompts_per_step=4", "eval.size=8"]
 """`--quick` (CI): fewer prompts and a smaller held-out set; fewer steps and rounds come from QUICK_STEPS/ROUNDS."""
 QUICK_STEPS, QUICK_ROUNDS = 3, 3
 TARGETS = {
-    "rollout_vs_vllm": ">= 0.95",
+    "rollout_vs_vllm": ">= 0.98",
     "async_vs_ideal": "<= 1.15",
     "sync_share": "<= 0.02",
     "steps_per_s_vs_trl": ">= 3",
