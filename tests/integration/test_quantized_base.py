@@ -105,3 +105,23 @@ def test_a_short_run_on_an_nf4_base_serves_what_the_learner_trains(tiny_model, t
     assert records[0]["engine_base_gap"] < 1e-4
     steps = [r for r in records if "reward_mean" in r]
     assert len(steps) == 2 and steps[1]["probe_max_diff"] < 1e-3 and steps[1]["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama", "lfm2"])
+def test_an_nf4_base_of_each_real_architecture_trains_and_is_served_as_the_learner_computes(
+    real_models, arch, tmp_path
+):
+    """The hub architectures (BPE tokenizer with a ChatML template, two EOS ids; LFM2's convolution blocks): their
+    linears are quantized, LoRA trains on top, and the served base with the exported adapter gives the learner's
+    logprobs."""
+    model = real_models[arch]
+    learner = _learner(model, "nf4")
+    assert quantized_modules(learner.model)
+    batch = _batch(model)
+    prompts = [s.prompt_token_ids for s in batch.samples]
+    completions = [s.completion_token_ids for s in batch.samples]
+    learner.train_step(batch)
+    after = learner.completion_logprobs(prompts, completions)
+    served = ensure_served_base(str(model), "nf4", "float32", tmp_path)
+    for a, b in zip(after, _peft_logprobs(served, learner.export_adapter(), prompts, completions), strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
