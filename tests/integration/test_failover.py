@@ -192,23 +192,21 @@ def test_learner_killed_while_a_resume_starts_stops_cleanly(tiny_model, tmp_path
     assert (run_dir / "metrics.jsonl").read_text() == metrics
 
 
+def _train_in_background(model: Path, run_dir: Path, steps: int, *sets: str) -> subprocess.Popen:
+    """`prolora train` of a short-batch run on `model` as a child process, its output piped."""
+    sets = (f"model.path={model}", "eval.size=8", "eval.n_samples=8", "rollout.prompts_per_step=4", *sets)
+    train = [sys.executable, "-m", "launch.cli", "train", "--steps", str(steps), "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [*train, *[a for s in sets for a in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 @pytest.mark.slow
 def test_reward_actors_that_stay_dead_stop_the_run_with_a_checkpoint(tiny_model, tmp_path):
     """Past rewards.max_restarts a dead reward actor stops the run: exit 1, the message says why and how to resume,
     and a checkpoint of the last finished step is written (the scheduled ones are 20 steps apart)."""
     run_dir = tmp_path / "run"
-    sets = [
-        f"model.path={tiny_model}",
-        "eval.size=8",
-        "eval.n_samples=8",
-        "rollout.prompts_per_step=4",
-        "rewards.max_restarts=0",
-        "run.checkpoint_every=20",
-    ]
-    train = [sys.executable, "-m", "launch.cli", "train", "--steps", "19", "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(
-        [*train, *[a for s in sets for a in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = _train_in_background(tiny_model, run_dir, 19, "rewards.max_restarts=0", "run.checkpoint_every=20")
     try:
         wait_for_step(run_dir / "metrics.jsonl", 2, proc)
         assert _kill_actor_process(b"ray::RewardWorker", proc)
@@ -238,18 +236,7 @@ def test_a_killed_learner_rank_stops_a_two_rank_run_naming_the_last_checkpoint(t
     collective for the dead one. The driver notices the dead actor whatever the ranks compute (a sharded base or
     not), so one configuration is tested."""
     run_dir = tmp_path / "run"
-    sets = [
-        f"model.path={tiny_model}",
-        "eval.size=8",
-        "eval.n_samples=8",
-        "rollout.prompts_per_step=4",
-        "run.checkpoint_every=1",
-        "train.num_learners=2",
-    ]
-    train = [sys.executable, "-m", "launch.cli", "train", "--steps", "40", "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(
-        [*train, *[a for s in sets for a in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = _train_in_background(tiny_model, run_dir, 40, "run.checkpoint_every=1", "train.num_learners=2")
     try:
         wait_for_step(run_dir / "metrics.jsonl", 2, proc)
         pid = _rank_pid(run_dir / "logs" / "actors.log", 1, 2)
