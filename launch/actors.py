@@ -14,6 +14,7 @@ times faster that way.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,11 +40,12 @@ from learner.rewards.worker import RewardWorker
 from rollout.fleet import RolloutFleet
 from rollout.probe import PROBE_TOKENS, PROBE_TOLERANCE
 from rollout.worker import RolloutWorker
-from shared.config import Config, RewardSpec
+from shared.config import Config, Quantization, RewardSpec
 from shared.errors import UserError
 from shared.handles import Actor, as_actor
 from shared.memplan import engines_beside_learner
 from shared.records import Prompt
+from shared.served_base import served_base
 from shared.tasks import back_translation
 
 
@@ -240,24 +242,33 @@ def tensor_parallel_size(config: Config) -> int:
     return int(config.rollout.num_gpus) if config.rollout.num_gpus > 1 else 1
 
 
-def served_model_path(config: Config, model_path: str) -> str:
-    """What the engines load: `model_path`, or with model.quantization the dequantized values of the learner's
-    quantized base (learner/quantized.py), written once to the prolora cache."""
-    if config.model.quantization == "none":
-        return model_path
-    cache = default_cache_dir().parent / "served"
+def served_base_writer(config: Config, model_path: str) -> Callable[[], str] | None:
+    """With model.quantization, what each rollout worker calls on its own node before its engine starts: it writes
+    (once per node) and returns the model directory the engine serves (`shared.served_base`: int8's codes, nf4's
+    dequantized values). None: the engines serve `model_path` as it is. Run by the worker, not the driver, so the
+    directory exists on every node an engine runs on, also one a restarted worker moves to."""
     q = config.model
-    return ensure_served_base(model_path, q.quantization, q.dtype, cache, q.trust_remote_code)
+    if q.quantization == "none":
+        return None
+    return functools.partial(write_served_base, model_path, q.quantization, q.dtype, q.trust_remote_code)
+
+
+def write_served_base(model_path: str, quantization: Quantization, dtype: str, trust_remote_code: bool) -> str:
+    """The served base for an engine on this node, under this node's $PROLORA_CACHE/served."""
+    cache = default_cache_dir().parent / "served"
+    holds = served_base(quantization).holds
+    return ensure_served_base(model_path, quantization, dtype, cache, trust_remote_code, holds)
 
 
 def start_rollout_workers(config: Config, model_path: str) -> list[Actor[RolloutWorker]]:
-    # SPREAD: engines on as many nodes as possible; a restarted one goes wherever there is room.
+    # SPREAD: engines on as many nodes as possible; a restarted one goes wherever there is room (and writes the
+    # served base there, served_base_writer).
     cls = ray.remote(**_ask(config, "rollout"), max_restarts=config.rollout.max_restarts)(RolloutWorker)
-    served = served_model_path(config, model_path)
+    prepare = served_base_writer(config, model_path)
     return [
         as_actor(
             cls.options(runtime_env={"env_vars": _engine_env(config)}, scheduling_strategy="SPREAD").remote(
-                served,
+                model_path,
                 dtype=config.model.dtype,
                 max_model_len=config.model.max_model_len,
                 max_lora_rank=config.lora.rank,
@@ -270,6 +281,8 @@ def start_rollout_workers(config: Config, model_path: str) -> list[Actor[Rollout
                 tokenizer=config.model.tokenizer,
                 trust_remote_code=config.model.trust_remote_code,
                 sleep_level=config.rollout.sleep_level,
+                quantization=config.model.quantization,
+                prepare_model=prepare,
             )
         )
         for i in range(config.rollout.num_workers)

@@ -364,7 +364,8 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
         "--quantization",
         choices=["none", "int8", "nf4"],
         default="none",
-        help="with the learner's base quantized (model.quantization): bitsandbytes' and torchao's CUDA kernels",
+        help="with the learner's base quantized (model.quantization): bitsandbytes' and torchao's CUDA kernels, and "
+        "the engine serving int8 as its codes (vLLM's torchao method)",
     )
 
 

@@ -417,7 +417,7 @@ def _stop_reason(
     return None
 
 
-def _record_eval(run: Run, state: DriverState, step: int, **extra: str | float) -> EvalResult:
+def _record_eval(run: Run, state: DriverState, step: int, **extra: str | float | None) -> EvalResult:
     """Evaluate the held-out split after `step`: written to metrics.jsonl (with `extra` fields: the first record
     names the learner's device), kept in the driver state, and seen by the reference's plateau trigger."""
     run.actors.fleet.sync()  # evaluate the adapter just trained, not the one the last batch used
@@ -431,13 +431,15 @@ def _record_eval(run: Run, state: DriverState, step: int, **extra: str | float) 
     return result
 
 
-def _devices(actors: Actors) -> dict[str, str | int]:
-    """Where the learner and the engines compute, and the KV cache vLLM gave an engine: the first record's extras."""
+def _devices(actors: Actors) -> dict[str, str | int | None]:
+    """Where the learner and the engines compute, the KV cache vLLM gave an engine and the quantization method its
+    base is loaded with (None: plain weights): the first record's extras."""
     engine = ray.get(actors.fleet.workers[0].engine_info.remote())
     return {
         "learner_device": actors.learner.device(),
         "engine_device": engine["device"],
         "engine_kv_cache_tokens": engine["kv_cache_blocks"] * engine["block_size"],
+        "engine_quantization": engine["quantization"],
     }
 
 

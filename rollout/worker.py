@@ -17,12 +17,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout.weights import ServedWeights
 from shared.chat import eos_token_ids
+from shared.config import Quantization
 from shared.devices import pick_device
 from shared.errors import UserError
 from shared.records import (
@@ -36,6 +37,7 @@ from shared.records import (
     SamplingSpec,
     WeightsPayload,
 )
+from shared.served_base import served_base
 
 if TYPE_CHECKING:
     import torch
@@ -66,12 +68,20 @@ class RolloutWorker:
         tokenizer: str | None = None,
         trust_remote_code: bool = False,
         sleep_level: int = 0,
+        quantization: Quantization = "none",
+        prepare_model: Callable[[], str] | None = None,
     ) -> None:
+        """`quantization` is the learner's (model.quantization); with it, `prepare_model` returns the directory to
+        serve instead of `model_path`, written on this worker's node before the engine starts
+        (shared/served_base.py)."""
         # vLLM reads these when the engine is built; a launcher may already have set them for the actor.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        if prepare_model is not None:
+            model_path = prepare_model()
+        self.model_path = model_path
         self._llm = LLM(
             **engine_args(
                 model_path,
@@ -87,6 +97,7 @@ class RolloutWorker:
                 tokenizer=tokenizer,
                 trust_remote_code=trust_remote_code,
                 sleep_level=sleep_level,
+                quantization=quantization,
             )
         )
         self._sleep_level = sleep_level
@@ -257,12 +268,16 @@ class RolloutWorker:
             raise RuntimeError("this rollout worker's engine is asleep (rollout.sleep_level): wake_up() first")
 
     def engine_info(self) -> dict[str, Any]:
-        """Where the engine runs and the KV cache it reserved (blocks x block size tokens), for `prolora doctor`."""
-        cache = self._llm.llm_engine.vllm_config.cache_config
+        """Where the engine runs, the KV cache it reserved (blocks x block size tokens), the model directory it
+        serves and its quantization method (None: plain weights), for `prolora doctor` and the run's first record."""
+        vllm_config = self._llm.llm_engine.vllm_config
+        cache = vllm_config.cache_config
         return {
             "device": "cuda" if pick_device("auto").type == "cuda" else "cpu",
             "kv_cache_blocks": cache.num_gpu_blocks,
             "block_size": cache.block_size,
+            "model": self.model_path,
+            "quantization": vllm_config.model_config.quantization,
         }
 
     def tokenizer_eos_id(self) -> int:
@@ -322,8 +337,12 @@ def engine_args(
     tokenizer: str | None = None,
     trust_remote_code: bool = False,
     sleep_level: int = 0,
+    quantization: Quantization = "none",
 ) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM` as a rollout worker builds it (the benchmark builds a raw engine alike).
+
+    `quantization` (model.quantization, the learner's base) adds vLLM's `quantization` argument where
+    `model_path` holds the quantized weights themselves (shared/served_base.py: int8, on either device).
 
     `tensor_parallel_size` > 1 shards the engine over that many GPUs, all of them held by the worker's actor. On a
     GPU vLLM's own defaults stand (CUDA graphs, prefix caching, chunked prefill); the CPU gets the workarounds
@@ -351,6 +370,7 @@ def engine_args(
         # importance ratio compares against.
         logprobs_mode="processed_logprobs",
     )
+    args.update(served_base(quantization).engine_args())
     if sleep_level:
         args["enable_sleep_mode"] = True
     if not on_gpu:

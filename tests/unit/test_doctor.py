@@ -33,7 +33,7 @@ def _plan():
     )  # fmt: skip
 
 
-def _records(learner="cuda:0", engine="cuda", probe=0.01, peak=0.05, gap=0.02) -> list[dict]:
+def _records(learner="cuda:0", engine="cuda", probe=0.01, peak=0.05, gap=0.02, quantized=None) -> list[dict]:
     first = {
         "eval": True,
         "step": 0,
@@ -41,6 +41,7 @@ def _records(learner="cuda:0", engine="cuda", probe=0.01, peak=0.05, gap=0.02) -
         "engine_device": engine,
         "engine_kv_cache_tokens": 9000,
         "engine_base_gap": gap,
+        "engine_quantization": quantized,
     }
     steps = [
         {"step": s, "reward_mean": 0.5, "probe_max_diff": None if s == 1 else probe, "peak_memory_gib": peak}
@@ -69,3 +70,12 @@ def test_a_gpu_run_passes_when_devices_probe_and_memory_agree():
 def test_a_gpu_run_fails_on_what_went_wrong(records, failing):
     checks = run_checks(records, _plan(), 80.0)
     assert [c.name for c in checks if not c.ok] == [failing]
+
+
+@pytest.mark.parametrize("kind, loaded", [("int8", "torchao"), ("nf4", None)])
+def test_a_quantized_gpu_run_checks_what_the_engine_loaded(kind, loaded):
+    """int8: the engine holds the learner's codes (vLLM's torchao method); nf4: their dequantized values."""
+    assert all(c.ok for c in run_checks(_records(quantized=loaded), _plan(), 80.0, quantization=kind))
+    wrong = "torchao" if loaded is None else None
+    checks = run_checks(_records(quantized=wrong), _plan(), 80.0, quantization=kind)
+    assert [c.name for c in checks if not c.ok] == ["engine base"]
