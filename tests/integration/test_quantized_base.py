@@ -1,9 +1,9 @@
 """A quantized frozen base (model.quantization int8 / nf4) under the learner, on the tiny built-in model, in-process.
 
 LoRA trains on it (completions with a positive advantage become more likely), its linear weights take a fraction of
-the memory (measured from the tensors the model holds), and the base written for the engines (the dequantized
-values) computes what the learner computes: transformers + peft on that directory, with the learner's exported
-adapter, gives the learner's logprobs; and through `prolora train`, vLLM serving that directory agrees with the
+the memory (measured from the tensors the model holds), and the base written for the engines (int8's codes, nf4's
+dequantized values) computes what the learner computes: transformers + peft on that directory, with the learner's
+exported adapter, gives the learner's logprobs; and through `prolora train`, vLLM serving that directory agrees with the
 learner at start and at every probe.
 """
 
@@ -23,6 +23,7 @@ from learner.learner import Learner
 from learner.quantized import ensure_served_base, quantized_modules
 from shared.config import load_config
 from shared.records import AdapterPayload
+from shared.served_base import served_base
 from tests.integration.test_learner_algos import _batch
 from tests.integration.test_report_eval_cli import LENGTH_REWARD, _prolora
 
@@ -73,8 +74,9 @@ def test_lora_trains_on_a_quantized_base_the_engines_can_serve(tiny_model, tmp_p
     assert max(g for s, g in zip(batch.samples, gain, strict=True) if s.advantage > 0) > 0
 
     payload = learner.export_adapter()
-    served = ensure_served_base(str(tiny_model), kind, "float32", tmp_path)
-    assert ensure_served_base(str(tiny_model), kind, "float32", tmp_path) == served  # written once
+    holds = served_base(kind).holds  # int8: the learner's codes; nf4: their dequantized values
+    served = ensure_served_base(str(tiny_model), kind, "float32", tmp_path, holds=holds)
+    assert ensure_served_base(str(tiny_model), kind, "float32", tmp_path, holds=holds) == served  # written once
     engine_side = _peft_logprobs(served, payload, prompts, completions)
     for a, b in zip(after, engine_side, strict=True):
         assert a == pytest.approx(b, abs=1e-4)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from rollout.worker import engine_args
+from shared.config import Quantization
 from shared.served_base import ServedBase, served_base
 from tests.unit.test_devices import CPU_WORKAROUNDS
 
 
-def _args(on_gpu: bool, quantization: str) -> dict:
+def _args(on_gpu: bool, quantization: Quantization) -> dict:
     return engine_args(
         "/served/m",
         dtype="bfloat16",
@@ -20,7 +21,7 @@ def _args(on_gpu: bool, quantization: str) -> dict:
         gpu_memory_utilization=0.5,
         seed=0,
         on_gpu=on_gpu,
-        quantization=quantization,  # type: ignore[arg-type]
+        quantization=quantization,
     )
 
 
