@@ -18,8 +18,9 @@ offload their weights and free their KV cache while the learner trains, and the 
 they wake, so the plan is the larger of two phases instead of their sum.
 
 With a quantized base (model.quantization) the learner's decoder linears take QUANT_BYTES per weight; the embeddings
-and LM head stay in the base dtype (learner/quantized.py quantizes neither), and the engines hold the dequantized
-weights in the base dtype.
+and LM head stay in the base dtype (learner/quantized.py quantizes neither). The engines hold what
+shared/served_base.py serves: int8's codes (decoder linears at one byte per weight, the rest in the base dtype) or
+nf4's dequantized weights in the base dtype.
 
 With a sharded base (train.shard_base) the learner holds the embeddings and LM head whole, 1/N of the decoder
 layers' weights, and the whole weights of the layers FSDP has gathered at a moment (counted as two: the one running
@@ -32,8 +33,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.config import Config
+from shared.config import Config, Quantization
 from shared.errors import UserError
+from shared.served_base import served_base
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -93,7 +95,7 @@ class ModelShape:
             return embeddings + math.ceil(self.layers * layer / shard_ranks) + min(2, self.layers) * layer
         return embeddings + self.layers * layer
 
-    def base_bytes(self, dtype_bytes: int, quantization: str = "none", shard_ranks: int = 1) -> int:
+    def base_bytes(self, dtype_bytes: int, quantization: Quantization = "none", shard_ranks: int = 1) -> int:
         """The learner's frozen base weights in bytes: everything in the base dtype, or with `quantization` the
         decoder linears at QUANT_BYTES per weight and the embeddings and LM head in the base dtype."""
         if quantization == "none":
@@ -167,7 +169,7 @@ def plan_single_gpu(
     engines: int = 1,
     sleep: bool = False,
     shard_ranks: int = 1,
-    quantization: str = "none",
+    quantization: Quantization = "none",
 ) -> MemoryPlan:
     """The plan for `engines` engines (each taking `gpu_memory_utilization` of the GPU) and a learner on one GPU of
         `gpu_bytes`; with `sleep` the engines sleep (vLLM level 1) while the learner trains; with `shard_ranks` > 1 the
@@ -176,12 +178,14 @@ def plan_single_gpu(
     b = DTYPE_BYTES[dtype]
     engine_phase: Phase = "generate" if sleep else "both"
     train_phase: Phase = "train" if sleep else "both"
-    share, weights = int(gpu_memory_utilization * gpu_bytes), shape.params() * b
+    served: Quantization = quantization if served_base(quantization).holds == "quantized" else "none"
+    share, weights = int(gpu_memory_utilization * gpu_bytes), shape.base_bytes(b, served)
+    engine_label = f"{dtype}, decoder linears {served}" if served != "none" else dtype
     engine_rows: list[tuple[str, int, Phase]] = []
     for i in range(engines):
         n = f" {i + 1}" if engines > 1 else ""
         engine_rows += [
-            (f"engine{n} weights ({dtype})", weights, engine_phase),
+            (f"engine{n} weights ({engine_label})", weights, engine_phase),
             (f"{KV_ROW}{n} (rest of its gpu_memory_utilization share)", max(0, share - weights), engine_phase),
         ]
         if sleep:
@@ -213,7 +217,7 @@ def plan_single_gpu(
     return plan
 
 
-def _base_row(dtype: str, quantization: str, shard_ranks: int) -> str:
+def _base_row(dtype: str, quantization: Quantization, shard_ranks: int) -> str:
     if quantization != "none":
         return f"learner base weights ({dtype}, decoder linears {quantization})"
     return f"learner base weights ({dtype}{f', layers sharded over {shard_ranks} ranks' if shard_ranks > 1 else ''})"

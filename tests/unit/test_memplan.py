@@ -146,6 +146,22 @@ def test_a_quantized_base_plans_the_decoder_linears_quantized_and_the_rest_in_th
     assert quantized < full["learner base weights (bfloat16)"] == 2 * (embeddings + linears)
 
 
+def test_an_int8_engine_holds_its_codes_and_an_nf4_engine_full_weights():
+    """shared/served_base.py: the engines serve int8's codes and nf4's dequantized values."""
+    one_gpu = [
+        "rollout.num_gpus=0.4",
+        "train.num_gpus=0.5",
+        "rollout.gpu_memory_utilization=0.4",
+        "model.dtype=bfloat16",
+    ]
+    full = _rows(load_config(overrides=one_gpu))["engine weights (bfloat16)"]
+    int8 = _rows(load_config(overrides=[*one_gpu, "model.quantization=int8"]))
+    nf4 = _rows(load_config(overrides=[*one_gpu, "model.quantization=nf4"]))
+    linears = 28 * sum(a * b for a, b in QWEN_1_5B.linears())
+    assert int8["engine weights (bfloat16, decoder linears int8)"] == full - linears  # 2 bytes a weight become 1
+    assert nf4["engine weights (bfloat16)"] == full
+
+
 def _rows(config) -> dict[str, int]:
     return {n: b for n, b, _ in plan_for_config(config, QWEN_1_5B, 80 * GIB).rows}
 
