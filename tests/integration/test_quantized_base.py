@@ -85,15 +85,18 @@ def test_lora_trains_on_a_quantized_base_the_engines_can_serve(tiny_model, tmp_p
 
 
 @pytest.mark.slow
-def test_a_short_run_on_an_nf4_base_serves_what_the_learner_trains(tiny_model, tmp_path):
-    """`prolora train` with model.quantization=nf4: the engines serve the dequantized base, so at start they agree
-    with the learner's quantized base, and every hot-loaded adapter passes the probe at the float32 tolerance."""
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_a_short_run_on_a_quantized_base_serves_what_the_learner_trains(tiny_model, tmp_path, kind):
+    """`prolora train` with model.quantization: the engines serve nf4's dequantized base or int8's own codes (vLLM's
+    torchao method), written by each worker on its node, so at start they agree with the learner's quantized base,
+    and every hot-loaded adapter passes the probe at the float32 tolerance."""
     home = tmp_path
     (home / "length_reward.py").write_text(LENGTH_REWARD)  # moves the adapter even when no answer is right
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home), os.environ.get("PYTHONPATH", "")])}
+    env["PROLORA_CACHE"] = str(home / "cache")  # the served base is written here, by the engine's worker
     sets = [
         f"model.path={tiny_model}",
-        "model.quantization=nf4",
+        f"model.quantization={kind}",
         "eval.size=8",
         "rollout.prompts_per_step=4",
         "rewards.functions=[{name: exact_match}, {name: 'length_reward:length', weight: 0.1}]",
@@ -105,6 +108,7 @@ def test_a_short_run_on_an_nf4_base_serves_what_the_learner_trains(tiny_model, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["engine_base_gap"] < 1e-4
+    assert records[0]["engine_quantization"] == served_base(kind).engine_quantization
     steps = [r for r in records if "reward_mean" in r]
     assert len(steps) == 2 and steps[1]["probe_max_diff"] < 1e-3 and steps[1]["grad_norm"] > 0
 
