@@ -219,12 +219,17 @@ def threads_per_actor(config: Config) -> int:
 
 def _engine_env(config: Config) -> dict[str, str]:
     threads = str(threads_per_actor(config))
-    return {
+    env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CPU_KVCACHE_SPACE": str(config.rollout.kv_cache_gib),
         "OMP_NUM_THREADS": threads,
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if tensor_parallel_size(config) > 1:
+        # The in-place weight push (rollout/weights.py) sends a function to every rank's process; vLLM's message
+        # queue between an engine's own processes pickles functions only with this set.
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    return env
 
 
 class _Ask(TypedDict):

