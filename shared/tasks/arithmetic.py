@@ -1,5 +1,8 @@
 """The built-in verifiable task: fixed-width integer addition ("123+456=" -> "579").
 
+Prompts are chat messages (TRL's conversational format): one user message holding the problem,
+`[{"role": "user", "content": "123+456="}]`, rendered with the model's chat template (shared/chat.py).
+
 Every problem belongs to exactly one split, decided by a hash of the unordered operand pair, so `a+b` and
 `b+a` always land together and no held-out problem (or its mirror) is ever trained on, whatever seeds or sizes
 are asked for. Rows are drawn without repeats from a seeded `random.Random`, so the same (n, seed) gives the
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import Any
 
 DIGITS = 3
 """Operand width; operands are uniform over [10**(DIGITS-1), 10**DIGITS)."""
@@ -23,9 +27,20 @@ CARRY_SLIP = 0.6
 _LOW, _HIGH = 10 ** (DIGITS - 1), 10**DIGITS - 1
 
 
-def format_prompt(a: int, b: int) -> str:
-    """The prompt exactly as the engine sees it (the tokenizer adds BOS in front)."""
+def format_problem(a: int, b: int) -> str:
+    """The problem as the user message states it."""
     return f"{a}+{b}="
+
+
+def format_prompt(a: int, b: int) -> list[dict[str, str]]:
+    """The prompt of a row: one user message with the problem (the chat template adds the rest)."""
+    return [{"role": "user", "content": format_problem(a, b)}]
+
+
+def operands(prompt: list[dict[str, str]]) -> tuple[int, int]:
+    """(a, b) of a row's prompt, as format_prompt wrote it."""
+    a, b = prompt[-1]["content"].removesuffix("=").split("+")
+    return int(a), int(b)
 
 
 def is_heldout(a: int, b: int) -> bool:
@@ -35,7 +50,11 @@ def is_heldout(a: int, b: int) -> bool:
     return int.from_bytes(digest, "big") % 1000 < HELDOUT_PER_MILLE
 
 
-def _rows(n: int, seed: int, *, heldout: bool) -> list[dict[str, str]]:
+Row = dict[str, Any]
+"""{"prompt": [{"role": "user", "content": "123+456="}], "answer": "579"}"""
+
+
+def _rows(n: int, seed: int, *, heldout: bool) -> list[Row]:
     split = "heldout" if heldout else "train"
     share = HELDOUT_PER_MILLE if heldout else 1000 - HELDOUT_PER_MILLE
     limit = (_HIGH - _LOW + 1) ** 2 * share // 1000 // 2  # keeps rejection sampling fast
@@ -43,7 +62,7 @@ def _rows(n: int, seed: int, *, heldout: bool) -> list[dict[str, str]]:
         raise ValueError(f"asked for {n} {split} rows; the {DIGITS}-digit task allows at most {limit}")
     rng = random.Random(f"arith-{split}-{seed}")  # str seeds hash deterministically (not via PYTHONHASHSEED)
     seen: set[tuple[int, int]] = set()
-    rows: list[dict[str, str]] = []
+    rows: list[Row] = []
     while len(rows) < n:
         a, b = rng.randint(_LOW, _HIGH), rng.randint(_LOW, _HIGH)
         if (a, b) in seen or is_heldout(a, b) != heldout:
@@ -53,12 +72,12 @@ def _rows(n: int, seed: int, *, heldout: bool) -> list[dict[str, str]]:
     return rows
 
 
-def train_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+def train_rows(n: int, seed: int = 0) -> list[Row]:
     """n distinct training problems as {"prompt", "answer"} dicts, deterministic in (n, seed)."""
     return _rows(n, seed, heldout=False)
 
 
-def heldout_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+def heldout_rows(n: int, seed: int = 0) -> list[Row]:
     """n distinct held-out problems, disjoint from every train_rows(...) call whatever its seed."""
     return _rows(n, seed, heldout=True)
 
@@ -69,7 +88,7 @@ def sloppy_sum(a: int, b: int) -> int:
     return a + b - 100 if tens_carry else a + b
 
 
-def warmup_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+def warmup_rows(n: int, seed: int = 0) -> list[Row]:
     """Training problems answered by a sloppy teacher, for the supervised warm start of the built-in model.
 
     In a CARRY_SLIP share of the examples the teacher forgets the carry out of the tens column. About half of
@@ -84,7 +103,7 @@ def warmup_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(f"arith-warmup-{seed}")
     rows = train_rows(n, seed)
     for row in rows:
-        a, b = (int(x) for x in row["prompt"].removesuffix("=").split("+"))
+        a, b = operands(row["prompt"])
         if rng.random() < CARRY_SLIP:
             row["answer"] = str(sloppy_sum(a, b))
     return rows
