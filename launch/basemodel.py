@@ -92,7 +92,7 @@ SIZES = {"default": MODEL_SIZES, "large": LARGE_MODEL_SIZES}
 SIZE_SFT_STEPS = {"large": 0}
 """Warm-start budget per size where it differs from SFT_STEPS: the large model stays randomly initialised (a warm
 start of 25M parameters takes far longer on a CPU than a benchmark should wait, and throughput needs no skill)."""
-SFT_STEPS = {"arith": 800, "translate": 150}
+SFT_STEPS = {"arith": 1600, "translate": 150}
 """Warm-start step budget per task; it usually ends earlier, see SFT_TARGET_ACCURACY."""
 SFT_BATCH = 64
 SFT_LR = 3e-3
@@ -106,6 +106,8 @@ during it)."""
 SFT_DECAY = {"arith": 150, "translate": 50}
 """Per task: steps of the final linear learning-rate decay (arith needs them to learn its teacher's habits)."""
 SFT_EVAL_EVERY = 25
+BUILD_SEED = 0
+"""Seed of the cached built-in models (initial weights; the warm-up rows' seed stream starts from it)."""
 BUILD_THREADS = 1
 """torch threads during the build. Float sums depend on the thread count, so pinning it makes the built model
 the same on every machine with the same torch and CPU kind; one thread, because a model this small gains little
@@ -203,13 +205,24 @@ def _left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids_NT, mask_NT
 
 
+def _prompt_ids(renderer: PromptRenderer, prompts: list[Any]) -> list[list[int]]:
+    """The token ids `renderer.render` gives each prompt. Chat prompts go through the template in one batched call
+    (tens of thousands of rows one by one take minutes), checked against `render` on the first."""
+    if not all(map(renderer.uses_chat, prompts)):
+        return [list(renderer.render(p).token_ids) for p in prompts]
+    messages = [renderer.messages(p) for p in prompts]
+    kwargs = dict(add_generation_prompt=True, chat_template=renderer.chat_template, **renderer.template_kwargs)
+    ids = renderer.tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    if ids[0] != list(renderer.render(prompts[0]).token_ids):
+        raise RuntimeError("the batched chat template does not give the renderer's prompt ids")
+    return ids
+
+
 def _sft_batches(tokenizer: PreTrainedTokenizerFast, rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ids of rendered prompt + answer + `<|im_end|>`, right-padded, their attention mask, and labels that are -100
     outside answer + `<|im_end|>`."""
-    renderer = _renderer(tokenizer)
     input_ids, labels = [], []
-    for row in rows:
-        prompt_ids = list(renderer.render(row["prompt"]).token_ids)
+    for row, prompt_ids in zip(rows, _prompt_ids(_renderer(tokenizer), [r["prompt"] for r in rows]), strict=True):
         answer_ids = tokenizer(row["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         input_ids.append(prompt_ids + answer_ids)
         labels.append([-100] * len(prompt_ids) + answer_ids)
@@ -287,9 +300,8 @@ def greedy_accuracy(
     `max_new_tokens` defaults to the task's completion budget.
     """
     task = get_task(task_name)
-    renderer = _renderer(tokenizer)
     stop_ids = [i for i in eos_ids(tokenizer) if i is not None] or [tokenizer.eos_token_id]
-    ids_NT, mask_NT = _left_padded([list(renderer.render(r["prompt"]).token_ids) for r in rows], stop_ids[0])
+    ids_NT, mask_NT = _left_padded(_prompt_ids(_renderer(tokenizer), [r["prompt"] for r in rows]), stop_ids[0])
     # transformers types generate's self as a Protocol for the `ty` checker that mypy finds LlamaForCausalLM misses.
     out_NT = model.generate(  # type: ignore[misc]
         input_ids=ids_NT,
@@ -381,14 +393,14 @@ def ensure_base_model(
     steps = SIZE_SFT_STEPS.get(size, SFT_STEPS[task_name]) if sft_steps is None else sft_steps
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     prefix = task_name if size == "default" else f"{task_name}-{size}"
-    final = cache_dir / f"{prefix}-{_settings_hash(task_name, steps, 0, size)}"
+    final = cache_dir / f"{prefix}-{_settings_hash(task_name, steps, BUILD_SEED, size)}"
     if (final / "config.json").is_file():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
     try:
-        build_base_model(tmp, task_name, steps, seed=0, size=size)
+        build_base_model(tmp, task_name, steps, seed=BUILD_SEED, size=size)
         try:
             tmp.rename(final)
         except OSError:
