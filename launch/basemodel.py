@@ -92,7 +92,7 @@ SIZES = {"default": MODEL_SIZES, "large": LARGE_MODEL_SIZES}
 SIZE_SFT_STEPS = {"large": 0}
 """Warm-start budget per size where it differs from SFT_STEPS: the large model stays randomly initialised (a warm
 start of 25M parameters takes far longer on a CPU than a benchmark should wait, and throughput needs no skill)."""
-SFT_STEPS = {"arith": 1600, "translate": 150}
+SFT_STEPS = {"arith": 800, "translate": 150}
 """Warm-start step budget per task; it usually ends earlier, see SFT_TARGET_ACCURACY."""
 SFT_BATCH = 64
 SFT_LR = 3e-3
@@ -106,8 +106,11 @@ during it)."""
 SFT_DECAY = {"arith": 150, "translate": 50}
 """Per task: steps of the final linear learning-rate decay (arith needs them to learn its teacher's habits)."""
 SFT_EVAL_EVERY = 25
-BUILD_SEED = 0
-"""Seed of the cached built-in models (initial weights; the warm-up rows' seed stream starts from it)."""
+BUILD_SEED = 1
+"""Seed of the cached built-in models (initial weights; the warm-up rows' seed stream starts from it). The length of
+the warm start's loss plateau depends on the initial weights; with the chat-template rows, seed 0's weights stay on
+the plateau past the step budget and seed 1's reach the jump well within it (the build prints its loss and accuracy
+curve, so a machine whose float arithmetic changes that shows it)."""
 BUILD_THREADS = 1
 """torch threads during the build. Float sums depend on the thread count, so pinning it makes the built model
 the same on every machine with the same torch and CPU kind; one thread, because a model this small gains little
@@ -158,7 +161,8 @@ def build_tokenizer(
 
 def eos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The ids of EOS_TOKENS (`<|im_end|>` first), as generation_config.json lists them."""
-    return [tokenizer.convert_tokens_to_ids(token) for token in EOS_TOKENS]
+    ids = tokenizer.convert_tokens_to_ids(list(EOS_TOKENS))
+    return [ids] if isinstance(ids, int) else list(ids)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
