@@ -106,11 +106,17 @@ during it)."""
 SFT_DECAY = {"arith": 150, "translate": 50}
 """Per task: steps of the final linear learning-rate decay (arith needs them to learn its teacher's habits)."""
 SFT_EVAL_EVERY = 25
+SFT_PLATEAU_STEPS = {"arith": 350}
+"""Per task that has one: the step by which validation greedy accuracy must have left the loss plateau (SFT_ESCAPE_ACCURACY). A
+start still on it then is dropped, and the build starts again from the next seed's initial weights."""
+SFT_ESCAPE_ACCURACY = 0.05
+SFT_ATTEMPTS = 4
+"""Starts the build tries before it gives up on the plateau (each from its own seed: BUILD_SEED, BUILD_SEED + 1, ...)."""
 BUILD_SEED = 1
-"""Seed of the cached built-in models (initial weights; the warm-up rows' seed stream starts from it). The length of
-the warm start's loss plateau depends on the initial weights; with the chat-template rows, seed 0's weights stay on
-the plateau past the step budget and seed 1's reach the jump well within it (the build prints its loss and accuracy
-curve, so a machine whose float arithmetic changes that shows it)."""
+"""Seed of the first start of the cached built-in models (initial weights; the warm-up rows' seed stream starts from
+it). How long the warm start stays on its loss plateau depends on the initial weights and on the machine's float
+arithmetic, so the build does not rely on one seed: a start still on the plateau at SFT_PLATEAU_STEPS is replaced by
+the next seed's (the build prints its loss and accuracy curve, and each restart)."""
 BUILD_THREADS = 1
 """torch threads during the build. Float sums depend on the thread count, so pinning it makes the built model
 the same on every machine with the same torch and CPU kind; one thread, because a model this small gains little
@@ -248,8 +254,9 @@ def _warm_start(
     rows: Rows,
     val_rows: Rows,
     steps: int,
-) -> None:
-    """AdamW, warmup then constant learning rate, then a linear decay to zero over SFT_DECAY[task] steps.
+) -> bool:
+    """AdamW, warmup then constant learning rate, then a linear decay to zero over SFT_DECAY[task] steps. Returns
+    False, having stopped early, when greedy accuracy is still on the plateau at SFT_PLATEAU_STEPS[task] (tasks without an entry never stop early).
 
     The decay starts as soon as greedy accuracy on `val_rows` reaches SFT_TARGET_ACCURACY[task] (or when only
     the decay's steps of the budget are left). Addition is learnt in a sudden jump after a loss plateau whose
@@ -283,11 +290,15 @@ def _warm_start(
             )
             if accuracy >= target:
                 decay_start = step
+            elif step >= SFT_PLATEAU_STEPS.get(task_name, steps) and accuracy < SFT_ESCAPE_ACCURACY:
+                print(f"[basemodel] still on the loss plateau after {step} steps: dropping this start", flush=True)
+                return False
     print(
         f"[basemodel] sft done after {step} steps, loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)",
         flush=True,
     )
     model.eval()
+    return True
 
 
 @torch.no_grad()
@@ -341,23 +352,32 @@ def build_base_model(
 def _build(
     task_name: str, steps: int, seed: int, size: str = "default"
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The warm-started model and its tokenizer, from the first of SFT_ATTEMPTS seeds (`seed`, `seed` + 1, ...)
+    whose start leaves the loss plateau in time."""
     task = get_task(task_name)
-    torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(model_config(size, tokenizer))
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"[basemodel] building the {task_name} base model: {n_params / 1e6:.2f}M params, "
-        f"at most {steps} warm-start steps",
-        flush=True,
+    for attempt_seed in range(seed, seed + SFT_ATTEMPTS):
+        torch.manual_seed(attempt_seed)
+        model = LlamaForCausalLM(model_config(size, tokenizer))
+        n_params = sum(p.numel() for p in model.parameters())
+        print(
+            f"[basemodel] building the {task_name} base model: {n_params / 1e6:.2f}M params, "
+            f"at most {steps} warm-start steps, seed {attempt_seed}",
+            flush=True,
+        )
+        # The warm start draws its rows from a seed stream of its own, not the one RL runs use.
+        rows = task.warmup_rows(min(max(steps, 1) * SFT_BATCH, 50_000), 1_000_000 + attempt_seed)
+        val_rows = task.train_rows(200, 2_000_000 + attempt_seed)
+        if _warm_start(model, tokenizer, task_name, rows, val_rows, steps):
+            accuracy = greedy_accuracy(model, tokenizer, task_name, task.heldout_rows(200, seed))
+            print(f"[basemodel] held-out greedy accuracy {accuracy:.1%} (200 prompts)", flush=True)
+            return model, tokenizer
+    raise RuntimeError(
+        f"building the built-in {task_name} model: {SFT_ATTEMPTS} starts (seeds {seed} to {seed + SFT_ATTEMPTS - 1}) "
+        f"all stayed on the warm start's loss plateau past {SFT_PLATEAU_STEPS.get(task_name, steps)} steps; this machine's "
+        f"float arithmetic differs from the ones the recipe was tuned on. Please report it with the [basemodel] lines "
+        f"above; meanwhile model.path can name any local model directory"
     )
-    # The warm start draws its rows from a seed stream of its own, not the one RL runs use.
-    rows = task.warmup_rows(min(max(steps, 1) * SFT_BATCH, 50_000), 1_000_000 + seed)
-    val_rows = task.train_rows(200, 2_000_000 + seed)
-    _warm_start(model, tokenizer, task_name, rows, val_rows, steps)
-    accuracy = greedy_accuracy(model, tokenizer, task_name, task.heldout_rows(200, seed))
-    print(f"[basemodel] held-out greedy accuracy {accuracy:.1%} (200 prompts)", flush=True)
-    return model, tokenizer
 
 
 def _settings_hash(task_name: str, sft_steps: int, seed: int, size: str = "default") -> str:
@@ -376,6 +396,7 @@ def _settings_hash(task_name: str, sft_steps: int, seed: int, size: str = "defau
         "target": SFT_TARGET_ACCURACY[task_name],
         "decay": SFT_DECAY[task_name],
         "eval_every": SFT_EVAL_EVERY,
+        "plateau": [SFT_PLATEAU_STEPS.get(task_name), SFT_ESCAPE_ACCURACY, SFT_ATTEMPTS],
         "threads": BUILD_THREADS,
         "data": get_task(task_name).warmup_rows(20, 1_000_000 + seed),
     }

@@ -98,3 +98,17 @@ def test_ensure_base_model_builds_once(tmp_path, capsys) -> None:
     assert ensure_base_model("arith", tmp_path, sft_steps=1) == first
     assert "building" not in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary directory left behind
+
+
+def test_a_start_stuck_on_the_warm_start_plateau_is_replaced_by_the_next_seeds(tmp_path, monkeypatch, capsys) -> None:
+    import launch.basemodel as basemodel
+
+    # 25 steps are far too few to leave the plateau, so every start is stuck when the check first runs.
+    monkeypatch.setitem(basemodel.SFT_PLATEAU_STEPS, "arith", 25)
+    monkeypatch.setattr(basemodel, "SFT_ATTEMPTS", 2)
+    with pytest.raises(RuntimeError, match=r"2 starts \(seeds 5 to 6\) all stayed on the warm start's loss plateau"):
+        build_base_model(tmp_path / "model", "arith", sft_steps=400, seed=5)
+    out = capsys.readouterr().out
+    assert out.count("dropping this start") == 2
+    assert "seed 5" in out and "seed 6" in out
+    assert not (tmp_path / "model").exists()  # nothing half-built is saved
