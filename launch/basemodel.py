@@ -107,11 +107,12 @@ SFT_DECAY = {"arith": 150, "translate": 50}
 """Per task: steps of the final linear learning-rate decay (arith needs them to learn its teacher's habits)."""
 SFT_EVAL_EVERY = 25
 SFT_PLATEAU_STEPS = {"arith": 350}
-"""Per task that has one: the step by which validation greedy accuracy must have left the loss plateau (SFT_ESCAPE_ACCURACY). A
-start still on it then is dropped, and the build starts again from the next seed's initial weights."""
+"""Per task that has one: the step by which validation greedy accuracy must have left the loss plateau
+(SFT_ESCAPE_ACCURACY). A start still on it then is dropped, and the build starts again from the next seed's initial
+weights."""
 SFT_ESCAPE_ACCURACY = 0.05
 SFT_ATTEMPTS = 4
-"""Starts the build tries before it gives up on the plateau (each from its own seed: BUILD_SEED, BUILD_SEED + 1, ...)."""
+"""Starts the build tries before it gives up on the plateau (from seeds BUILD_SEED, BUILD_SEED + 1, ...)."""
 BUILD_SEED = 1
 """Seed of the first start of the cached built-in models (initial weights; the warm-up rows' seed stream starts from
 it). How long the warm start stays on its loss plateau depends on the initial weights and on the machine's float
@@ -256,7 +257,8 @@ def _warm_start(
     steps: int,
 ) -> bool:
     """AdamW, warmup then constant learning rate, then a linear decay to zero over SFT_DECAY[task] steps. Returns
-    False, having stopped early, when greedy accuracy is still on the plateau at SFT_PLATEAU_STEPS[task] (tasks without an entry never stop early).
+    False, having stopped early, when greedy accuracy is still on the plateau at SFT_PLATEAU_STEPS[task] (a task
+    without an entry never stops early).
 
     The decay starts as soon as greedy accuracy on `val_rows` reaches SFT_TARGET_ACCURACY[task] (or when only
     the decay's steps of the budget are left). Addition is learnt in a sudden jump after a loss plateau whose
@@ -372,9 +374,10 @@ def _build(
             accuracy = greedy_accuracy(model, tokenizer, task_name, task.heldout_rows(200, seed))
             print(f"[basemodel] held-out greedy accuracy {accuracy:.1%} (200 prompts)", flush=True)
             return model, tokenizer
+    limit = SFT_PLATEAU_STEPS.get(task_name, steps)
     raise RuntimeError(
         f"building the built-in {task_name} model: {SFT_ATTEMPTS} starts (seeds {seed} to {seed + SFT_ATTEMPTS - 1}) "
-        f"all stayed on the warm start's loss plateau past {SFT_PLATEAU_STEPS.get(task_name, steps)} steps; this machine's "
+        f"all stayed on the warm start's loss plateau past {limit} steps; this machine's "
         f"float arithmetic differs from the ones the recipe was tuned on. Please report it with the [basemodel] lines "
         f"above; meanwhile model.path can name any local model directory"
     )
