@@ -106,7 +106,7 @@ during it)."""
 SFT_DECAY = {"arith": 150, "translate": 50}
 """Per task: steps of the final linear learning-rate decay (arith needs them to learn its teacher's habits)."""
 SFT_EVAL_EVERY = 25
-SFT_PLATEAU_STEPS = {"arith": 350}
+SFT_PLATEAU_STEPS = {"arith": 450}
 """Per task that has one: the step by which validation greedy accuracy must have left the loss plateau
 (SFT_ESCAPE_ACCURACY). A start still on it then is dropped, and the build starts again from the next seed's initial
 weights."""
