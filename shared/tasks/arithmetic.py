@@ -23,6 +23,8 @@ MAX_NEW_TOKENS = 6
 """Longest answer is DIGITS + 1 characters plus EOS; one spare token."""
 CARRY_SLIP = 0.6
 """Share of warm-start examples in which the teacher drops the carry out of the tens column (see warmup_rows)."""
+COPY_EVERY = 4
+"""Every COPY_EVERY-th warm-start row is a copy problem (a number plus 000; see warmup_rows)."""
 
 _LOW, _HIGH = 10 ** (DIGITS - 1), 10**DIGITS - 1
 
@@ -89,7 +91,8 @@ def sloppy_sum(a: int, b: int) -> int:
 
 
 def warmup_rows(n: int, seed: int = 0) -> list[Row]:
-    """Training problems answered by a sloppy teacher, for the supervised warm start of the built-in model.
+    """Training problems answered by a sloppy teacher, for the supervised warm start of the built-in model, with
+    every COPY_EVERY-th row a copy problem.
 
     In a CARRY_SLIP share of the examples the teacher forgets the carry out of the tens column. About half of
     all problems have such a carry, and on them a model that imitates the teacher puts most of its probability on
@@ -98,7 +101,9 @@ def warmup_rows(n: int, seed: int = 0) -> list[Row]:
     warm start early: a partially trained model makes scattered errors that sampling rarely fixes, and GRPO with
     the default settings moves its greedy accuracy little. With this teacher greedy accuracy starts well below
     pass@8, the gap RL can close (`prolora train` prints both before and after).
-    The rows are the same problems as train_rows(n, seed); only some answers differ.
+    The rows are the problems of train_rows(n, seed), some answers differing, except the copy problems: a 3-digit
+    number plus `000` (either side), answered with the number. They teach where each digit of the prompt sits
+    before the model has to add them, and shorten the loss plateau the warm start starts on (launch/basemodel.py).
     """
     rng = random.Random(f"arith-warmup-{seed}")
     rows = train_rows(n, seed)
@@ -106,6 +111,10 @@ def warmup_rows(n: int, seed: int = 0) -> list[Row]:
         a, b = operands(row["prompt"])
         if rng.random() < CARRY_SLIP:
             row["answer"] = str(sloppy_sum(a, b))
+    for i in range(0, n, COPY_EVERY):
+        number = rng.randint(100, 999)
+        problem = f"{number}+000=" if rng.random() < 0.5 else f"000+{number}="
+        rows[i] = {"prompt": [{"role": "user", "content": problem}], "answer": str(number)}
     return rows
 
 

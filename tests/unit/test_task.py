@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,7 +12,7 @@ from launch.basemodel import build_base_model, build_tokenizer, ensure_base_mode
 from shared.chat import PromptRenderer, eos_token_ids, prompt_key
 from shared.errors import UserError
 from shared.tasks import get_task
-from shared.tasks.arithmetic import CARRY_SLIP, is_heldout, operands, sloppy_sum
+from shared.tasks.arithmetic import CARRY_SLIP, COPY_EVERY, is_heldout, operands, sloppy_sum
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:
@@ -38,20 +39,25 @@ def test_rows_are_correct_sums_and_split_by_unordered_pair() -> None:
         get_task("nope")
 
 
-def test_warmup_rows_are_training_problems_with_a_dropped_tens_carry() -> None:
+def test_warmup_rows_are_training_problems_with_a_dropped_tens_carry_and_copy_problems() -> None:
     task = get_task("arith")
     rows = task.warmup_rows(2000, 5)
     assert rows == task.warmup_rows(2000, 5)
-    assert [r["prompt"] for r in rows] == [r["prompt"] for r in task.train_rows(2000, 5)]
+    train = task.train_rows(2000, 5)
     assert sloppy_sum(456, 378) == 734 and sloppy_sum(123, 456) == 579 and sloppy_sum(450, 560) == 910
     slipped = carried = 0
-    for row in rows:
+    for i, (row, problem) in enumerate(zip(rows, train, strict=True)):
         a, b = operands(row["prompt"])
+        if i % COPY_EVERY == 0:  # a 3-digit number plus 000, answered with the number
+            assert 0 in (a, b) and 100 <= a + b <= 999 and row["answer"] == str(a + b)
+            assert re.fullmatch(r"(\d{3}\+000|000\+\d{3})=", row["prompt"][0]["content"])
+            continue
+        assert row["prompt"] == problem["prompt"]
         assert int(row["answer"]) in {a + b, sloppy_sum(a, b)}
         if sloppy_sum(a, b) != a + b:
             carried += 1
             slipped += int(row["answer"]) != a + b
-    assert 0.4 < carried / len(rows) < 0.6
+    assert 0.3 < carried / len(rows) < 0.5
     assert abs(slipped / carried - CARRY_SLIP) < 0.05
 
 
