@@ -1,9 +1,10 @@
 """Tiny random-weight models of the architectures users train (Qwen2, Qwen3, Llama, LFM2), saved as a hub model is.
 
-Each directory holds a byte-level BPE tokenizer built with the `tokenizers` library (digits split one per token, as
-Qwen and Llama 3 do), ChatML special tokens, a ChatML chat template, two EOS ids in generation_config.json
-(`<|im_end|>`, `<|endoftext|>`) and no pad token. LFM2's template starts with its BOS token `<|startoftext|>` and its
-tokenizer also adds that BOS on a plain encode, so re-tokenizing rendered text would double it.
+Each directory holds the project's byte-level BPE tokenizer (launch/basemodel.py `build_tokenizer`, the built-in
+model's: digits split one per token, as Qwen and Llama 3 do; ChatML special tokens and chat template; no pad token)
+and two EOS ids in generation_config.json (`<|im_end|>`, `<|endoftext|>`). LFM2's template starts with its BOS token
+`<|startoftext|>` and its tokenizer also adds that BOS on a plain encode, so re-tokenizing rendered text would double
+it.
 
 The weights are random, except that every token's embedding carries a constant in one dimension and the output rows of
 the two EOS tokens read that dimension: each EOS id is sampled with a sizeable probability at every position, so a short
@@ -18,63 +19,18 @@ import json
 from pathlib import Path
 
 ARCHITECTURES = ("qwen2", "qwen3", "llama", "lfm2")
-SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 LFM2_BOS = "<|startoftext|>"
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
-    "{% endif %}"
-)
-"""ChatML as Qwen uses it, with Qwen3's `enable_thinking=False` switch (an empty think block)."""
-VOCAB_SIZE = 1024
 EOS_LOGIT = 4.0
 """Logit each EOS id gets at every position (the others are near 0): about 11% each with the ~380-token vocabulary."""
 PAD_LOGIT = 30.0
 """How far below the others the padded vocabulary rows' logits sit: never sampled."""
-CORPUS = (
-    "The quick brown fox jumps over the lazy dog. What is 12 + 35? The answer is 47. "
-    "Translate to English: hello world, good morning, thank you very much. "
-    "system user assistant You are a helpful assistant. Think step by step, then answer. "
-)
 
 
 def build_tokenizer(arch: str):
-    """Byte-level BPE over CORPUS with ChatML specials (and LFM2's BOS, added on every plain encode)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The project's byte-level BPE ChatML tokenizer (launch/basemodel.py), with LFM2's BOS for `lfm2`."""
+    from launch.basemodel import build_tokenizer as build_chatml_tokenizer
 
-    specials = [*SPECIALS, *([LFM2_BOS] if arch == "lfm2" else [])]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator([CORPUS * 4], trainer=trainer)
-    if arch == "lfm2":
-        bos_id = backend.token_to_id(LFM2_BOS)
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{LFM2_BOS} $A", pair=f"{LFM2_BOS} $A $B", special_tokens=[(LFM2_BOS, bos_id)]
-        )
-    else:
-        backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        bos_token=LFM2_BOS if arch == "lfm2" else None,
-        unk_token=None,
-        pad_token=None,
-    )
-    tokenizer.chat_template = ("{{ bos_token }}" + CHATML) if arch == "lfm2" else CHATML
-    return tokenizer
+    return build_chatml_tokenizer(bos_token=LFM2_BOS if arch == "lfm2" else None)
 
 
 def model_config(arch: str, vocab_size: int):
@@ -120,8 +76,11 @@ def build_model(arch: str, out_dir: Path, seed: int = 0, eos_bias: bool = True, 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    from launch.basemodel import eos_ids as chatml_eos_ids
+    from launch.basemodel import save_tokenizer
+
     tokenizer = build_tokenizer(arch)
-    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    eos_ids = chatml_eos_ids(tokenizer)
     torch.manual_seed(seed)
     config = model_config(arch, vocab_size or len(tokenizer))
     config.eos_token_id = eos_ids[0]
@@ -138,8 +97,7 @@ def build_model(arch: str, out_dir: Path, seed: int = 0, eos_bias: bool = True, 
         saved.update(conv_dim=config.hidden_size, block_dim=config.hidden_size)
     model_config_path.write_text(json.dumps(saved, indent=2))
     GenerationConfig(eos_token_id=eos_ids, bos_token_id=tokenizer.bos_token_id).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    _plain_tokenizer_class(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     return out_dir
 
 
@@ -161,14 +119,6 @@ def _bias_eos(model, eos_ids: list[int], n_tokens: int) -> None:
         for eos in eos_ids:
             head[eos, dim] = base + EOS_LOGIT / scale
         head[n_tokens:, dim] = base - PAD_LOGIT / scale
-
-
-def _plain_tokenizer_class(out_dir: Path) -> None:
-    # transformers 5 writes tokenizer_class "TokenizersBackend"; vLLM and older tools load PreTrainedTokenizerFast.
-    path = out_dir / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(config, indent=2))
 
 
 def write_chat_data(path: Path, n: int = 12) -> Path:

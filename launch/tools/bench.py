@@ -28,9 +28,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.chat import PromptRenderer
 from shared.config import Config
 from shared.metrics import read_metrics
-from shared.records import SamplingSpec
+from shared.records import Prompt, SamplingSpec
 from shared.tasks import get_task
 
 if TYPE_CHECKING:
@@ -110,12 +111,16 @@ def _raw_engine(model_path: str, config: Config):
     )
 
 
-def _raw_round(llm, prompts: list[str], sampling: SamplingSpec) -> list[list[int]]:
-    """One raw generate call with the parameters a rollout worker builds (per-prompt seeds, logprobs=0)."""
+def _raw_round(llm, prompts: list[Prompt], sampling: SamplingSpec, stop_ids: tuple[int, ...]) -> list[list[int]]:
+    """One raw generate call with the inputs and parameters a rollout worker builds (prompt token ids, per-prompt
+    seeds, logprobs=0, the model's EOS ids)."""
+    from vllm.inputs import TokensPrompt
+
     from rollout.worker import sampling_params
 
-    params = sampling_params(sampling, len(prompts))
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    params = sampling_params(sampling, len(prompts), stop_ids)
+    inputs = [TokensPrompt(prompt_token_ids=list(p.token_ids)) for p in prompts]
+    outputs = llm.generate(inputs, params, use_tqdm=False)
     return [list(c.token_ids) for o in outputs for c in o.outputs]
 
 
@@ -125,7 +130,7 @@ def _timed(fn) -> tuple[list[list[int]], float]:
     return tokens, time.perf_counter() - start
 
 
-def _throughput(config: Config, model_path: str, prompts: list[str], sampling: SamplingSpec, rounds: int) -> dict:
+def _throughput(config: Config, model_path: str, prompts: list[Prompt], sampling: SamplingSpec, rounds: int) -> dict:
     """Tokens per second of (1) raw vLLM and (2) one rollout worker actor, measured in alternating rounds, and
     where a rollout call's time goes: the worker's engine call, its conversion into records, and the rest (Ray's
     round trip, serialisation both ways, the fleet)."""
@@ -139,12 +144,13 @@ def _throughput(config: Config, model_path: str, prompts: list[str], sampling: S
     one_worker = config.model_copy(update={"rollout": config.rollout.model_copy(update={"num_workers": 1})})
     workers = start_rollout_workers(one_worker, model_path)
     fleet = RolloutFleet(workers)
+    stop_ids = tuple(ray.get(workers[0].engine_stop_token_ids.remote()))
 
     raw_cpu = [0.0]
 
     def raw() -> list[list[int]]:
         start = time.process_time()
-        tokens = _raw_round(llm, prompts, sampling)
+        tokens = _raw_round(llm, prompts, sampling, stop_ids)
         raw_cpu[0] += time.process_time() - start
         return tokens
 
@@ -275,6 +281,7 @@ def run_bench(config: Config, out: Path, *, size: str, steps: int, rounds: int) 
     config = config.model_copy(update={"model": config.model.model_copy(update={"path": model_path})})
     r = config.rollout
     rows = get_task(config.task.name).train_rows(r.prompts_per_step, config.run.seed)
+    renderer = PromptRenderer.from_config(config, model_path)
     sampling = SamplingSpec(
         n=r.group_size,
         max_tokens=r.max_new_tokens,
@@ -283,7 +290,7 @@ def run_bench(config: Config, out: Path, *, size: str, steps: int, rounds: int) 
         seed=1,
         min_tokens=r.min_new_tokens,
     )
-    gen = _throughput(config, model_path, [row["prompt"] for row in rows], sampling, rounds)
+    gen = _throughput(config, model_path, [renderer.render(row["prompt"]) for row in rows], sampling, rounds)
     gc.collect()  # frees the raw engine
     sync = _train_run(config, staleness=0, steps=steps)
     async_ = _train_run(config, staleness=1, steps=steps)

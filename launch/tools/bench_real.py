@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Config
-from shared.records import SamplingSpec, TrainBatch, TrainSample
+from shared.records import Prompt, SamplingSpec, TrainBatch, TrainSample
 
 QWEN25_1_5B: dict[str, Any] = {
     "vocab_size": 151_936,
@@ -111,29 +111,28 @@ def available_memory_bytes() -> int:
 
 def real_model(cache: Path, layers: int) -> Path:
     """A random Qwen2 with Qwen2.5-1.5B's shapes and `layers` decoder layers, bfloat16, with the built-in
-    character tokenizer (its ids are a subset of the 151,936-token vocabulary); built once under `cache`."""
-    path = cache / f"real-qwen2.5-1.5b-shapes-{layers}l"
+    byte-level BPE ChatML tokenizer (its ids are a subset of the 151,936-token vocabulary); built once under `cache`."""
+    path = cache / f"real-qwen2.5-1.5b-shapes-{layers}l-chatml"
     if (path / "config.json").is_file():
         return path
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from launch.basemodel import BOS_ID, EOS_ID, PAD_ID, _save_tokenizer, build_tokenizer
+    from launch.basemodel import build_tokenizer, eos_ids, save_tokenizer
 
+    tokenizer = build_tokenizer()
     torch.manual_seed(0)
     config = Qwen2Config(
         **{**QWEN25_1_5B, "num_hidden_layers": layers},
         max_position_embeddings=4096,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
+        eos_token_id=tokenizer.eos_token_id,
         dtype="bfloat16",
     )
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]  # transformers types `to` oddly
     model.save_pretrained(tmp)
-    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(tmp)
-    _save_tokenizer(build_tokenizer(), tmp)
+    GenerationConfig(eos_token_id=eos_ids(tokenizer)).save_pretrained(tmp)
+    save_tokenizer(tokenizer, tmp)
     tmp.rename(path)
     return path
 
@@ -149,7 +148,7 @@ def _batch(groups, step: int) -> TrainBatch:
     return TrainBatch(tuple(samples), step)
 
 
-def _one_step(step: int, fleet, learner, prompts: list[str], sampling: SamplingSpec, max_model_len: int) -> RealStep:
+def _one_step(step: int, fleet, learner, prompts: list[Prompt], sampling: SamplingSpec, max_model_len: int) -> RealStep:
     import ray
 
     from rollout.probe import probe_prompts
@@ -181,6 +180,7 @@ def run_real_bench(config: Config, out: Path, steps: int) -> dict:
     from launch.tools.bench import machine
     from rollout.fleet import RolloutFleet
     from rollout.probe import PROBE_TOLERANCE
+    from shared.chat import PromptRenderer
     from shared.memplan import ModelShape
     from shared.tasks import get_task
 
@@ -196,7 +196,9 @@ def run_real_bench(config: Config, out: Path, steps: int) -> dict:
     learner = start_learner(config, str(model_path))
     fleet = RolloutFleet(workers, probe_tolerance=config.rollout.probe_tolerance or PROBE_TOLERANCE["bfloat16"])
     r = config.rollout
-    prompts = [row["prompt"] for row in get_task(config.task.name).train_rows(r.prompts_per_step, config.run.seed)]
+    renderer = PromptRenderer.from_config(config, str(model_path))
+    rows = get_task(config.task.name).train_rows(r.prompts_per_step, config.run.seed)
+    prompts = [renderer.render(row["prompt"]) for row in rows]
     sampling = SamplingSpec(n=r.group_size, max_tokens=r.max_new_tokens, temperature=r.temperature, seed=1)
     measured = [
         _one_step(step, fleet, learner, prompts, sampling, config.model.max_model_len) for step in range(steps + 1)

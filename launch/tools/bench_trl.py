@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from launch.basemodel import greedy_accuracy
+from shared.chat import message_text
 from shared.config import Config
 from shared.errors import UserError
 from shared.tasks import get_task
@@ -61,8 +62,8 @@ def _correctness(task_name: str):
     """A TRL reward function: 1.0 when the task says the completion solves the row's `answer`, else 0.0."""
     is_correct = get_task(task_name).is_correct
 
-    def correctness(prompts: list[str], completions: list[str], answer: list[str], **_: object) -> list[float]:
-        return [float(is_correct(c, a)) for c, a in zip(completions, answer, strict=True)]
+    def correctness(prompts: list, completions: list, answer: list[str], **_: object) -> list[float]:
+        return [float(is_correct(message_text(c), a)) for c, a in zip(completions, answer, strict=True)]
 
     return correctness
 

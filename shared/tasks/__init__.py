@@ -1,21 +1,23 @@
 """Built-in tasks: where prompts, reference answers and the held-out split come from.
 
 A task is a small frozen record of plain functions, looked up by name with `get_task`. Rows are dicts with at
-least {"prompt": str, "answer": str}; the prompt is fed to the engine as-is (the tokenizer adds BOS) and the model
-is expected to generate the answer followed by EOS. Other keys of a row (a translation's `reference` and `source`)
-reach the reward functions as columns.
+least a "prompt" and an "answer" string. The prompt is a list of chat messages (arithmetic: one user message,
+rendered with the model's chat template) or a string (translation: sent as-is), as any data row's prompt
+(shared/chat.py); the model is expected to generate the answer followed by EOS. Other keys of a row (a
+translation's `reference` and `source`) reach the reward functions as columns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shared.errors import UserError
 from shared.records import Group
 from shared.tasks import arithmetic, translation
 
-Rows = list[dict[str, str]]
+Rows = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ SOV with adjectives after nouns and an object suffix:
     source  [adj] noun verb [adj] noun        "lu kamo tesi ran mipe"
     target  noun [adj] noun+"n" [adj] verb    "vozu dy gyfan ba hewo"
 
-Rows: `prompt` ("S:<source>\\nT:", the tokenizer adds BOS), `answer` and `reference` (the target sentence: the
-exact expected completion, and what chrF/BLEU/TER compare against) and `source` (for `cycle_consistency`). Every
-sentence belongs to exactly one split, decided by a hash of the source sentence, and rows are drawn without
-repeats from a seeded `random.Random`, so splits are disjoint and the same (n, seed) gives the same rows
-everywhere. The warm start also sees the reverse direction ("T:<target>\\nS:" -> source) on training sentences,
-so the model can translate its own output back (what `cycle_consistency` relies on).
+Rows: `prompt` ("S:<source>\\nT:", a plain string: the translate preset sets task.prompt_format=plain), `answer`
+and `reference` (the target sentence: the exact expected completion, and what chrF/BLEU/TER compare against) and
+`source` (for `cycle_consistency`). Every sentence belongs to exactly one split, decided by a hash of the source
+sentence, and rows are drawn without repeats from a seeded `random.Random`, so splits are disjoint and the same
+(n, seed) gives the same rows everywhere. The warm start also sees the reverse direction ("T:<target>\\nS:" ->
+source) on training sentences, so the model can translate its own output back (what `cycle_consistency` relies on).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def target_sentence(s: Sentence, lex: Lexicon) -> str:
 
 
 def format_prompt(source: str) -> str:
-    """The forward prompt exactly as the engine sees it (the tokenizer adds BOS in front)."""
+    """The forward prompt, a plain string the engine gets as it is (task.prompt_format=plain)."""
     return f"S:{source}\nT:"
 
 

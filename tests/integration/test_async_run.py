@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from learner.rewards.swap import REWARDS_FILE
+from shared.chat import prompt_key
 from tests.live_run import SWAPPED_SET, assert_swapped_at, newest_step, wait_for_step, write_rewards
 
 pytestmark = pytest.mark.slow  # whole training runs (or a Ray cluster) per test
@@ -125,7 +126,8 @@ def test_reward_swap_in_a_live_async_run(tiny_model, tmp_path):
 
 PARITY_REWARD = """
 def parity(prompts, completions, **kwargs):
-    return [float(sum(map(ord, p)) % 2) for p in prompts]
+    texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]  # the built-in task's are messages
+    return [float(sum(map(ord, t)) % 2) for t in texts]
 """
 
 
@@ -143,8 +145,12 @@ def test_retired_prompts_are_not_drawn_from_batch_t_plus_k_plus_1_in_an_async_ru
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    rows = _rollouts(run_dir)
-    odd = {r["prompt"] for r in rows if sum(map(ord, r["prompt"])) % 2}
+    table = pq.read_table(run_dir / "rollouts", columns=["step", "messages"]).to_pylist()
+    # prompt_history.jsonl names a prompt by shared.chat.prompt_key: the messages as sorted-key JSON
+    rows = [{"step": r["step"], "messages": json.loads(r["messages"])} for r in table]
+    for row in rows:
+        row["prompt"] = prompt_key(row["messages"])
+    odd = {r["prompt"] for r in rows if sum(map(ord, r["messages"][-1]["content"])) % 2}
     visits = [json.loads(line) for line in (run_dir / "prompt_history.jsonl").read_text().splitlines()]
     retired_at = {v["prompt"]: v["step"] for v in visits if v["retired"]}
     assert set(retired_at) == odd and 0 < len(odd) < 8, (retired_at, odd)

@@ -22,7 +22,11 @@ from rollout.worker import AdapterNotLoaded
 from shared.config import load_config
 from shared.records import AdapterPayload, SamplingSpec, TrainBatch, TrainSample
 
-PROMPTS = ["123+456=", "907+15=", "38+444="]
+PROMPTS = [
+    f"<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n" for problem in ("123+456=", "907+15=", "38+444=")
+]
+"""Rendered as the built-in model's chat template renders them (the model's warm start saw its problems so); a raw
+string would have it answer `<|im_end|>` at once, so near-certainly that no update moves it."""
 GREEDY = SamplingSpec(n=1, max_tokens=6, temperature=0.0)
 TOL = 2e-3
 

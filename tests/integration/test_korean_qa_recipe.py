@@ -24,11 +24,12 @@ FORMAT, EM = "learner.rewards.korean_qa:answer_format", "learner.rewards.korean_
 
 
 @pytest.mark.slow  # a Ray instance and an actor start in the subprocess
-def test_prolora_score_runs_the_korean_qa_recipe(tmp_path):
+def test_prolora_score_runs_the_korean_qa_recipe(tmp_path, tiny_model):
     encoder = build_encoder(tmp_path / "encoder")
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "score", "korean_qa", "--input", str(SAMPLE)]
-        + ["--set", f"rewards.bertscore.model={encoder}"],
+        # the user rewards get completion_ids, so the run's tokenizer loads: the tests' small build of the default
+        + ["--set", f"rewards.bertscore.model={encoder}", "--set", f"model.path={tiny_model}"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -101,6 +101,32 @@ def test_run_directory_has_config_metrics_rollouts_adapters(short_run):
     assert sorted({r["adapter_version"] for r in rows}) == [0, 1, 2]
 
 
+def test_the_default_task_goes_through_the_chat_template_and_stops_at_either_eos_id(short_run, tiny_model):
+    from transformers import AutoTokenizer
+
+    from shared.chat import eos_token_ids
+
+    run_dir, proc = short_run
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert tokenizer.pad_token is None  # the learner and the engines work without one
+    eos_ids = eos_token_ids(str(tiny_model), tokenizer)
+    assert eos_ids == tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    assert "warning" not in proc.stderr  # chat messages for a model with a template: nothing to warn about
+    for row in pq.read_table(run_dir / "rollouts").to_pylist():
+        messages = json.loads(row["messages"])
+        assert [m["role"] for m in messages] == ["user"] and re.fullmatch(r"\d{3}\+\d{3}=", messages[0]["content"])
+        assert row["prompt"] == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert (
+            row["prompt_token_ids"] == tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+        )
+        ids = row["completion_token_ids"]
+        assert not set(eos_ids) & set(ids[:-1])  # nothing generated past an EOS id
+        if row["finish_reason"] == "stop":
+            assert ids[-1] in eos_ids
+        else:
+            assert row["finish_reason"] == "length" and ids[-1] not in eos_ids
+
+
 def test_the_terminal_shows_prolora_lines_and_engine_logs_go_to_the_run_directory(short_run):
     run_dir, proc = short_run
     own = re.compile(r"^(\[eval\] step |\[step \d+/3\] |\[prolora\] |held-out pass@1: |run directory: )")

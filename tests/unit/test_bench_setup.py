@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from launch.basemodel import model_config
+from launch.basemodel import build_tokenizer, model_config
 from launch.rundir import resolve_model_path
 from launch.tools.bench import TARGETS, bench_overrides, format_table
+from shared.chat import PromptRenderer
 from shared.config import load_config
 from shared.errors import UserError
 from shared.tasks import get_task
@@ -20,7 +21,8 @@ def test_large_size_forces_128_token_completions_that_fit_the_context() -> None:
     config = load_config(None, bench_overrides("large", quick=False, task="arith"))
     assert config.model.path == "builtin:arith@large"
     assert config.rollout.max_new_tokens == config.rollout.min_new_tokens == 128
-    longest_prompt = max(len(r["prompt"]) + 1 for r in get_task("arith").train_rows(500, 0))  # + BOS
+    renderer = PromptRenderer(build_tokenizer())  # the chat template's tokens, as the engine gets them
+    longest_prompt = max(renderer.count_tokens(r["prompt"]) for r in get_task("arith").train_rows(500, 0))
     assert config.model.max_model_len >= longest_prompt + 128
 
 

@@ -54,11 +54,14 @@ def test_string_prompts_under_each_format(real_models, tiny_model):
     plain, _ = _renderer(real_models["qwen3"], prompt_format="plain")
     with pytest.raises(PromptFormatError, match="prompt_format=plain"):
         plain.render(MESSAGES)
-    builtin, builtin_warnings = _renderer(tiny_model)  # the char-level built-in model has no template: plain, quiet
-    assert builtin.render("1+2=").token_ids[1:] == tuple(builtin.tokenizer("1+2=", add_special_tokens=False).input_ids)
-    assert not builtin_warnings
+    builtin, builtin_warnings = _renderer(tiny_model)  # the built-in model is a ChatML instruct model too
+    assert builtin.render(MESSAGES).text == "<|im_start|>user\nWhat is 12 + 35?<|im_end|>\n<|im_start|>assistant\n"
+    assert builtin.render("1+2=").token_ids == tuple(builtin.tokenizer("1+2=").input_ids)  # plain: no BOS added
+    assert len(builtin_warnings) == 1
+    no_template, _ = _renderer(tiny_model)
+    no_template.chat_template = None  # as for a base model that ships none
     with pytest.raises(PromptFormatError, match="no chat template"):
-        builtin.render(MESSAGES)
+        no_template.render(MESSAGES)
 
 
 def test_eos_ids_come_from_the_generation_config_and_the_tokenizer(real_models):
