@@ -25,7 +25,15 @@ from shared.config import load_config
 from shared.records import AdapterPayload
 from shared.served_base import served_base
 from tests.integration.test_learner_algos import _batch
-from tests.integration.test_report_eval_cli import LENGTH_REWARD, _prolora
+from tests.integration.test_report_eval_cli import _prolora
+
+VARIED_REWARD = """
+def varied(prompts, completions, **kwargs):
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]  # the built-in task's are messages
+    return [sum(map(ord, t)) % 7 / 7 for t in texts]
+"""
+"""Differs between any two different completions (the briefly warm-started test model's are often all one digit
+long, so a length reward would give a group no spread)."""
 
 BYTES_PER_WEIGHT = {"int8": 1.0, "nf4": 0.5}
 """Storage per quantized weight, before scales."""
@@ -94,7 +102,7 @@ def test_a_short_run_on_a_quantized_base_serves_what_the_learner_trains(tiny_mod
     torchao method), written by each worker on its node, so at start they agree with the learner's quantized base,
     and every hot-loaded adapter passes the probe at the float32 tolerance."""
     home = tmp_path
-    (home / "length_reward.py").write_text(LENGTH_REWARD)  # moves the adapter even when no answer is right
+    (home / "varied_reward.py").write_text(VARIED_REWARD)  # moves the adapter even when no answer is right
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home), os.environ.get("PYTHONPATH", "")])}
     env["PROLORA_CACHE"] = str(home / "cache")  # the served base is written here, by the engine's worker
     sets = [
@@ -102,7 +110,7 @@ def test_a_short_run_on_a_quantized_base_serves_what_the_learner_trains(tiny_mod
         f"model.quantization={kind}",
         "eval.size=8",
         "rollout.prompts_per_step=4",
-        "rewards.functions=[{name: exact_match}, {name: 'length_reward:length', weight: 0.1}]",
+        "rewards.functions=[{name: exact_match}, {name: 'varied_reward:varied', weight: 0.1}]",
     ]
     run_dir = home / "r"
     proc = _prolora(

@@ -22,7 +22,8 @@ def _prolora(*args: str, timeout: int = 600, env: dict | None = None) -> subproc
 
 LENGTH_REWARD = """
 def length(prompts, completions, **kwargs):
-    return [len(c) / 10 for c in completions]
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]  # the built-in task's are messages
+    return [len(t) / 10 for t in texts]
 """
 
 
