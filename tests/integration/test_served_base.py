@@ -121,5 +121,36 @@ def test_an_engine_serves_the_int8_codes_and_computes_what_the_learner_does(tiny
         worker.shutdown()
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "lfm2"])
+def test_an_int8_engine_of_a_real_architecture_serves_what_the_learner_trains(real_models, tmp_path, monkeypatch, arch):
+    """The same on hub-format models (byte-level BPE, ChatML template, two EOS ids): Qwen2, and LFM2's hybrid
+    convolution layers, whose torchao codes vLLM must load into its own LFM2 implementation."""
+    from launch.actors import served_base_writer
+    from rollout.probe import check_probe, probe_prompts
+    from rollout.worker import RolloutWorker
+    from shared.config import load_config
+    from shared.records import SamplingSpec
+    from tests.integration.test_learner_algos import _batch
+    from tests.integration.test_quantized_base import _learner
+
+    model = real_models[arch]
+    monkeypatch.setenv("PROLORA_CACHE", str(tmp_path))
+    config = load_config(overrides=[f"model.path={model}", "model.quantization=int8"])
+    prepare = served_base_writer(config, str(model))
+    worker = RolloutWorker(str(model), max_model_len=128, kv_cache_gib=1, quantization="int8", prepare_model=prepare)
+    try:
+        assert worker.engine_info()["quantization"] == "torchao"
+        learner = _learner(model, "int8")
+        learner.train_step(_batch(model))
+        prompt = "<|im_start|>user\n123+456=<|im_end|>\n<|im_start|>assistant\n"
+        groups = worker.generate([prompt], SamplingSpec(n=1, max_tokens=6, temperature=0.0))
+        payload = learner.export_adapter(*probe_prompts(groups, 64))
+        report = worker.load_adapter(payload)
+        assert payload.probe is not None
+        assert check_probe(payload.probe, [report], 2e-3) <= 2e-3
+    finally:
+        worker.shutdown()
+
+
 if __name__ == "__main__":
     print(RESULT + json.dumps(_two_node_engines(sys.argv[1], sys.argv[2:])))
